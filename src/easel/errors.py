@@ -1,0 +1,124 @@
+"""The one exception tree of the protocol.
+
+Every refusal the API can give is a subclass of :class:`EaselError` carrying the Tripo
+error ``code``, the HTTP ``status`` and a ``suggestion`` that teaches the fix. The API
+renders them to the error envelope in exactly one handler (``easel.api.app``); the worker
+stores ``code`` and the message on a failed task.
+"""
+
+from __future__ import annotations
+
+
+class EaselError(Exception):
+    """Base of every error with a protocol code."""
+
+    code: int = 1000
+    status: int = 500
+    default_suggestion: str = "Try again later; if it persists, contact the server's operator."
+
+    def __init__(self, message: str, suggestion: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.suggestion = suggestion or self.default_suggestion
+
+
+class UnknownServerError(EaselError):
+    code, status = 1000, 500
+
+
+class FatalServerError(EaselError):
+    code, status = 1001, 500
+
+
+class AuthenticationFailed(EaselError):
+    code, status = 1002, 401
+    default_suggestion = (
+        "Send 'Authorization: Bearer tsk_…' with a key created by 'easel keys create'."
+    )
+
+
+class MalformedBody(EaselError):
+    code, status = 1003, 400
+    default_suggestion = "Send a JSON object as the request body."
+
+
+class InvalidParameter(EaselError):
+    code, status = 1004, 400
+    default_suggestion = "Fix the parameter named in the message and send the request again."
+
+
+class NotAllowed(EaselError):
+    code, status = 1005, 403
+
+
+class IdempotencyConflict(EaselError):
+    """An ``Idempotency-Key`` reused with another body (an extension: HTTP 409)."""
+
+    code, status = 1004, 409
+    default_suggestion = "Use a new Idempotency-Key for a different request."
+
+
+class RateLimited(EaselError):
+    code, status = 1007, 429
+    default_suggestion = "Slow down and try again later."
+
+
+class TooManyUnfinishedTasks(EaselError):
+    code, status = 2000, 429
+    default_suggestion = (
+        "Wait for a task to finish, then try again. You can also check the `Retry-After` header."
+    )
+
+    def __init__(self, message: str, retry_after_s: int, suggestion: str | None = None) -> None:
+        super().__init__(message, suggestion)
+        self.retry_after_s = retry_after_s
+
+
+class TaskNotFound(EaselError):
+    code, status = 2001, 404
+    default_suggestion = "Check the task_id; a task is visible only to the key that created it."
+
+
+class TaskTypeNotSupported(EaselError):
+    code, status = 2002, 400
+    default_suggestion = "This server runs task type 'generate_image' only."
+
+
+class EmptyImage(EaselError):
+    code, status = 2003, 400
+    default_suggestion = "Send a non-empty PNG or JPEG image."
+
+
+class ImageTypeNotSupported(EaselError):
+    code, status = 2004, 400
+    default_suggestion = "Send a PNG or JPEG image (WebP only where the model accepts it)."
+
+
+class ContentPolicy(EaselError):
+    code, status = 2008, 400
+    default_suggestion = "Rephrase the prompt or use other images."
+
+
+class InvalidPromptCharacters(EaselError):
+    code, status = 2009, 400
+    default_suggestion = "Remove emoji and special Unicode characters from the prompt."
+
+
+class NotEnoughCredit(EaselError):
+    code, status = 2010, 403
+    default_suggestion = "Ask the operator to grant credits ('easel credits grant KEY N')."
+
+
+class ModelVersionDeprecated(EaselError):
+    code, status = 2015, 400
+
+
+class ModelVersionInvalid(EaselError):
+    code, status = 2017, 400
+
+
+class FileNotFound(EaselError):
+    code, status = 2019, 404
+    default_suggestion = (
+        "Upload the image first ('POST /v2/openapi/upload') and use its image_token."
+    )

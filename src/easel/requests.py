@@ -1,0 +1,199 @@
+"""Validation of a ``generate_image`` request body: pure rules, no I/O.
+
+:func:`parse_generate_image` turns the JSON object a client sent into a
+:class:`GenerateImageRequest` or raises the protocol error that names the problem. What
+needs the database or the network (does a ``file_token`` exist, what format are its bytes)
+is checked afterwards by the submit service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from easel import catalog, prompts, templates
+from easel.catalog import ImageRule, ModelSpec
+from easel.errors import InvalidParameter, TaskTypeNotSupported
+
+TASK_TYPE = "generate_image"
+_SOURCES = ("file_token", "url", "object")
+
+SourceKind = Literal["file_token", "url", "object"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """One File object: exactly one source, plus the advisory ``type``."""
+
+    source: SourceKind
+    value: str  # the token, the URL or the object key
+    bucket: str | None = None
+    type: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {} if self.type is None else {"type": self.type}
+        if self.source == "object":
+            out["object"] = {"bucket": self.bucket, "key": self.value}
+        else:
+            out[self.source] = self.value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateImageRequest:
+    prompt: str
+    model: ModelSpec  # the effective model (after the flux.1_dev upgrade)
+    files: tuple[FileRef, ...] = ()
+    template: templates.Template | None = None
+    t_pose: bool = False
+    sketch_to_render: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def image_count(self) -> int:
+        return len(self.files) + (len(self.template.images) if self.template else 0)
+
+    @property
+    def composed_prompt(self) -> str:
+        return prompts.compose_prompt(
+            self.template.prompt if self.template else None,
+            self.prompt,
+            t_pose=self.t_pose,
+            sketch_to_render=self.sketch_to_render,
+        )
+
+    def input_echo(self) -> dict[str, Any]:
+        """The accepted request as the task's ``input``, with the effective model_version."""
+        echo: dict[str, Any] = {"prompt": self.prompt, "model_version": self.model.version}
+        if self.files:
+            echo["files"] = [ref.to_json() for ref in self.files]
+        if self.template:
+            echo["template"] = self.template.slug
+        echo["t_pose"] = self.t_pose
+        echo["sketch_to_render"] = self.sketch_to_render
+        return echo
+
+
+def _bool(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidParameter(f"{name} must be true or false, not {value!r}.")
+    return value
+
+
+def parse_file(value: object, where: str) -> FileRef:
+    """One File object with exactly one of ``file_token``, ``url`` or ``object``."""
+    if not isinstance(value, dict):
+        raise InvalidParameter(
+            f"{where} must be an object like {{'type': 'png', 'file_token': '…'}}."
+        )
+    present = [name for name in _SOURCES if value.get(name) is not None]
+    if len(present) != 1:
+        raise InvalidParameter(
+            f"{where} must have exactly one of file_token, url, object"
+            f" (it has {', '.join(present) if present else 'none'}).",
+            "Give one source per File object: an upload's image_token as file_token, an "
+            "http(s) url, or an object {bucket, key}.",
+        )
+    source: SourceKind = present[0]  # type: ignore[assignment]
+    file_type = value.get("type")
+    if file_type is not None and not isinstance(file_type, str):
+        raise InvalidParameter(f"{where}.type must be a string such as 'png'.")
+    raw = value[source]
+    if source == "object":
+        if not (
+            isinstance(raw, dict)
+            and isinstance(raw.get("bucket"), str)
+            and isinstance(raw.get("key"), str)
+            and raw["key"]
+        ):
+            raise InvalidParameter(f"{where}.object must be {{'bucket': '…', 'key': '…'}}.")
+        return FileRef("object", raw["key"], bucket=raw["bucket"], type=file_type)
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidParameter(f"{where}.{source} must be a non-empty string.")
+    if source == "url":
+        try:
+            parts = urlsplit(raw)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # e.g. an unclosed or malformed IPv6 host: "http://[::1"
+            valid = False
+        if not valid:
+            raise InvalidParameter(
+                f"{where}.url must be an http(s) URL, not {raw[:100]!r}.",
+                "Give a public http:// or https:// link to a JPEG or PNG image, or upload it.",
+            )
+    return FileRef(source, raw.strip(), type=file_type)
+
+
+def _parse_files(body: dict[str, Any]) -> list[FileRef]:
+    refs: list[FileRef] = []
+    if body.get("file") is not None:
+        refs.append(parse_file(body["file"], "file"))
+    files = body.get("files")
+    if files is not None:
+        if not isinstance(files, list):
+            raise InvalidParameter("files must be a list of File objects.")
+        refs.extend(parse_file(item, f"files[{i}]") for i, item in enumerate(files))
+    return refs
+
+
+def parse_generate_image(body: dict[str, Any]) -> GenerateImageRequest:
+    """Validate a task body; raise the protocol error for the first problem found."""
+    task_type = body.get("type")
+    if task_type != TASK_TYPE:
+        raise TaskTypeNotSupported(f"task type {task_type!r} is not supported.")
+
+    template_slug = body.get("template")
+    if template_slug is not None and not isinstance(template_slug, str):
+        raise InvalidParameter("template must be a string.")
+    template = templates.lookup(template_slug) if template_slug else None
+
+    prompt = body.get("prompt")
+    if prompt is None:
+        prompt = ""
+    if not isinstance(prompt, str):
+        raise InvalidParameter("prompt must be a string.")
+    if not prompt.strip() and template is None:
+        raise InvalidParameter(
+            "prompt is required.", "Describe the image in the prompt, or choose a template."
+        )
+    prompts.check_prompt(prompt)
+
+    version = body.get("model_version")
+    if version is None:
+        version = catalog.DEFAULT_MODEL
+    if not isinstance(version, str):
+        raise InvalidParameter("model_version must be a string.")
+    model = catalog.lookup(version)
+
+    files = _parse_files(body)
+    notes: list[str] = []
+    request = GenerateImageRequest(
+        prompt=prompt,
+        model=model,
+        files=tuple(files),
+        template=template,
+        t_pose=_bool(body, "t_pose"),
+        sketch_to_render=_bool(body, "sketch_to_render"),
+    )
+    count = request.image_count
+    if count and model.images is ImageRule.UPGRADE:
+        default = catalog.lookup(catalog.DEFAULT_MODEL)
+        notes.append(f"{model.version} takes no images; upgraded to {default.version}.")
+        model = default
+    elif count and model.images is ImageRule.REFUSES:
+        source = "your files" if files else f"the template {template.slug!r}" if template else ""
+        raise InvalidParameter(
+            f"{model.version} cannot use image input, and {source} adds {count} image(s).",
+            "Remove the images (file, files or a template with images), or pick a model that "
+            "takes images such as flux.1_kontext_pro.",
+        )
+    if count > model.max_files:
+        raise InvalidParameter(
+            f"{model.version} takes at most {model.max_files} images; this request has {count} "
+            "(your files plus the template's).",
+            "Send fewer images or pick a model that takes more (gpt_4o, gemini_*: 10).",
+        )
+    prompts.check_image_references(prompt, count)
+    return replace(request, model=model, notes=tuple(notes))

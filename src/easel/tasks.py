@@ -1,0 +1,84 @@
+"""The task record and its state machine (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    BANNED = "banned"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+UNFINISHED = frozenset({Status.QUEUED, Status.RUNNING})
+FINAL = frozenset(Status) - UNFINISHED
+# Final states in which the held credits go back to the balance.
+REFUNDED = frozenset({Status.FAILED, Status.BANNED, Status.EXPIRED, Status.CANCELLED})
+WITH_ERROR = frozenset({Status.FAILED, Status.BANNED, Status.EXPIRED})
+
+# queued → running → success | failed | banned;  running → queued (lease lapsed / released);
+# queued → expired | cancelled | failed.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.RUNNING, Status.EXPIRED, Status.CANCELLED, Status.FAILED}),
+    Status.RUNNING: frozenset(
+        {Status.QUEUED, Status.SUCCESS, Status.FAILED, Status.BANNED, Status.CANCELLED}
+    ),
+}
+
+
+def can_move(current: Status, target: Status) -> bool:
+    return target in TRANSITIONS.get(current, frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """One input image of a task, in ``image[N]`` order: a user file or a template image."""
+
+    source: str  # file_token | url | object | template
+    value: str  # token, URL, object key, or "<slug>/<index>"
+
+    def to_json(self) -> dict[str, str]:
+        return {"source": self.source, "value": self.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> Reference:
+        return cls(source=data["source"], value=data["value"])
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    account_id: str
+    api_key_id: str
+    type: str
+    status: Status
+    model_version: str
+    input: dict[str, Any]
+    prompt: str
+    refs: tuple[Reference, ...]
+    price: int
+    consumed_credit: int
+    progress: int
+    attempts: int
+    worker_id: str | None
+    lease_until: float | None
+    backend: str | None
+    output_key: str | None
+    output_deleted_at: float | None
+    error_code: int | None
+    error_msg: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL
