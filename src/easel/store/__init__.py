@@ -1,0 +1,55 @@
+"""Persistence: every SQL statement lives in this package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from easel.store.accounts import AccountStore
+from easel.store.db import create_engine, migrate, read_only
+from easel.store.events import EventStore
+from easel.store.files import FileStore, SecretStore
+from easel.store.metrics import MetricsStore
+from easel.store.tasks import TaskStore
+
+__all__ = ["TRANSIENT_ERRORS", "Store", "open_store"]
+
+# Errors of an unreachable database or object store. Work interrupted by them is retried
+# (a lapsed lease is reclaimed), never failed: nothing is lost while a server restarts.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    engine: AsyncEngine
+    accounts: AccountStore
+    tasks: TaskStore
+    files: FileStore
+    secrets: SecretStore
+    events: EventStore
+    metrics: MetricsStore
+
+    async def ping(self) -> None:
+        async with read_only(self.engine).connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def open_store(database_url: str) -> Store:
+    """Connect, migrate to the newest schema and return the stores."""
+    engine = create_engine(database_url)
+    await migrate(engine)
+    return Store(
+        engine=engine,
+        accounts=AccountStore(engine),
+        tasks=TaskStore(engine),
+        files=FileStore(engine),
+        secrets=SecretStore(engine),
+        events=EventStore(engine),
+        metrics=MetricsStore(engine),
+    )

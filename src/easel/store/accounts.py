@@ -1,0 +1,209 @@
+"""Accounts, API keys and the credit ledger: every statement that moves credits."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from easel.store.db import read_only
+from easel.store.tables import accounts, api_keys, ledger
+
+KEY_PREFIX = "tsk_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated owner of a request."""
+
+    key_id: str
+    account_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    balance: int
+    frozen: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    kind: str
+    balance_delta: int
+    frozen_delta: int
+    task_id: str | None
+    created_at: float
+
+
+class UnknownKey(LookupError):
+    """No active key with that value."""
+
+
+async def write_ledger_row(
+    conn: AsyncConnection,
+    account_id: str,
+    task_id: str | None,
+    kind: str,
+    balance: int,
+    frozen: int,
+) -> None:
+    """The ledger row of a move already applied to the account in this transaction."""
+    await conn.execute(
+        insert(ledger).values(
+            account_id=account_id,
+            task_id=task_id,
+            kind=kind,
+            balance_delta=balance,
+            frozen_delta=frozen,
+            created_at=time.time(),
+        )
+    )
+
+
+async def record_move(
+    conn: AsyncConnection,
+    account_id: str,
+    task_id: str | None,
+    kind: str,
+    balance: int,
+    frozen: int,
+) -> None:
+    """Apply one credit move to the account and write its ledger row (same transaction)."""
+    await conn.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(balance=accounts.c.balance + balance, frozen=accounts.c.frozen + frozen)
+    )
+    await write_ledger_row(conn, account_id, task_id, kind, balance, frozen)
+
+
+class AccountStore:
+    """Accounts and keys. ``authenticate`` remembers a good key for ``auth_cache_s`` seconds
+    (clients poll often); a revocation made elsewhere takes effect within that time."""
+
+    def __init__(self, engine: AsyncEngine, auth_cache_s: float = 5.0) -> None:
+        self._engine = engine
+        self._reads = read_only(engine)
+        self._auth_cache_s = auth_cache_s
+        self._callers: dict[str, tuple[float, Caller]] = {}
+
+    async def create_key(self, name: str, credits: int) -> str:
+        """A new account with one key and ``credits`` granted; returns the key (shown once)."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        account_id, now = str(uuid.uuid4()), time.time()
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(accounts).values(
+                    id=account_id, name=name, balance=0, frozen=0, created_at=now
+                )
+            )
+            await conn.execute(
+                insert(api_keys).values(
+                    id=str(uuid.uuid4()),
+                    account_id=account_id,
+                    key_hash=hash_key(key),
+                    prefix=key[:10],
+                    created_at=now,
+                )
+            )
+            if credits:
+                await record_move(conn, account_id, None, "grant", credits, 0)
+        return key
+
+    async def authenticate(self, key: str) -> Caller:
+        digest = hash_key(key)
+        cached = self._callers.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        async with self._reads.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(api_keys.c.id, api_keys.c.account_id).where(
+                        api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+                    )
+                )
+            ).first()
+        if row is None:
+            self._callers.pop(digest, None)
+            raise UnknownKey(key[:10])
+        caller = Caller(key_id=row.id, account_id=row.account_id)
+        if len(self._callers) > 10_000:
+            self._callers.clear()
+        self._callers[digest] = (time.monotonic() + self._auth_cache_s, caller)
+        return caller
+
+    async def _account_of(self, conn: AsyncConnection, key: str) -> str:
+        account_id = (
+            await conn.execute(
+                select(api_keys.c.account_id).where(api_keys.c.key_hash == hash_key(key))
+            )
+        ).scalar()
+        if account_id is None:
+            raise UnknownKey(key[:10])
+        return str(account_id)
+
+    async def revoke(self, key: str) -> None:
+        self._callers.pop(hash_key(key), None)
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            if result.rowcount == 0:
+                raise UnknownKey(key[:10])
+
+    async def grant(self, key: str, credits: int) -> Balance:
+        async with self._engine.begin() as conn:
+            account_id = await self._account_of(conn, key)
+            await record_move(conn, account_id, None, "grant", credits, 0)
+        return await self.balance(account_id)
+
+    async def balance(self, account_id: str) -> Balance:
+        async with self._reads.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(accounts.c.balance, accounts.c.frozen).where(accounts.c.id == account_id)
+                )
+            ).one()
+        return Balance(balance=row.balance, frozen=row.frozen)
+
+    async def balance_of_key(self, key: str) -> tuple[Balance, list[LedgerRow]]:
+        """Balance and the newest ledger rows (newest first) of the key's account."""
+        async with self._reads.connect() as conn:
+            account_id = await self._account_of(conn, key)
+            rows = (
+                await conn.execute(
+                    select(ledger)
+                    .where(ledger.c.account_id == account_id)
+                    .order_by(ledger.c.id.desc())
+                    .limit(10)
+                )
+            ).all()
+        tail = [
+            LedgerRow(r.kind, r.balance_delta, r.frozen_delta, r.task_id, r.created_at)
+            for r in rows
+        ]
+        return await self.balance(account_id), tail
+
+    async def ledger_sums(self, account_id: str) -> Balance:
+        """The ledger's view of the account (must equal :meth:`balance`)."""
+        async with self._reads.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        func.coalesce(func.sum(ledger.c.balance_delta), 0),
+                        func.coalesce(func.sum(ledger.c.frozen_delta), 0),
+                    ).where(ledger.c.account_id == account_id)
+                )
+            ).one()
+        return Balance(balance=int(row[0]), frozen=int(row[1]))

@@ -1,0 +1,123 @@
+"""The event log: every change of a task, numbered per account.
+
+:func:`append` runs inside the transaction that changes the task. It bumps the account's
+``event_seq``, which locks the account row until commit, so an account's events commit in
+number order: a reader that has seen event N and asks for ``seq > N`` misses nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from easel.store import webhooks
+from easel.store.db import read_only
+from easel.store.tables import accounts, events
+from easel.tasks import FINAL, Status
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    task_id: str
+    status: Status
+    progress: int
+    created_at: float
+
+    @property
+    def kind(self) -> str:
+        """``finalized`` for a final status, else ``update`` (the watch protocol's names)."""
+        return "finalized" if self.status in FINAL else "update"
+
+
+async def append(
+    conn: AsyncConnection,
+    *,
+    account_id: str,
+    api_key_id: str,
+    task_id: str,
+    status: Status,
+    progress: int,
+) -> int:
+    seq = (
+        await conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id)
+            .values(event_seq=accounts.c.event_seq + 1)
+            .returning(accounts.c.event_seq)
+        )
+    ).scalar_one()
+    now = time.time()
+    await conn.execute(
+        insert(events).values(
+            account_id=account_id,
+            seq=seq,
+            api_key_id=api_key_id,
+            task_id=task_id,
+            status=status.value,
+            progress=progress,
+            created_at=now,
+        )
+    )
+    # The webhook outbox: deliveries commit (or roll back) with the event itself.
+    await webhooks.enqueue(
+        conn,
+        account_id=account_id,
+        api_key_id=api_key_id,
+        task_id=task_id,
+        status=status,
+        progress=progress,
+        seq=int(seq),
+        created_at=now,
+    )
+    return int(seq)
+
+
+class EventStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._reads = read_only(engine)
+
+    async def after(
+        self,
+        account_id: str,
+        key_id: str,
+        after_seq: int,
+        *,
+        task_id: str | None = None,
+        limit: int = 500,
+    ) -> list[Event]:
+        """The key's events numbered above ``after_seq`` (of one task, if given), in order."""
+        query = (
+            select(events)
+            .where(
+                events.c.account_id == account_id,
+                events.c.api_key_id == key_id,
+                events.c.seq > after_seq,
+            )
+            .order_by(events.c.seq)
+            .limit(limit)
+        )
+        if task_id is not None:
+            query = query.where(events.c.task_id == task_id)
+        async with self._reads.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Event(r.seq, r.task_id, Status(r.status), r.progress, r.created_at) for r in rows]
+
+    async def last_seq_before(self, account_id: str, before: float) -> int:
+        """The number of the account's last event before the time ``before`` (0 if none)."""
+        async with self._reads.connect() as conn:
+            seq = await conn.scalar(
+                select(func.coalesce(func.max(events.c.seq), 0)).where(
+                    events.c.account_id == account_id, events.c.created_at < before
+                )
+            )
+        return int(seq or 0)
+
+    async def last_seq(self, account_id: str) -> int:
+        async with self._reads.connect() as conn:
+            seq = await conn.scalar(select(accounts.c.event_seq).where(accounts.c.id == account_id))
+        return int(seq or 0)

@@ -1,0 +1,646 @@
+"""The task queue: submit, claim, heartbeat, finish, reclaim, position. The database is the queue.
+
+Every state change that moves credits does so in the same transaction, and every change a
+worker makes is fenced by ``(worker_id, attempts)``: a worker whose lease lapsed and whose
+task was reclaimed can no longer finish it, so nothing is settled or refunded twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, tuple_, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from easel.errors import IdempotencyConflict, NotEnoughCredit, TooManyUnfinishedTasks
+from easel.store import events
+from easel.store.accounts import Caller, record_move, write_ledger_row
+from easel.store.db import read_only
+from easel.store.notify import notify
+from easel.store.tables import accounts, attempts, idempotency_keys, tasks, workers
+from easel.tasks import REFUNDED, UNFINISHED, Reference, Status, Task
+
+_UNFINISHED = [s.value for s in UNFINISHED]
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    id: str
+    type: str
+    model_version: str
+    input: dict[str, Any]
+    prompt: str
+    refs: tuple[Reference, ...]
+    price: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    ours: bool  # the claim is still this worker's
+    cancel: bool  # the client asked to cancel the task
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    backend: str
+    claim: int
+    started_at: float
+    ended_at: float | None
+    outcome: str | None
+    error: str | None
+
+
+def _task(row: Row[Any]) -> Task:
+    m = row._mapping
+    return Task(
+        id=m["id"],
+        account_id=m["account_id"],
+        api_key_id=m["api_key_id"],
+        type=m["type"],
+        status=Status(m["status"]),
+        model_version=m["model_version"],
+        input=m["input"],
+        prompt=m["prompt"],
+        refs=tuple(Reference.from_json(r) for r in m["refs"]),
+        price=m["price"],
+        consumed_credit=m["consumed_credit"],
+        progress=m["progress"],
+        attempts=m["attempts"],
+        worker_id=m["worker_id"],
+        lease_until=m["lease_until"],
+        backend=m["backend"],
+        output_key=m["output_key"],
+        output_deleted_at=m["output_deleted_at"],
+        error_code=m["error_code"],
+        error_msg=m["error_msg"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Outlook:
+    mean_duration: float | None  # unfinished tasks only
+    position: int | None  # queued tasks only
+    live_slots: int | None  # queued tasks only
+    attempts: list[Attempt]
+
+
+async def _outlook(conn: AsyncConnection, task: Task) -> Outlook:
+    mean = position = slots = None
+    if not task.is_final:
+        # A running task's backend is known: its own pace first, else the model's.
+        running_on = task.backend if task.status is Status.RUNNING else None
+        mean = await _mean_duration(conn, task.model_version, running_on)
+        if mean is None and running_on is not None:
+            mean = await _mean_duration(conn, task.model_version)
+    if task.status is Status.QUEUED:
+        position = await _position(conn, task)
+        slots = await _live_slots(conn)
+    return Outlook(mean, position, slots, await _attempts(conn, task.id))
+
+
+async def _position(conn: AsyncConnection, task: Task) -> int:
+    mine = await conn.scalar(select(_running_of(task.api_key_id)))
+    other = tasks.alias("other")
+    theirs = _running_of(other.c.api_key_id)
+    ahead = await conn.scalar(
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.c.status == Status.QUEUED.value,
+            tuple_(theirs, other.c.created_at, other.c.id) < tuple_(mine, task.created_at, task.id),
+        )
+    )
+    return int(ahead or 0)
+
+
+async def _mean_duration(
+    conn: AsyncConnection, model_version: str, backend: str | None = None, sample: int = 20
+) -> float | None:
+    """Mean run time of the latest successful tasks of the model (on ``backend``, if given)."""
+    recent = select((tasks.c.finished_at - tasks.c.started_at).label("duration")).where(
+        tasks.c.model_version == model_version, tasks.c.status == Status.SUCCESS.value
+    )
+    if backend is not None:
+        recent = recent.where(tasks.c.backend == backend)
+    window = recent.order_by(tasks.c.finished_at.desc()).limit(sample).subquery()
+    mean = await conn.scalar(select(func.avg(window.c.duration)))
+    return None if mean is None else float(mean)
+
+
+async def _live_slots(conn: AsyncConnection, within_s: float = 30.0) -> int:
+    slots = await conn.scalar(
+        select(func.coalesce(func.sum(workers.c.slots), 0)).where(
+            workers.c.heartbeat_at >= time.time() - within_s
+        )
+    )
+    return int(slots or 0)
+
+
+async def _attempts(conn: AsyncConnection, task_id: str) -> list[Attempt]:
+    rows = await conn.execute(
+        select(attempts).where(attempts.c.task_id == task_id).order_by(attempts.c.id)
+    )
+    return [Attempt(r.backend, r.claim, r.started_at, r.ended_at, r.outcome, r.error) for r in rows]
+
+
+def _running_of(api_key_id: Any) -> Any:
+    """How many tasks of ``api_key_id`` are running (a scalar subquery)."""
+    running = tasks.alias("running")
+    return (
+        select(func.count())
+        .select_from(running)
+        .where(running.c.api_key_id == api_key_id, running.c.status == Status.RUNNING.value)
+        .scalar_subquery()
+    )
+
+
+IDEMPOTENCY_WINDOW_S = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    key: str
+    body_hash: str
+
+
+async def _replay(
+    conn: AsyncConnection, caller: Caller, idempotency: Idempotency, now: float
+) -> str | None:
+    """The task of an earlier submit with this key (None if none within 24 h; a stale one
+    is forgotten); 409 when the key came with another body."""
+    same_key = and_(
+        idempotency_keys.c.api_key_id == caller.key_id,
+        idempotency_keys.c.key == idempotency.key,
+    )
+    row = (await conn.execute(select(idempotency_keys).where(same_key))).first()
+    if row is None:
+        return None
+    if row.created_at < now - IDEMPOTENCY_WINDOW_S:
+        await conn.execute(idempotency_keys.delete().where(same_key))
+        return None
+    if row.body_hash != idempotency.body_hash:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {idempotency.key!r} was used with another request body.",
+        )
+    return str(row.task_id)
+
+
+async def _event(conn: AsyncConnection, task: Task, status: Status, progress: int) -> None:
+    await events.append(
+        conn,
+        account_id=task.account_id,
+        api_key_id=task.api_key_id,
+        task_id=task.id,
+        status=status,
+        progress=progress,
+    )
+
+
+def _fenced(task: Task) -> Any:
+    """The claim that is finishing ``task`` is still the current one."""
+    return and_(
+        tasks.c.id == task.id,
+        tasks.c.status == Status.RUNNING.value,
+        tasks.c.worker_id == task.worker_id,
+        tasks.c.attempts == task.attempts,
+    )
+
+
+class TaskStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._reads = read_only(engine)
+
+    # -- API side -------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        caller: Caller,
+        new: NewTask,
+        *,
+        max_unfinished: int,
+        retry_after_s: int,
+        idempotency: Idempotency | None = None,
+    ) -> str:
+        """Check the key's unfinished-task limit, hold the credits and enqueue, atomically.
+
+        With ``idempotency``, a repeat of the same key and body within 24 h returns the first
+        task's id and changes nothing; the same key with another body is refused (409).
+        Returns the task id.
+        """
+        now = time.time()
+        async with self._engine.begin() as conn:
+            # Lock the account row: one submit per account at a time, on every replica, so
+            # the unfinished-task count below cannot be raced (SQLite: BEGIN IMMEDIATE).
+            await conn.execute(
+                select(accounts.c.id).where(accounts.c.id == caller.account_id).with_for_update()
+            )
+            if idempotency is not None:
+                replay = await _replay(conn, caller, idempotency, now)
+                if replay is not None:
+                    return replay
+            unfinished = await conn.scalar(
+                select(func.count())
+                .select_from(tasks)
+                .where(tasks.c.api_key_id == caller.key_id, tasks.c.status.in_(_UNFINISHED))
+            )
+            if (unfinished or 0) >= max_unfinished:
+                raise TooManyUnfinishedTasks(
+                    f"This key already has {unfinished} unfinished tasks; the limit is "
+                    f"{max_unfinished}.",
+                    retry_after_s=retry_after_s,
+                )
+            held = await conn.execute(
+                update(accounts)
+                .where(accounts.c.id == caller.account_id, accounts.c.balance >= new.price)
+                .values(
+                    balance=accounts.c.balance - new.price, frozen=accounts.c.frozen + new.price
+                )
+            )
+            if held.rowcount != 1:
+                balance = await conn.scalar(
+                    select(accounts.c.balance).where(accounts.c.id == caller.account_id)
+                )
+                raise NotEnoughCredit(
+                    f"{new.model_version} costs {new.price} credits; the balance is {balance}."
+                )
+            await write_ledger_row(conn, caller.account_id, new.id, "hold", -new.price, new.price)
+            await conn.execute(
+                insert(tasks).values(
+                    id=new.id,
+                    account_id=caller.account_id,
+                    api_key_id=caller.key_id,
+                    type=new.type,
+                    status=Status.QUEUED.value,
+                    model_version=new.model_version,
+                    input=new.input,
+                    prompt=new.prompt,
+                    refs=[r.to_json() for r in new.refs],
+                    price=new.price,
+                    consumed_credit=0,
+                    progress=0,
+                    attempts=0,
+                    created_at=now,
+                )
+            )
+            await events.append(
+                conn,
+                account_id=caller.account_id,
+                api_key_id=caller.key_id,
+                task_id=new.id,
+                status=Status.QUEUED,
+                progress=0,
+            )
+            await notify(conn)
+            if idempotency is not None:
+                await conn.execute(
+                    insert(idempotency_keys).values(
+                        api_key_id=caller.key_id,
+                        key=idempotency.key,
+                        body_hash=idempotency.body_hash,
+                        task_id=new.id,
+                        created_at=now,
+                    )
+                )
+        return new.id
+
+    async def get(self, task_id: str, key_id: str | None = None) -> Task | None:
+        query = select(tasks).where(tasks.c.id == task_id)
+        if key_id is not None:
+            query = query.where(tasks.c.api_key_id == key_id)
+        async with self._reads.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _task(row)
+
+    async def position(self, task: Task) -> int:
+        """How many queued tasks workers would claim before ``task`` as things stand now
+        (the claim order: fewest running tasks of the key first, then oldest)."""
+        async with self._reads.connect() as conn:
+            return await _position(conn, task)
+
+    async def mean_duration(self, model_version: str) -> float | None:
+        """Mean run time of the model's latest successful tasks, or None without data."""
+        async with self._reads.connect() as conn:
+            return await _mean_duration(conn, model_version)
+
+    async def outlook(self, task: Task) -> Outlook:
+        """What the task object shows besides the row, read on one connection."""
+        async with self._reads.connect() as conn:
+            return await _outlook(conn, task)
+
+    async def view(self, task_id: str, key_id: str | None = None) -> tuple[Task, Outlook] | None:
+        """The task (of ``key_id``, if given) and its outlook, read on one connection (the hot
+        path of polling and of live updates)."""
+        query = select(tasks).where(tasks.c.id == task_id)
+        if key_id is not None:
+            query = query.where(tasks.c.api_key_id == key_id)
+        async with self._reads.connect() as conn:
+            row = (await conn.execute(query)).first()
+            if row is None:
+                return None
+            task = _task(row)
+            return task, await _outlook(conn, task)
+
+    async def live_models(self, within_s: float = 30.0) -> set[str]:
+        """The models that workers with a recent heartbeat take."""
+        async with self._reads.connect() as conn:
+            rows = await conn.execute(
+                select(workers.c.models).where(workers.c.heartbeat_at >= time.time() - within_s)
+            )
+            return {model for (models,) in rows for model in models}
+
+    # -- worker side ----------------------------------------------------------------------
+
+    async def register_worker(self, worker_id: str, models: Sequence[str], slots: int) -> None:
+        async with self._engine.begin() as conn:
+            done = await conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(models=list(models), slots=slots, heartbeat_at=time.time())
+            )
+            if done.rowcount == 0:
+                await conn.execute(
+                    insert(workers).values(
+                        id=worker_id, models=list(models), slots=slots, heartbeat_at=time.time()
+                    )
+                )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(workers.delete().where(workers.c.id == worker_id))
+
+    async def claim(self, worker_id: str, models: Collection[str], lease_s: float) -> Task | None:
+        """Take the next queued task of ``models`` (SKIP LOCKED on PostgreSQL).
+
+        Fair between keys: the task of the key with the fewest running tasks goes first,
+        then the oldest, so no single key starves the others.
+        """
+        if not models:
+            return None
+        now = time.time()
+        next_id = (
+            select(tasks.c.id)
+            .where(tasks.c.status == Status.QUEUED.value, tasks.c.model_version.in_(models))
+            .order_by(_running_of(tasks.c.api_key_id), tasks.c.created_at, tasks.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == next_id, tasks.c.status == Status.QUEUED.value)
+                    .values(
+                        status=Status.RUNNING.value,
+                        attempts=tasks.c.attempts + 1,
+                        worker_id=worker_id,
+                        lease_until=now + lease_s,
+                        started_at=now,
+                        progress=0,
+                    )
+                    .returning(*tasks.c)
+                )
+            ).first()
+            if row is None:
+                return None
+            task = _task(row)
+            await _event(conn, task, Status.RUNNING, 0)
+        return task
+
+    async def heartbeat(self, task: Task, lease_s: float, progress: int) -> Heartbeat:
+        """Renew the lease and store progress; say whether the claim is still ours and
+        whether a cancel was requested."""
+        async with self._engine.begin() as conn:
+            before = await conn.scalar(select(tasks.c.progress).where(_fenced(task)))
+            row = (
+                await conn.execute(
+                    update(tasks)
+                    .where(_fenced(task))
+                    .values(lease_until=time.time() + lease_s, progress=progress)
+                    .returning(tasks.c.cancel_requested_at)
+                )
+            ).first()
+            if row is None:
+                return Heartbeat(ours=False, cancel=False)
+            if before != progress:
+                await _event(conn, task, Status.RUNNING, progress)
+        return Heartbeat(ours=True, cancel=row.cancel_requested_at is not None)
+
+    async def cancel(self, task_id: str, key_id: str) -> Task | None:
+        """Cancel a task of ``key_id``: a queued one ends ``cancelled`` at once with a refund;
+        a running one is asked to stop at its next checkpoint; a final one is left as it is.
+        Idempotent. None when the key has no such task."""
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(tasks)
+                    .where(tasks.c.id == task_id, tasks.c.api_key_id == key_id)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                return None
+            task = _task(row)
+            if task.status is Status.QUEUED:
+                queued = and_(tasks.c.id == task.id, tasks.c.status == Status.QUEUED.value)
+                await self._end_with_refund(conn, queued, task, Status.CANCELLED, None, None)
+            elif task.status is Status.RUNNING and task.lease_until is not None:
+                await conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task.id, tasks.c.cancel_requested_at.is_(None))
+                    .values(cancel_requested_at=time.time())
+                )
+        return await self.get(task_id)
+
+    async def start_attempt(self, task: Task, backend: str) -> int:
+        """Record that ``backend`` starts running ``task``; returns the attempt's id."""
+        async with self._engine.begin() as conn:
+            await conn.execute(update(tasks).where(_fenced(task)).values(backend=backend))
+            result = await conn.execute(
+                insert(attempts).values(
+                    task_id=task.id, claim=task.attempts, backend=backend, started_at=time.time()
+                )
+            )
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    async def end_attempt(self, attempt_id: int, outcome: str, error: str | None = None) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(attempts)
+                .where(attempts.c.id == attempt_id)
+                .values(ended_at=time.time(), outcome=outcome, error=error)
+            )
+
+    async def complete(self, task: Task, output_key: str, backend: str) -> bool:
+        """Success: settle the held credits. False when the claim was lost meanwhile."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(tasks)
+                .where(_fenced(task))
+                .values(
+                    status=Status.SUCCESS.value,
+                    progress=100,
+                    output_key=output_key,
+                    backend=backend,
+                    consumed_credit=task.price,
+                    lease_until=None,
+                    finished_at=time.time(),
+                )
+            )
+            if result.rowcount != 1:
+                return False
+            await record_move(conn, task.account_id, task.id, "settle", 0, -task.price)
+            await _event(conn, task, Status.SUCCESS, 100)
+        return True
+
+    async def fail(self, task: Task, status: Status, code: int | None, message: str | None) -> bool:
+        """End a running task in ``status`` (failed, banned, cancelled) with a refund. False
+        when the claim was lost."""
+        assert status in REFUNDED
+        async with self._engine.begin() as conn:
+            return await self._end_with_refund(conn, _fenced(task), task, status, code, message)
+
+    async def release(self, task: Task) -> bool:
+        """Put a running task back in the queue (graceful shutdown); it keeps its attempts."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(tasks)
+                .where(_fenced(task))
+                .values(
+                    status=Status.QUEUED.value,
+                    worker_id=None,
+                    lease_until=None,
+                    progress=0,
+                    attempts=tasks.c.attempts - 1,
+                )
+            )
+            if result.rowcount == 1:
+                await _event(conn, task, Status.QUEUED, 0)
+                await notify(conn)
+        return result.rowcount == 1
+
+    async def reclaim_lapsed(self, max_attempts: int) -> int:
+        """Re-queue running tasks whose lease lapsed; fail (and refund) those out of attempts."""
+        now = time.time()
+        lapsed = and_(tasks.c.status == Status.RUNNING.value, tasks.c.lease_until < now)
+        async with self._engine.begin() as conn:
+            cancelled = (
+                await conn.execute(
+                    select(tasks).where(lapsed, tasks.c.cancel_requested_at.is_not(None))
+                )
+            ).all()
+            for row in cancelled:
+                task = _task(row)
+                await self._end_with_refund(conn, _fenced(task), task, Status.CANCELLED, None, None)
+            lapsed = and_(lapsed, tasks.c.cancel_requested_at.is_(None))
+            requeued = (
+                await conn.execute(
+                    update(tasks)
+                    .where(lapsed, tasks.c.attempts < max_attempts)
+                    .values(
+                        status=Status.QUEUED.value, worker_id=None, lease_until=None, progress=0
+                    )
+                    .returning(*tasks.c)
+                )
+            ).all()
+            for row in requeued:
+                await _event(conn, _task(row), Status.QUEUED, 0)
+            if requeued:
+                await notify(conn)
+            dead = (
+                await conn.execute(select(tasks).where(lapsed, tasks.c.attempts >= max_attempts))
+            ).all()
+            for row in dead:
+                task = _task(row)
+                await self._end_with_refund(
+                    conn,
+                    _fenced(task),
+                    task,
+                    Status.FAILED,
+                    1001,
+                    f"The task's worker stopped responding {task.attempts} times; giving up.",
+                )
+        return len(requeued) + len(dead) + len(cancelled)
+
+    async def expire_queued(self, max_wait_s: float) -> int:
+        """End ``expired`` (with a refund) every task queued longer than ``max_wait_s``."""
+        cutoff = time.time() - max_wait_s
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(tasks)
+                    .where(tasks.c.status == Status.QUEUED.value, tasks.c.created_at < cutoff)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            expired = 0
+            for row in rows:
+                task = _task(row)
+                queued = and_(tasks.c.id == task.id, tasks.c.status == Status.QUEUED.value)
+                message = (
+                    f"The task waited more than {max_wait_s:.0f} s in the queue and expired; "
+                    "its credits were refunded."
+                )
+                expired += await self._end_with_refund(
+                    conn, queued, task, Status.EXPIRED, 1001, message
+                )
+        return expired
+
+    async def outputs_past(self, retention_s: float, limit: int = 500) -> list[tuple[str, str]]:
+        """(task id, output key) of outputs older than ``retention_s``, oldest first."""
+        cutoff = time.time() - retention_s
+        async with self._reads.connect() as conn:
+            rows = await conn.execute(
+                select(tasks.c.id, tasks.c.output_key)
+                .where(
+                    tasks.c.status == Status.SUCCESS.value,
+                    tasks.c.output_key.is_not(None),
+                    tasks.c.finished_at < cutoff,
+                )
+                .order_by(tasks.c.finished_at)
+                .limit(limit)
+            )
+            return [(row.id, row.output_key) for row in rows]
+
+    async def mark_output_deleted(self, task_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(output_key=None, output_deleted_at=time.time())
+            )
+
+    async def _end_with_refund(
+        self,
+        conn: AsyncConnection,
+        where: Any,
+        task: Task,
+        status: Status,
+        code: int | None,
+        message: str | None,
+    ) -> bool:
+        result = await conn.execute(
+            update(tasks)
+            .where(where)
+            .values(
+                status=status.value,
+                error_code=code,
+                error_msg=message,
+                consumed_credit=0,
+                lease_until=None,
+                finished_at=time.time(),
+            )
+        )
+        if result.rowcount != 1:
+            return False
+        await record_move(conn, task.account_id, task.id, "refund", task.price, -task.price)
+        await _event(conn, task, status, task.progress)
+        return True
