@@ -1,0 +1,1 @@
+"""Image backends behind one port (``base``), found by kind (``registry``)."""

@@ -1,0 +1,135 @@
+"""The two ways a remote kind runs a job, on top of :class:`~easel.backends._remote.RemoteBackend`.
+
+- :class:`SdkBackend` (``openai``, ``gemini``): one vendor SDK client, made on first use, and
+  one request per job under the concurrency limit and the retry policy.
+- :class:`PollingBackend` (``bfl``, ``midjourney-proxy``): over plain httpx, submit a task,
+  poll it until it ends and download the result, all under the concurrency limit and one
+  overall ``timeout_s``.
+
+A cancelled task stops either between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar, Generic, TypeVar
+
+import httpx
+
+from easel.backends._remote import (
+    DEFAULT_RETRY,
+    RemoteBackend,
+    RemoteOptions,
+    RetryPolicy,
+    model_for,
+)
+from easel.backends.base import (
+    BackendUnavailable,
+    GeneratedImage,
+    Job,
+    JobCancelled,
+    JobControl,
+)
+
+C = TypeVar("C")  # a vendor SDK's client
+R = TypeVar("R")  # the SDK's answer to one request
+
+REQUEST_TIMEOUT_S = 30.0  # one HTTP request of a polling kind, at most (and at most timeout_s)
+
+
+class SdkBackend(RemoteBackend, ABC, Generic[C, R]):
+    """A remote kind on a vendor SDK: one client made on first use, one request per job.
+
+    The SDK is imported in :meth:`_open` and the hooks, never when the kind's module is.
+    """
+
+    default_models: ClassVar[Mapping[str, str]]  # model_version → the provider's model id
+    _client: C | None = None
+
+    @abstractmethod
+    def _open(self) -> C:
+        """A new SDK client (:func:`~easel.backends._remote.missing_sdk` when not installed)."""
+
+    @abstractmethod
+    async def _request(self, client: C, model: str, job: Job) -> R:
+        """One request for ``job``, SDK errors translated into the backend error tree."""
+
+    @abstractmethod
+    def _image(self, answer: R, model: str) -> GeneratedImage:
+        """The image in ``answer``, or the error that explains its absence."""
+
+    @abstractmethod
+    async def _close(self, client: C) -> None: ...
+
+    async def generate(self, job: Job, control: JobControl) -> GeneratedImage:
+        model = model_for(job, self.default_models, self.kind)
+        if self._client is None:
+            self._client = self._open()
+        client = self._client
+        answer = await self.call(lambda: self._request(client, model, job), control, job.task_id)
+        image = self._image(answer, model)
+        control.progress(1.0)
+        return image
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await self._close(client)
+
+
+class PollingBackend(RemoteBackend):
+    """A remote kind that submits a task over httpx, then polls it until it ends."""
+
+    poll_interval_s: float = 1.0  # seconds between two polls; a kind sets its own
+
+    def __init__(
+        self,
+        name: str,
+        options: RemoteOptions,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        poll_interval_s: float | None = None,
+    ) -> None:
+        super().__init__(name, options, retry=retry)
+        if poll_interval_s is not None:
+            self.poll_interval_s = poll_interval_s
+
+    @asynccontextmanager
+    async def session(self, what: str) -> AsyncIterator[httpx.AsyncClient]:
+        """An HTTP client for one job, under the concurrency limit and ``timeout_s`` in all;
+        past that, BackendUnavailable: "``what`` did not finish within … s"."""
+        timeout_s = self.options.timeout_s
+        try:
+            async with (
+                self._slots,
+                asyncio.timeout(timeout_s),
+                httpx.AsyncClient(timeout=min(REQUEST_TIMEOUT_S, timeout_s)) as client,
+            ):
+                yield client
+        except TimeoutError:
+            raise BackendUnavailable(f"{what} did not finish within {timeout_s:g} s") from None
+
+    async def poll(
+        self,
+        fetch: Callable[[], Awaitable[dict[str, Any]]],
+        progress: Callable[[dict[str, Any]], float | None],
+        result: Callable[[dict[str, Any]], str | None],
+        control: JobControl,
+        task_id: str,
+    ) -> str:
+        """``fetch`` the task every ``poll_interval_s``, reporting its ``progress``, until
+        ``result`` gives the image URL (``result`` raises when the task failed)."""
+        while True:
+            if control.cancelled:
+                raise JobCancelled(task_id)
+            answer = await fetch()
+            fraction = progress(answer)
+            if fraction is not None:
+                control.progress(fraction)
+            url = result(answer)
+            if url is not None:
+                return url
+            await asyncio.sleep(self.poll_interval_s)

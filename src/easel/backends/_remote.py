@@ -1,0 +1,257 @@
+"""What every hosted-provider kind shares: options, the API key, retries, limits, errors.
+
+A remote kind (``openai``, ``gemini``, ``bfl``, ``midjourney-proxy``) subclasses
+:class:`RemoteOptions` to set its defaults and :class:`RemoteBackend` (through one of the
+job shapes in :mod:`easel.backends._flows`) to get the key check, the concurrency limit and
+the bounded retry policy. Provider answers are translated into the
+:mod:`easel.backends.base` error tree here, once: :func:`http_error` for an HTTP status and
+:func:`unreachable` for timeouts and refused connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from easel.backends.base import (
+    BackendError,
+    BackendFailed,
+    BackendRateLimited,
+    BackendRejected,
+    BackendUnavailable,
+    GeneratedImage,
+    InputImage,
+    Job,
+    JobCancelled,
+    JobControl,
+)
+
+T = TypeVar("T")
+
+INSTALL_HINT = "pip install 'easel[providers]'"
+_MODERATION = re.compile(
+    r"moderation|safety|content[ _-]?policy|nsfw|prohibited|inappropriate", re.IGNORECASE
+)
+_BAD_KEY = re.compile(r"api[_ ]key[_ ](invalid|not valid)", re.IGNORECASE)  # Gemini says 400
+_DETAIL_CHARS = 300
+
+
+class RemoteOptions(BaseModel):
+    """Settings every remote kind takes; a kind subclasses it to set its own defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    base_url: str
+    api_key_env: str
+    timeout_s: float = Field(default=120, gt=0)
+    max_concurrency: int = Field(default=4, ge=1)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently a remote call is retried on 429, 5xx and timeouts."""
+
+    attempts: int = 3
+    wait_initial_s: float = 0.5
+    wait_max_s: float = 5.0
+    timeout_s: float = 60.0  # total time spent retrying, on top of the call's own timeout
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def read_api_key(options: RemoteOptions) -> str | None:
+    """The key from the environment variable ``options.api_key_env``, or None when unset."""
+    return os.environ.get(options.api_key_env, "").strip() or None
+
+
+def missing_key_reason(options: RemoteOptions) -> str | None:
+    """None when the key is set, else the text ``unavailable_reason`` gives."""
+    return None if read_api_key(options) else f"no API key: set {options.api_key_env}"
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy = DEFAULT_RETRY) -> T:
+    """Run ``call``, retrying BackendRateLimited / BackendUnavailable as ``policy`` allows."""
+    try:
+        import stamina
+    except ImportError:
+        raise missing_sdk("stamina") from None
+    async for attempt in stamina.retry_context(
+        on=BackendUnavailable,  # BackendRateLimited is a subclass
+        attempts=policy.attempts,
+        timeout=policy.timeout_s,
+        wait_initial=policy.wait_initial_s,
+        wait_max=policy.wait_max_s,
+        wait_jitter=policy.wait_initial_s,
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+
+def error_detail(body_text: str) -> str:
+    """The provider's own message from an error body (OpenAI, Gemini, BFL shapes), shortened."""
+    text = body_text.strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            found = error.get("message") or error.get("detail") or error.get("description")
+            text = str(found) if found else text
+        elif isinstance(error, str):
+            text = error
+        elif isinstance(body.get("detail"), str):
+            text = body["detail"]
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+
+
+def http_error(
+    status: int, body_text: str, *, provider: str = "the provider", model: str | None = None
+) -> BackendError:
+    """Translate an HTTP error answer into the backend error tree, in words a user can act on."""
+    detail = error_detail(body_text)
+    said = f" ({provider} said: {detail})" if detail else ""
+    if status in (401, 403) or (status == 400 and _BAD_KEY.search(body_text)):
+        return BackendFailed(
+            f"{provider} refused the API key (HTTP {status}); check that the key in the "
+            f"configured environment variable is valid and allowed to use this model{said}"
+        )
+    if status == 404:
+        name = f"model {model!r}" if model else "the model"
+        return BackendFailed(
+            f"{name} not found or retired at {provider} (HTTP 404); set a current id with "
+            f"provider_model in the [models] table of the config{said}"
+        )
+    if status == 429:
+        return BackendRateLimited(f"{provider} is rate limiting requests (HTTP 429){said}")
+    if status == 408 or status >= 500:
+        return BackendUnavailable(f"{provider} is unavailable (HTTP {status}){said}")
+    if status in (400, 422) and _MODERATION.search(body_text):
+        return BackendRejected(f"{provider} refused the content under its usage policy{said}")
+    return BackendFailed(f"{provider} rejected the request (HTTP {status}){said}")
+
+
+def unreachable(provider: str, base_url: str, exc: BaseException) -> BackendUnavailable:
+    """A timeout or a refused connection: the provider may answer on another attempt."""
+    kind = "timed out" if "timeout" in type(exc).__name__.lower() else "could not be reached"
+    return BackendUnavailable(f"{provider} at {base_url} {kind}: {exc or type(exc).__name__}")
+
+
+def to_generated_image(data: bytes, provider: str) -> GeneratedImage:
+    """Wrap returned bytes, detecting PNG/JPEG from the bytes (WebP is converted to PNG)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return GeneratedImage(data=data, format="png")
+    if data.startswith(b"\xff\xd8\xff"):
+        return GeneratedImage(data=data, format="jpeg")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        from PIL import Image
+
+        out = io.BytesIO()
+        with Image.open(io.BytesIO(data)) as image:
+            image.save(out, format="PNG")
+        return GeneratedImage(data=out.getvalue(), format="png")
+    raise BackendFailed(f"{provider} answered with bytes that are not a PNG, JPEG or WebP image")
+
+
+def model_for(job: Job, defaults: Mapping[str, str], kind: str) -> str:
+    """The provider's model id for ``job``: its provider_model, else the default for its
+    model_version in ``defaults``; a definite failure naming the config key when neither."""
+    model = job.provider_model or defaults.get(job.model_version)
+    if model is None:
+        raise BackendFailed(
+            f"the {kind} backend has no default model for {job.model_version!r}; set "
+            f'provider_model for it in [models."{job.model_version}"]'
+        )
+    return model
+
+
+def missing_sdk(package: str) -> BackendFailed:
+    """The error a backend raises when its vendor SDK is not installed."""
+    return BackendFailed(f"the {package!r} package is not installed; run: {INSTALL_HINT}")
+
+
+def png_or_jpeg(image: InputImage) -> tuple[bytes, str]:
+    """A reference as PNG or JPEG bytes and its format (WebP and others become PNG).
+
+    For providers that document no WebP support (BFL, midjourney-proxy's Discord upload).
+    """
+    if image.format in ("png", "jpeg"):
+        return image.data, image.format
+    from PIL import Image
+
+    out = io.BytesIO()
+    with Image.open(io.BytesIO(image.data)) as source:
+        source.save(out, format="PNG")
+    return out.getvalue(), "png"
+
+
+async def download_image(client: httpx.AsyncClient, url: str, provider: str) -> GeneratedImage:
+    """GET a result URL (often a signed, expiring link) once; no provider key is sent."""
+    try:
+        response = await client.get(url, follow_redirects=True)
+    except httpx.TransportError as exc:
+        raise unreachable(provider, url, exc) from exc
+    status = response.status_code
+    if status == 429 or status >= 500:
+        raise http_error(status, response.text, provider=provider)
+    if status >= 400:
+        raise BackendFailed(
+            f"could not download the result image from {provider} (HTTP {status} at "
+            f"{response.url.host}); a signed result URL may have expired"
+        )
+    return to_generated_image(response.content, provider)
+
+
+class RemoteBackend:
+    """Base of the remote kinds: key check, concurrency limit, bounded retries, cancel checks."""
+
+    kind: str = "remote"
+    provider: str = "the provider"
+
+    def __init__(
+        self, name: str, options: RemoteOptions, *, retry: RetryPolicy = DEFAULT_RETRY
+    ) -> None:
+        self.name = name
+        self.options = options
+        self.retry = retry
+        self._slots = asyncio.Semaphore(options.max_concurrency)
+
+    def unavailable_reason(self) -> str | None:
+        return missing_key_reason(self.options)
+
+    def api_key(self) -> str:
+        """The key, or BackendUnavailable naming the variable to set (another backend may run)."""
+        key = read_api_key(self.options)
+        if key is None:
+            raise BackendUnavailable(
+                f"backend {self.name!r} has no API key: set {self.options.api_key_env}"
+            )
+        return key
+
+    async def call(
+        self, attempt: Callable[[], Awaitable[T]], control: JobControl, task_id: str
+    ) -> T:
+        """Run one provider request under the concurrency limit with the retry policy."""
+
+        async def checked() -> T:
+            if control.cancelled:
+                raise JobCancelled(task_id)
+            return await attempt()
+
+        async with self._slots:
+            return await with_retries(checked, self.retry)
+
+    async def close(self) -> None:
+        return None

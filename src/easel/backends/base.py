@@ -1,0 +1,89 @@
+"""The ``ImageBackend`` port: what every backend (placeholder, diffusers, providers) implements.
+
+A backend gets a :class:`Job` (ids and bytes, never database rows) and a :class:`JobControl`
+for progress and cancellation, and returns one :class:`GeneratedImage`. Provider and library
+exceptions are translated into :class:`BackendError` subclasses where they enter, so the
+worker decides retry, fallback and the task's final state from these classes alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class InputImage:
+    data: bytes
+    format: str  # png | jpeg | webp (detected from the bytes)
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    task_id: str
+    model_version: str
+    prompt: str  # the composed prompt (template, user prompt, t_pose, sketch_to_render)
+    images: tuple[InputImage, ...]  # in image[N] order: the user's files, then the template's
+    provider_model: str | None = None  # from [models."…"].provider_model, when configured
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    data: bytes
+    format: str  # png | jpeg
+
+
+class JobControl(Protocol):
+    """Hooks a backend calls while it runs; safe to call from a worker thread."""
+
+    def progress(self, fraction: float) -> None:
+        """Report progress in [0, 1]."""
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task should stop; check it at every step."""
+
+
+class ImageBackend(Protocol):
+    name: str
+    kind: str
+
+    def unavailable_reason(self) -> str | None:
+        """None when the backend can take tasks, else why not (missing key, no GPU…)."""
+
+    async def generate(self, job: Job, control: JobControl) -> GeneratedImage: ...
+
+    async def close(self) -> None: ...
+
+
+class BackendError(Exception):
+    """A backend could not produce the image. ``retryable`` errors may fall back."""
+
+    retryable = False
+    error_code = 1001
+
+
+class BackendUnavailable(BackendError):
+    """Timeouts, 5xx, connection failures, a model that did not load: try elsewhere."""
+
+    retryable = True
+
+
+class BackendRateLimited(BackendUnavailable):
+    """The provider said 429."""
+
+
+class BackendRejected(BackendError):
+    """Content policy: final, never retried elsewhere; the task ends ``banned`` (2008)."""
+
+    error_code = 2008
+
+
+class BackendFailed(BackendError):
+    """A definite failure (bad key, retired model, bad request): final for this backend."""
+
+
+class JobCancelled(Exception):
+    """The backend stopped because the task was cancelled."""

@@ -1,0 +1,184 @@
+"""Backend kind ``bfl``: Black Forest Labs' hosted FLUX API, spoken over httpx.
+
+Every request carries the key in the ``x-key`` header (``BFL_API_KEY`` by default). The
+endpoint is ``POST {base_url}/v1/{endpoint}``, ``endpoint`` being the job's
+``provider_model`` or, by default:
+
+- ``flux.1_kontext_pro`` → ``/v1/flux-kontext-pro``: ``prompt``, ``output_format: "png"`` and
+  the references as raw base64 in ``input_image``, ``input_image_2`` … ``input_image_4``;
+- ``flux.1_dev`` → ``/v1/flux-dev``: ``prompt``, ``width``/``height`` 1024, ``output_format``.
+
+The answer is ``{"id", "polling_url"}``. The backend polls that URL as given (it may name a
+regional host) until ``status`` is ``Ready``, then downloads ``result.sample`` at once, since
+the signed link expires in minutes. ``Request Moderated`` / ``Content Moderated`` end in
+:class:`BackendRejected`; ``Error``, ``Failed`` and ``Task not found`` in
+:class:`BackendFailed`. HTTP 429 and 5xx are retried with bounded back-off; 402 means the
+BFL account is out of credits.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+from pydantic import Field
+
+from easel.backends._flows import PollingBackend
+from easel.backends._remote import (
+    RemoteOptions,
+    download_image,
+    http_error,
+    png_or_jpeg,
+    unreachable,
+    with_retries,
+)
+from easel.backends.base import (
+    BackendError,
+    BackendFailed,
+    BackendRejected,
+    GeneratedImage,
+    Job,
+    JobCancelled,
+    JobControl,
+)
+
+PROVIDER = "Black Forest Labs"
+DEFAULT_ENDPOINTS = {"flux.1_kontext_pro": "flux-kontext-pro", "flux.1_dev": "flux-dev"}
+MAX_REFERENCES = 4
+TEXT_TO_IMAGE_SIZE = 1024
+_MODERATED = ("Request Moderated", "Content Moderated")
+_FAILED = ("Error", "Failed", "Task not found")
+
+
+class Options(RemoteOptions):
+    base_url: str = "https://api.bfl.ai"
+    api_key_env: str = "BFL_API_KEY"
+    timeout_s: float = Field(default=300, gt=0)
+
+
+def endpoint_for(job: Job) -> str:
+    """The path segment after ``/v1/``: ``provider_model`` if configured, else the default."""
+    name = job.provider_model or DEFAULT_ENDPOINTS.get(job.model_version)
+    if not name:
+        raise BackendFailed(
+            f"no BFL endpoint is known for model_version {job.model_version!r}; map one with "
+            f'provider_model = {{ <backend> = "flux-…" }} in its [models] table'
+        )
+    return name.strip().strip("/").removeprefix("v1/")
+
+
+def request_body(endpoint: str, job: Job) -> dict[str, Any]:
+    """The JSON for ``POST /v1/{endpoint}``: references as ``input_image``, ``input_image_2``…"""
+    if len(job.images) > MAX_REFERENCES:
+        raise BackendFailed(f"BFL takes at most {MAX_REFERENCES} reference images")
+    body: dict[str, Any] = {"prompt": job.prompt, "output_format": "png"}
+    for index, image in enumerate(job.images, start=1):
+        data, _ = png_or_jpeg(image)
+        key = "input_image" if index == 1 else f"input_image_{index}"
+        body[key] = base64.b64encode(data).decode("ascii")
+    if not job.images and "kontext" not in endpoint:
+        body["width"] = body["height"] = TEXT_TO_IMAGE_SIZE
+    return body
+
+
+def _error(response: httpx.Response, endpoint: str) -> BackendError:
+    if response.status_code == 402:
+        return BackendFailed(
+            "the Black Forest Labs account is out of credits (HTTP 402); add credits at "
+            "https://dashboard.bfl.ai or route this model to another backend"
+        )
+    return http_error(response.status_code, response.text, provider=PROVIDER, model=endpoint)
+
+
+def _progress(answer: dict[str, Any]) -> float | None:
+    value = answer.get("progress")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    fraction = value / 100 if value > 1 else value
+    return min(max(float(fraction), 0.0), 1.0)
+
+
+def interpret(answer: dict[str, Any]) -> str | None:
+    """The result URL once ``Ready``, None while ``Pending``; raises on a terminal failure."""
+    status = answer.get("status")
+    if status == "Ready":
+        sample = (answer.get("result") or {}).get("sample")
+        if not isinstance(sample, str) or not sample:
+            raise BackendFailed("Black Forest Labs said Ready but gave no result.sample URL")
+        return sample
+    if status == "Pending":
+        return None
+    if status in _MODERATED:
+        raise BackendRejected(f"Black Forest Labs moderated the task ({status})")
+    if status in _FAILED:
+        details = answer.get("details") or answer.get("result")
+        said = f": {details}" if details else ""
+        raise BackendFailed(f"Black Forest Labs could not generate the image ({status}){said}")
+    raise BackendFailed(f"Black Forest Labs answered an unknown task status {status!r}")
+
+
+class BflBackend(PollingBackend):
+    kind = "bfl"
+    provider = PROVIDER
+    options: Options
+    poll_interval_s = 1.0
+
+    async def generate(self, job: Job, control: JobControl) -> GeneratedImage:
+        """Submit, poll ``polling_url`` until Ready, download ``result.sample``."""
+        if control.cancelled:
+            raise JobCancelled(job.task_id)
+        endpoint = endpoint_for(job)
+        body = request_body(endpoint, job)
+        headers = {"x-key": self.api_key(), "accept": "application/json"}
+        async with self.session("Black Forest Labs") as client:
+            url = f"{self.options.base_url.rstrip('/')}/v1/{endpoint}"
+            submitted = await self._json(client, "POST", url, endpoint, headers, body)
+            polling_url = submitted.get("polling_url")
+            if not isinstance(polling_url, str) or not polling_url:
+                raise BackendFailed(f"Black Forest Labs gave no polling_url: {submitted}")
+            sample = await self.poll(
+                lambda: self._json(client, "GET", polling_url, endpoint, headers),
+                _progress,
+                interpret,
+                control,
+                job.task_id,
+            )
+            image = await with_retries(lambda: download_image(client, sample, PROVIDER), self.retry)
+        control.progress(1.0)
+        return image
+
+    async def _json(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        endpoint: str,
+        headers: dict[str, str],
+        body: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One request with bounded retries on 429, 5xx and timeouts; the JSON object back."""
+
+        async def once() -> httpx.Response:
+            try:
+                response = await client.request(method, url, headers=headers, json=body)
+            except httpx.TransportError as exc:
+                raise unreachable(PROVIDER, url, exc) from exc
+            if response.status_code >= 400:
+                raise _error(response, endpoint)
+            return response
+
+        response = await with_retries(once, self.retry)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise BackendFailed(
+                f"Black Forest Labs answered {url} with something not a JSON object"
+            )
+        return answer
+
+
+def create(name: str, options: Options) -> BflBackend:
+    return BflBackend(name, options)

@@ -1,0 +1,174 @@
+"""Backend kind ``gemini``: Gemini native image models through the official ``google-genai`` SDK.
+
+Every job is one ``POST {base_url}/v1beta/models/{model}:generateContent`` (key in the
+``x-goog-api-key`` header): a user turn of the prompt text followed by each reference as an
+``inlineData`` part, with ``responseModalities`` TEXT and IMAGE. The first non-thought image
+part of the answer is the result. A prompt or answer blocked for safety is a policy refusal
+(the task ends ``banned``); a text-only answer is a failure that quotes the model's text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from easel.backends._flows import SdkBackend
+from easel.backends._remote import (
+    RemoteOptions,
+    http_error,
+    missing_sdk,
+    to_generated_image,
+    unreachable,
+)
+from easel.backends.base import (
+    BackendError,
+    BackendFailed,
+    BackendRejected,
+    GeneratedImage,
+    Job,
+)
+from easel.images import MIME_TYPES
+
+if TYPE_CHECKING:
+    from google.genai import Client
+    from google.genai.types import Content, GenerateContentResponse
+
+# model_version → Gemini model id (the seed's preview ids are retired by Google).
+DEFAULT_MODELS: dict[str, str] = {
+    "gemini_2.5_flash_image_preview": "gemini-2.5-flash-image",
+    "gemini_3_pro_image_preview": "gemini-3-pro-image",
+    "gemini_3.1_flash_image_preview": "gemini-3.1-flash-image",
+}
+# promptFeedback.blockReason / finishReason values that mean "refused under policy".
+POLICY_REASONS = frozenset(
+    {
+        "SAFETY",
+        "PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "JAILBREAK",
+        "MODEL_ARMOR",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+    }
+)
+_API_VERSION = "v1beta"
+_QUOTE_CHARS = 200
+
+
+class Options(RemoteOptions):
+    base_url: str = "https://generativelanguage.googleapis.com"
+    api_key_env: str = "GEMINI_API_KEY"
+
+
+def _reason(value: object) -> str:
+    """An SDK enum (or a plain string for values the SDK does not know) as its name."""
+    return str(getattr(value, "value", value) or "")
+
+
+def _user_turn(job: Job) -> Content:
+    """The prompt text, then every reference as an inline image part, in image[N] order."""
+    from google.genai import types
+
+    images = [
+        types.Part.from_bytes(data=image.data, mime_type=MIME_TYPES[image.format])
+        for image in job.images
+    ]
+    return types.Content(role="user", parts=[types.Part.from_text(text=job.prompt), *images])
+
+
+def _image_from(response: GenerateContentResponse, model: str) -> GeneratedImage:
+    """The first non-thought inline image of the answer, or the error that explains its absence."""
+    feedback = response.prompt_feedback
+    blocked = _reason(feedback.block_reason) if feedback else ""
+    if blocked:
+        raise BackendRejected(f"Gemini blocked the prompt under its usage policy ({blocked})")
+    texts: list[str] = []
+    finish = ""
+    for candidate in response.candidates or []:
+        finish = finish or _reason(candidate.finish_reason)
+        for part in (candidate.content.parts if candidate.content else None) or []:
+            inline = part.inline_data
+            if inline and inline.data and (inline.mime_type or "").startswith("image/"):
+                if not part.thought:
+                    return to_generated_image(inline.data, "Gemini")
+            elif part.text and not part.thought:
+                texts.append(part.text)
+    if finish in POLICY_REASONS:
+        raise BackendRejected(f"Gemini refused to draw this under its usage policy ({finish})")
+    said = " ".join(" ".join(texts).split())
+    said = said if len(said) <= _QUOTE_CHARS else said[: _QUOTE_CHARS - 1] + "…"
+    raise BackendFailed(
+        f"{model} answered without an image"
+        + (f" (finishReason {finish})" if finish and finish != "STOP" else "")
+        + (f'; it said: "{said}"' if said else "")
+    )
+
+
+def _translate(exc: Exception, model: str, base_url: str) -> BackendError:
+    """A ``google.genai.errors.APIError`` or transport error as a backend error."""
+    from google.genai import errors
+
+    if isinstance(exc, errors.APIError):
+        body = json.dumps(exc.details) if exc.details is not None else (exc.message or "")
+        return http_error(exc.code, body, provider="Gemini", model=model)
+    return unreachable("Gemini", base_url, exc)
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client errors the SDK lets through (it runs on httpx2 where installed, or httpx)."""
+    import httpx
+
+    try:
+        import httpx2
+    except ImportError:  # pragma: no cover - google-genai 3.x depends on httpx2
+        return (httpx.TransportError,)
+    return (httpx2.TransportError, httpx.TransportError)
+
+
+class GeminiBackend(SdkBackend["Client", "GenerateContentResponse"]):
+    """One ``models/{model}:generateContent`` call with the prompt and inline references."""
+
+    kind = "gemini"
+    provider = "Gemini"
+    default_models = DEFAULT_MODELS
+    options: Options
+
+    def _open(self) -> Client:
+        try:
+            from google import genai
+            from google.genai import types
+        except ImportError:
+            raise missing_sdk("google-genai") from None
+        return genai.Client(
+            vertexai=False,  # the Gemini API, even where GOOGLE_GENAI_USE_VERTEXAI is set
+            api_key=self.api_key(),
+            http_options=types.HttpOptions(
+                base_url=self.options.base_url,
+                api_version=_API_VERSION,
+                timeout=int(self.options.timeout_s * 1000),  # milliseconds
+            ),
+        )
+
+    async def _request(self, client: Client, model: str, job: Job) -> GenerateContentResponse:
+        from google.genai import errors, types
+
+        config = types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"])
+        caught: tuple[type[Exception], ...] = (errors.APIError, *_transport_errors())
+        try:
+            return await client.aio.models.generate_content(
+                model=model, contents=_user_turn(job), config=config
+            )
+        except caught as exc:
+            raise _translate(exc, model, self.options.base_url) from exc
+
+    def _image(self, answer: GenerateContentResponse, model: str) -> GeneratedImage:
+        return _image_from(answer, model)
+
+    async def _close(self, client: Client) -> None:
+        await client.aio.aclose()
+        client.close()
+
+
+def create(name: str, options: Options) -> GeminiBackend:
+    return GeminiBackend(name, options)
