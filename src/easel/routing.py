@@ -1,0 +1,73 @@
+"""Which backends serve which ``model_version``, in fallback order.
+
+Built from ``[models."…"] backends = [...]``: the first ready backend runs a task; on a
+retryable failure the next one runs it under the same task id. A model is *served* when at
+least one of its backends is ready (has its key, its GPU, its weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from easel import catalog
+from easel.backends.base import ImageBackend
+from easel.backends.registry import create_backend
+from easel.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One backend of a model's chain, with the provider's id for that model."""
+
+    backend: ImageBackend
+    provider_model: str | None
+
+
+@dataclass(slots=True)
+class Router:
+    chains: dict[str, list[Leg]] = field(default_factory=dict)
+    backends: dict[str, ImageBackend] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Router:
+        backends = {name: create_backend(name, table) for name, table in settings.backends.items()}
+        chains = {
+            version: [
+                Leg(backends[name], table.provider_model.get(name)) for name in table.backends
+            ]
+            for version, table in settings.models.items()
+        }
+        return cls(chains=chains, backends=backends)
+
+    def chain(self, model_version: str) -> list[Leg]:
+        return self.chains.get(model_version, [])
+
+    def ready_backends(self, model_version: str) -> list[str]:
+        return [
+            leg.backend.name
+            for leg in self.chain(model_version)
+            if leg.backend.unavailable_reason() is None
+        ]
+
+    def served(self) -> list[str]:
+        """The model_versions with at least one ready backend, in catalog order."""
+        return [version for version in catalog.CATALOG if self.ready_backends(version)]
+
+    def is_served(self, model_version: str) -> bool:
+        return bool(self.ready_backends(model_version))
+
+    def describe(self) -> list[str]:
+        """Human-readable lines for the start-up log."""
+        lines = []
+        for version, legs in self.chains.items():
+            parts = []
+            for leg in legs:
+                reason = leg.backend.unavailable_reason()
+                state = "ready" if reason is None else f"not ready: {reason}"
+                parts.append(f"{leg.backend.name} ({leg.backend.kind}, {state})")
+            lines.append(f"{version} -> {', '.join(parts)}")
+        return lines
+
+    async def close(self) -> None:
+        for backend in self.backends.values():
+            await backend.close()

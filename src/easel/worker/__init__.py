@@ -1,0 +1,277 @@
+"""The worker: claim → resolve inputs → run the backend chain → store the output → settle.
+
+A worker runs ``worker_concurrency`` tasks at once. Each running task has a heartbeat that
+renews its lease and stores its progress; if the heartbeat finds the claim gone (the lease
+lapsed and another worker took the task), the run is abandoned. Every path ends the task in
+a final state (success, or failed/banned with a refund) or, on shutdown, back in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Collection
+
+from easel.backends.base import (
+    BackendError,
+    BackendRejected,
+    GeneratedImage,
+    InputImage,
+    Job,
+    JobCancelled,
+)
+from easel.catalog import CATALOG
+from easel.config import Settings
+from easel.errors import EaselError
+from easel.fetch import OutboundPolicy
+from easel.routing import Router
+from easel.storage import ObjectStore
+from easel.store import TRANSIENT_ERRORS, Store
+from easel.store.notify import QueueListener
+from easel.tasks import Status, Task
+from easel.worker.inputs import resolve
+
+log = logging.getLogger("easel.worker")
+HOUSEKEEPING_S = 1.0
+
+
+class _Control:
+    """The JobControl a backend sees: progress in, cancellation out (thread-safe enough:
+    single attribute writes)."""
+
+    def __init__(self) -> None:
+        self.fraction = 0.0
+        self.stop = False
+        self.cancel_requested = False  # stop because the client cancelled (else: claim lost)
+
+    def progress(self, fraction: float) -> None:
+        self.fraction = max(self.fraction, min(1.0, max(0.0, fraction)))
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop
+
+
+class _NoBackend(Exception):
+    """Every backend of the chain was unavailable or failed retryably."""
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        objects: ObjectStore,
+        router: Router,
+        settings: Settings,
+        *,
+        models: Collection[str] | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store, self.objects, self.router, self.settings = store, objects, router, settings
+        self.wanted = list(models) if models is not None else list(router.chains)
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.policy = OutboundPolicy.from_strings(settings.allow_outbound_cidrs)
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._listener = QueueListener(store.engine, self.wake)
+        self._last_housekeeping = -HOUSEKEEPING_S
+
+    @property
+    def models(self) -> list[str]:
+        """The wanted models that have a ready backend now (a backend that failed to load
+        is no longer ready, so its model is left to other workers)."""
+        return [model for model in self.wanted if self.router.ready_backends(model)]
+
+    def wake(self) -> None:
+        """A task was queued in this process: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run tasks until ``stop`` is set; then release what is still running."""
+        slots = self.settings.worker_concurrency
+        await self._warm_up()
+        await self.store.tasks.register_worker(self.id, self.models, slots)
+        log.info("worker %s takes %s", self.id, ", ".join(self.models) or "no model")
+        try:
+            while not stop.is_set():
+                await self._housekeeping(slots)
+                try:
+                    await self._claim_until_full(slots, stop)
+                except TRANSIENT_ERRORS as exc:
+                    log.warning("cannot claim tasks now (%s); retrying", exc)
+                await self._sleep(stop)
+        finally:
+            await self._shutdown()
+
+    async def _claim_until_full(self, slots: int, stop: asyncio.Event) -> None:
+        while len(self._running) < slots and not stop.is_set():
+            task = await self.store.tasks.claim(self.id, self.models, self.settings.lease_s)
+            if task is None:
+                return
+            runner = asyncio.create_task(self.run_task(task))
+            self._running.add(runner)
+            runner.add_done_callback(self._finished)
+
+    async def _warm_up(self) -> None:
+        """Load local pipelines (and compile them) before taking tasks, not on the first one.
+        A backend that fails to load reports itself unavailable and is skipped."""
+        names = {leg.backend.name for m in self.wanted for leg in self.router.chain(m)}
+        for name in sorted(names):
+            warm_up = getattr(self.router.backends[name], "warm_up", None)
+            if warm_up is None:
+                continue
+            log.info("loading backend %s", name)
+            try:
+                await warm_up()
+            except Exception as exc:
+                log.error("backend %s did not load: %s", name, exc)
+
+    def _finished(self, runner: asyncio.Task[None]) -> None:
+        self._running.discard(runner)
+        self._wake.set()
+
+    async def _housekeeping(self, slots: int) -> None:
+        """At most once a second: heartbeat, listen again if needed, reclaim lapsed leases."""
+        now = time.monotonic()
+        if now - self._last_housekeeping < HOUSEKEEPING_S:
+            return
+        self._last_housekeeping = now
+        await self._listener.ensure()
+        try:
+            await self.store.tasks.register_worker(self.id, self.models, slots)
+            reclaimed = await self.store.tasks.reclaim_lapsed(self.settings.max_attempts)
+            if reclaimed:
+                log.warning("reclaimed %d task(s) whose worker stopped responding", reclaimed)
+        except Exception:  # the database may be restarting; try again next round
+            log.exception("housekeeping failed")
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        self._wake.clear()
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        await asyncio.wait(
+            waiters, timeout=self.settings.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def _shutdown(self) -> None:
+        await self._listener.close()
+        for runner in list(self._running):
+            runner.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.store.tasks.unregister_worker(self.id)
+
+    # -- one task -------------------------------------------------------------------------
+
+    async def run_task(self, task: Task) -> None:
+        control = _Control()
+        heartbeat = asyncio.create_task(self._heartbeat(task, control))
+        try:
+            await self._execute(task, control)
+        except asyncio.CancelledError:
+            with contextlib.suppress(*TRANSIENT_ERRORS):  # else its lease lapses: reclaimed
+                await self.store.tasks.release(task)  # shutdown: back to the queue, not lost
+            raise
+        except TRANSIENT_ERRORS as exc:
+            # The database or the object store is away: stop renewing the lease, so the
+            # task is reclaimed and run again (bounded by max_attempts) once it is back.
+            log.warning("task %s interrupted (%s); it will be reclaimed", task.id, exc)
+        except Exception as exc:  # a bug must still end the task, with a refund
+            log.exception("task %s failed unexpectedly", task.id)
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await self.store.tasks.fail(task, Status.FAILED, 1001, f"internal error: {exc}")
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, task: Task, control: _Control) -> None:
+        interval = min(self.settings.lease_s / 3, 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                beat = await self.store.tasks.heartbeat(
+                    task, self.settings.lease_s, int(control.fraction * 99)
+                )
+            except Exception:
+                log.warning("heartbeat of task %s failed; retrying", task.id)
+                continue
+            if beat.cancel and not control.cancel_requested:
+                log.info("task %s: cancel requested; stopping at the next checkpoint", task.id)
+                control.cancel_requested = control.stop = True
+            if not beat.ours:
+                log.warning("task %s was taken over elsewhere; abandoning it", task.id)
+                control.stop = True
+                return
+
+    async def _execute(self, task: Task, control: _Control) -> None:
+        model = CATALOG[task.model_version]
+        try:
+            images = await resolve(
+                task.refs, model, self.objects, self.policy, self.settings.fetch_timeout_s
+            )
+        except EaselError as exc:
+            await self.store.tasks.fail(task, Status.FAILED, exc.code, exc.message)
+            return
+        try:
+            image, backend = await self._generate(task, images, control)
+        except JobCancelled:
+            if control.cancel_requested:
+                await self.store.tasks.fail(task, Status.CANCELLED, None, None)
+            return  # otherwise the claim was lost; its new owner finishes the task
+        except BackendRejected as exc:
+            await self.store.tasks.fail(task, Status.BANNED, exc.error_code, str(exc))
+            return
+        except (BackendError, _NoBackend) as exc:
+            await self.store.tasks.fail(task, Status.FAILED, 1001, str(exc))
+            return
+        if control.cancel_requested:  # the backend finished before its next checkpoint
+            await self.store.tasks.fail(task, Status.CANCELLED, None, None)
+            return
+        key = f"outputs/{task.id}.{'jpg' if image.format == 'jpeg' else 'png'}"
+        await self.objects.put(key, image.data)
+        await self.store.tasks.complete(task, key, backend)
+
+    async def _generate(
+        self, task: Task, images: tuple[InputImage, ...], control: _Control
+    ) -> tuple[GeneratedImage, str]:
+        """Run the model's backends in order until one succeeds; record every attempt."""
+        tasks_, problems = self.store.tasks, []
+        for leg in self.router.chain(task.model_version):
+            backend = leg.backend
+            attempt = await tasks_.start_attempt(task, backend.name)
+            reason = backend.unavailable_reason()
+            if reason is not None:
+                await tasks_.end_attempt(attempt, "skipped", reason)
+                problems.append(f"{backend.name}: {reason}")
+                continue
+            job = Job(task.id, task.model_version, task.prompt, images, leg.provider_model)
+            try:
+                image = await backend.generate(job, control)
+            except BackendError as exc:
+                outcome = _outcome(exc)
+                await tasks_.end_attempt(attempt, outcome, str(exc))
+                if outcome != "retryable":
+                    raise
+                log.warning("backend %s failed for task %s: %s", backend.name, task.id, exc)
+                problems.append(f"{backend.name}: {exc}")
+                continue
+            except JobCancelled:
+                reason = "cancelled by the client" if control.cancel_requested else "claim lost"
+                await tasks_.end_attempt(attempt, "cancelled", reason)
+                raise
+            await tasks_.end_attempt(attempt, "success")
+            return image, backend.name
+        raise _NoBackend("no backend could run the task: " + "; ".join(problems or ["none"]))
+
+
+def _outcome(exc: BackendError) -> str:
+    if isinstance(exc, BackendRejected):
+        return "rejected"
+    return "retryable" if exc.retryable else "failed"
