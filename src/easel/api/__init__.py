@@ -1,0 +1,1 @@
+"""HTTP only: parse, authenticate, call a service, render the envelope."""

@@ -1,0 +1,45 @@
+"""``GET /user/balance`` and the health probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from easel.api.deps import CallerDep, RuntimeDep
+from easel.api.envelope import ok
+
+router = APIRouter()
+health = APIRouter()
+
+
+@router.get("/user/balance", summary="Credits available and held")
+async def balance(caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
+    current = await runtime.store.accounts.balance(caller.account_id)
+    return ok({"balance": current.balance, "frozen": current.frozen})
+
+
+@health.get("/healthz", summary="Liveness: 200 once the server has started")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health.get("/readyz", summary="Readiness: pings the database and the object store")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        await runtime.store.ping()
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {exc}"
+    try:
+        await runtime.objects.ping()
+        checks["object_store"] = "ok"
+    except Exception as exc:
+        checks["object_store"] = f"error: {exc}"
+    healthy = all(value == "ok" for value in checks.values())
+    return JSONResponse(
+        {"status": "ok" if healthy else "unavailable", "checks": checks},
+        status_code=200 if healthy else 503,
+    )

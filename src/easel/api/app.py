@@ -1,0 +1,82 @@
+"""The FastAPI application: lifespan wiring, routers, the error envelope."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from easel import __version__
+from easel.api import (
+    account,
+    cancel,
+    events,
+    files,
+    metrics,
+    models,
+    openapi,
+    sts,
+    tasks,
+    webhooks,
+)
+from easel.api.envelope import TraceIdMiddleware, install_error_handlers
+from easel.config import Settings
+from easel.runtime import log_served, open_runtime
+from easel.web import router as playground
+from easel.webhooks import Dispatcher
+
+API_PREFIX = "/v2/openapi"
+
+
+def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
+    """The API; with ``run_worker`` an in-process worker runs tasks beside it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await open_runtime(settings)
+        app.state.runtime = runtime
+        log_served(runtime.router)
+        stop = asyncio.Event()
+        worker_task = None
+        if run_worker:
+            worker = runtime.new_worker()
+            runtime.service.on_submit = worker.wake
+            worker_task = asyncio.create_task(worker.run(stop))
+        dispatcher_task = asyncio.create_task(Dispatcher.for_runtime(runtime).run(stop))
+        janitor_task = asyncio.create_task(runtime.janitor().run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker_task is not None:
+                await worker_task
+            await dispatcher_task
+            await janitor_task
+            await runtime.close()
+
+    app = FastAPI(
+        title="Easel",
+        version=__version__,
+        summary="Tripo 3D OpenAPI v2 generate_image task server",
+        lifespan=lifespan,
+    )
+    app.add_middleware(TraceIdMiddleware)
+    install_error_handlers(app)
+    openapi.install(app)
+    for router in (
+        tasks.router,
+        cancel.router,
+        events.router,
+        files.router,
+        account.router,
+        models.router,
+        sts.router,
+        webhooks.router,
+    ):
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(account.health)
+    app.include_router(metrics.router)
+    app.include_router(playground)  # the web playground at /
+    return app

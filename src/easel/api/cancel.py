@@ -1,0 +1,29 @@
+"""``POST /task/{task_id}/cancel`` (an extension)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from easel.api.deps import CallerDep, RuntimeDep
+from easel.api.envelope import ok
+from easel.errors import TaskNotFound
+
+router = APIRouter()
+
+
+@router.post(
+    "/task/{task_id}/cancel",
+    summary="Cancel a task",
+    description="A queued task ends `cancelled` at once with a refund; a running one stops at "
+    "its backend's next checkpoint (then ends `cancelled` with a refund); a final task is "
+    "answered unchanged. Idempotent. Answers the task object.",
+)
+async def cancel_task(
+    task_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
+) -> dict[str, Any]:
+    task = await runtime.store.tasks.cancel(task_id, caller.key_id)
+    if task is None:
+        raise TaskNotFound(f"task {task_id} not found.")
+    return ok(await runtime.service.render(task, str(request.base_url)))

@@ -1,0 +1,85 @@
+"""Uploads (``/upload``, ``/upload/sts``) and signed output downloads (``/outputs/…``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+
+from easel.api.deps import CallerDep, RuntimeDep
+from easel.api.envelope import ok
+from easel.errors import InvalidParameter, NotAllowed
+from easel.images import MAX_IMAGE_BYTES, MIME_TYPES
+from easel.storage import ObjectNotFound
+
+router = APIRouter()
+
+
+# Multipart framing around a 20 MB image stays well under this.
+MAX_UPLOAD_REQUEST_BYTES = MAX_IMAGE_BYTES + 256 * 1024
+
+
+def refuse_oversized(request: Request) -> None:
+    """Refuse an upload by its Content-Length before its body is read and spooled."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_UPLOAD_REQUEST_BYTES:
+        raise InvalidParameter(
+            f"the upload is {int(length)} bytes; an image may be at most 20 MB.",
+            "Send a smaller image.",
+        )
+
+
+async def _upload(
+    caller: CallerDep, runtime: RuntimeDep, file: UploadFile | None
+) -> dict[str, Any]:
+    if file is None:
+        raise InvalidParameter(
+            "the multipart field 'file' is missing.",
+            "Send multipart/form-data with the image in a field named 'file'.",
+        )
+    data = await file.read(MAX_IMAGE_BYTES + 1)
+    token = await runtime.service.upload(caller, data)
+    return ok({"image_token": token})
+
+
+@router.post(
+    "/upload",
+    summary="Upload an image (multipart field 'file')",
+    dependencies=[Depends(refuse_oversized)],
+)
+async def upload(
+    caller: CallerDep, runtime: RuntimeDep, file: Annotated[UploadFile | None, File()] = None
+) -> dict[str, Any]:
+    return await _upload(caller, runtime, file)
+
+
+@router.post(
+    "/upload/sts",
+    summary="Upload an image (multipart field 'file'; same as /upload)",
+    dependencies=[Depends(refuse_oversized)],
+)
+async def upload_sts(
+    caller: CallerDep, runtime: RuntimeDep, file: Annotated[UploadFile | None, File()] = None
+) -> dict[str, Any]:
+    return await _upload(caller, runtime, file)
+
+
+@router.get("/outputs/{key:path}", summary="Download an output image by its signed URL")
+async def download(
+    key: str,
+    runtime: RuntimeDep,
+    expires: Annotated[int, Query()],
+    signature: Annotated[str, Query()],
+) -> Response:
+    if not runtime.signer.verify(key, expires, signature):
+        raise NotAllowed(
+            "this download link is invalid or has expired.",
+            "Get the task again for a fresh output.generated_image link.",
+        )
+    try:
+        data = await runtime.objects.get(key)
+    except ObjectNotFound:
+        raise NotAllowed("the output image no longer exists.") from None
+    ext = key.rsplit(".", 1)[-1]
+    media_type = MIME_TYPES["jpeg" if ext == "jpg" else ext]
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=60"})

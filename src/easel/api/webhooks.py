@@ -1,0 +1,165 @@
+"""Webhooks (an extension): register, list, delete, the delivery log and redelivery.
+
+A webhook belongs to the API key that made it; another key gets 404 (2001) as for tasks.
+Deliveries are signed by the Standard Webhooks scheme with the secret answered once, at
+registration; see ``easel.webhooks`` for what is sent and when.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+
+from easel.api.deps import CallerDep, RuntimeDep
+from easel.api.envelope import ok
+from easel.errors import InvalidParameter, TaskNotFound
+from easel.fetch import checked_addresses
+from easel.runtime import Runtime
+from easel.store.accounts import Caller
+from easel.store.webhooks import EVENT_TYPES, Delivery, Webhook, WebhookStore
+from easel.webhooks import new_secret, rfc3339
+
+router = APIRouter()
+
+_PRIVATE_HINT = (
+    "Use a publicly reachable http(s) URL; to let a private address through, the server's "
+    "operator adds its network to allow_outbound_cidrs."
+)
+
+
+class NewWebhook(BaseModel):
+    url: str
+    events: list[str]
+
+
+def get_webhook_store(runtime: RuntimeDep) -> WebhookStore:
+    return WebhookStore(runtime.store.engine)
+
+
+StoreDep = Annotated[WebhookStore, Depends(get_webhook_store)]
+
+
+def _view(hook: Webhook) -> dict[str, Any]:
+    return {
+        "id": hook.id,
+        "url": hook.url,
+        "events": list(hook.events),
+        "created_at": rfc3339(hook.created_at),
+    }
+
+
+def _delivery_view(delivery: Delivery) -> dict[str, Any]:
+    due = delivery.next_attempt_at if delivery.status == "pending" else None
+    return {
+        "id": delivery.id,
+        "event": delivery.event_type,
+        "task_id": delivery.task_id,
+        "status": delivery.status,
+        "created_at": rfc3339(delivery.created_at),
+        "next_attempt_at": None if due is None else rfc3339(due),
+        "attempts": [
+            {
+                "number": a.number,
+                "status_code": a.status_code,
+                "latency_ms": a.latency_ms,
+                "error": a.error,
+                "time": rfc3339(a.created_at),
+            }
+            for a in delivery.attempts
+        ],
+    }
+
+
+def _event_types(events: list[str]) -> list[str]:
+    unknown = [e for e in events if e not in EVENT_TYPES]
+    if not events or unknown:
+        raise InvalidParameter(
+            f"events: unknown event type(s) {', '.join(map(repr, unknown))}."
+            if unknown
+            else "events: name at least one event type.",
+            f"Choose from {', '.join(EVENT_TYPES)}.",
+        )
+    return list(dict.fromkeys(events))
+
+
+async def _checked_url(runtime: Runtime, url: str) -> str:
+    """The URL, if the server may send to it under the outbound address rules (else 1004)."""
+    try:
+        await checked_addresses(url, runtime.service.policy)
+    except InvalidParameter as exc:
+        raise InvalidParameter(exc.message, _PRIVATE_HINT) from exc
+    return url
+
+
+def _not_found(webhook_id: str) -> TaskNotFound:
+    return TaskNotFound(
+        f"webhook {webhook_id} not found.",
+        "Check the webhook id; a webhook is visible only to the key that created it.",
+    )
+
+
+async def _own(store: WebhookStore, caller: Caller, webhook_id: str) -> Webhook:
+    found = await store.of_key(caller.key_id, webhook_id)
+    if not found:
+        raise _not_found(webhook_id)
+    return found[0]
+
+
+@router.post("/webhooks", summary="Register a webhook")
+async def create_webhook(
+    body: NewWebhook, request: Request, caller: CallerDep, runtime: RuntimeDep, store: StoreDep
+) -> dict[str, Any]:
+    """Answers the id and the signing secret (``whsec_…``); the secret is shown only here."""
+    events = _event_types(body.events)
+    url = await _checked_url(runtime, body.url.strip())
+    secret = new_secret()
+    hook = await store.create(
+        caller, url=url, event_types=events, secret=secret, base_url=str(request.base_url)
+    )
+    return ok({**_view(hook), "secret": secret})
+
+
+@router.get("/webhooks", summary="The key's webhooks")
+async def list_webhooks(caller: CallerDep, store: StoreDep) -> dict[str, Any]:
+    return ok([_view(hook) for hook in await store.of_key(caller.key_id)])
+
+
+@router.delete("/webhooks/{webhook_id}", summary="Delete a webhook and its pending deliveries")
+async def delete_webhook(webhook_id: str, caller: CallerDep, store: StoreDep) -> dict[str, Any]:
+    if not await store.delete(webhook_id, caller.key_id):
+        raise _not_found(webhook_id)
+    return ok({"id": webhook_id, "deleted": True})
+
+
+@router.get("/webhooks/{webhook_id}/deliveries", summary="The webhook's delivery log")
+async def list_deliveries(
+    webhook_id: str,
+    caller: CallerDep,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    """Newest first, each with its attempts (number, HTTP status, latency, error, time)."""
+    await _own(store, caller, webhook_id)
+    deliveries = await store.deliveries(webhook_id, limit=limit)
+    return ok([_delivery_view(d) for d in deliveries])
+
+
+@router.post(
+    "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+    summary="Send a delivery again now",
+)
+async def redeliver(
+    webhook_id: str, delivery_id: str, caller: CallerDep, store: StoreDep
+) -> dict[str, Any]:
+    """Queues a new attempt now, with a fresh retry window, also for a dead delivery."""
+    await _own(store, caller, webhook_id)
+    if not await store.redeliver(webhook_id, delivery_id, time.time()):
+        raise TaskNotFound(
+            f"delivery {delivery_id} of webhook {webhook_id} not found.",
+            "Take the delivery id from 'GET /v2/openapi/webhooks/{id}/deliveries'.",
+        )
+    found = await store.deliveries(webhook_id, delivery_id=delivery_id)
+    return ok(_delivery_view(found[0]))

@@ -1,0 +1,183 @@
+"""The ``easel`` command: run the server or a worker, manage keys and credits."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from easel import logs
+from easel.cli_client import register as register_caller_commands
+from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
+from easel.runtime import log_served, open_runtime
+from easel.store import Store, open_store
+from easel.store.accounts import UnknownKey
+
+app = typer.Typer(help="Easel: a Tripo v2 generate_image task server.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
+credits_app = typer.Typer(help="Grant and inspect credits.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(credits_app, name="credits")
+register_caller_commands(app)  # generate, task get, balance, models: HTTP clients
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", envvar=CONFIG_ENV, help="TOML configuration file.", dir_okay=False),
+]
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _logging(settings: Settings) -> None:
+    logs.configure(settings.log_format)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="API only.")] = False,
+) -> None:
+    """Run the API (and, unless --no-worker, an in-process worker)."""
+    from easel.api.app import create_app
+
+    settings = _settings(config)
+    _logging(settings)
+    uvicorn.run(
+        create_app(settings, run_worker=not no_worker),
+        host=host,
+        port=port,
+        log_level="info",
+        log_config=None,  # keep easel.logs' handler: uvicorn's lines get the trace id too
+        lifespan="on",
+        # Clients such as the tripo3d SDK poll every running_left_time / 2 seconds on one
+        # kept-alive connection; keep it open longer than uvicorn's 5 s default.
+        timeout_keep_alive=75,
+    )
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model_versions to take (default: all).")
+    ] = None,
+) -> None:
+    """Run a worker alone (no API)."""
+    settings = _settings(config)
+    _logging(settings)
+    chosen = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    asyncio.run(_run_worker(settings, chosen))
+
+
+async def _run_worker(settings: Settings, models: list[str] | None) -> None:
+    runtime = await open_runtime(settings)
+    log_served(runtime.router)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.gather(runtime.new_worker(models).run(stop), runtime.janitor().run(stop))
+    finally:
+        await runtime.close()
+
+
+def _on_store(settings: Settings, call: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store (migrating it), run ``call``, close it."""
+
+    async def run() -> T:
+        store = await open_store(settings.database_url)
+        try:
+            return await call(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except UnknownKey:
+        err.print("[red]error:[/red] no such key (or it is already revoked).")
+        raise typer.Exit(1) from None
+
+
+@app.command("demo-weights")
+def demo_weights(
+    directory: Annotated[Path, typer.Argument(help="Where to write the two pipelines.")],
+) -> None:
+    """Write tiny random-weight FLUX and FLUX-Kontext pipelines (offline, no hub access).
+
+    They run the whole local path on a CPU in seconds. Their images are noise: they prove
+    the plumbing, not a model. Needs the local extra: pip install 'easel[local]'.
+    """
+    from easel.demo_weights import write_demo_weights
+
+    for name, path in write_demo_weights(directory).items():
+        typer.echo(f"{name}: {path}")
+    typer.echo(
+        "Point a backend at them, e.g.\n"
+        f'  [backends.tiny-flux]\n  kind = "diffusers"\n  pipeline = "flux"\n'
+        f'  weights = "{directory / "flux"}"\n  device = "cpu"\n  dtype = "float32"\n'
+        "  steps = 4\n  width = 64\n  height = 64"
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    config: ConfigOption = None,
+    credits: Annotated[int, typer.Option(min=0, help="Credits to grant.")] = 0,
+    name: Annotated[str, typer.Option(help="A name for the account.")] = "default",
+) -> None:
+    """Create an account and an API key; the key is the last line printed."""
+    key = _on_store(_settings(config), lambda store: store.accounts.create_key(name, credits))
+    typer.echo(f"created account {name!r} with {credits} credits; its API key (shown once):")
+    typer.echo(key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: str, config: ConfigOption = None) -> None:
+    """Revoke a key: it is refused from now on."""
+    _on_store(_settings(config), lambda store: store.accounts.revoke(key))
+    typer.echo("revoked")
+
+
+@credits_app.command("grant")
+def credits_grant(
+    key: str,
+    amount: Annotated[int, typer.Argument(min=1, help="Credits to add.")],
+    config: ConfigOption = None,
+) -> None:
+    """Add credits to the account of KEY."""
+    balance = _on_store(_settings(config), lambda store: store.accounts.grant(key, amount))
+    typer.echo(f"granted {amount}; balance {balance.balance}, frozen {balance.frozen}")
+
+
+@credits_app.command("show")
+def credits_show(key: str, config: ConfigOption = None) -> None:
+    """Balance, frozen credits and the latest ledger rows of KEY's account."""
+    balance, tail = _on_store(_settings(config), lambda store: store.accounts.balance_of_key(key))
+    console = Console()
+    console.print(f"balance {balance.balance}, frozen {balance.frozen}")
+    table = Table("when", "kind", "balance", "frozen", "task")
+    for row in tail:
+        when = datetime.fromtimestamp(row.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            when, row.kind, f"{row.balance_delta:+d}", f"{row.frozen_delta:+d}", row.task_id or ""
+        )
+    console.print(table)

@@ -1,0 +1,210 @@
+"""Commands for callers of an Easel server: ``generate``, ``task get``, ``balance``, ``models``.
+
+They talk HTTP through :class:`easel.client.Client` (no ``--config``): ``--server`` (or
+``$EASEL_SERVER``) names the server and ``--key`` (or ``$EASEL_API_KEY``) the API key. A
+failure prints the protocol code, the message and the server's suggestion to stderr and exits
+with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
+from rich.table import Table
+
+from easel.client import Client, EaselClientError, Task, TaskStatus
+from easel.client._base import DEFAULT_SERVER, SERVER_ENV
+
+ServerOption = Annotated[
+    str, typer.Option("--server", envvar=SERVER_ENV, help="The Easel server's base URL.")
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="EASEL_API_KEY",
+        help="API key (tsk_…); TRIPO_API_KEY is read too.",
+        show_default=False,
+    ),
+]
+err = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the caller commands to the ``easel`` command."""
+    app.command("generate")(generate)
+    app.command("balance")(balance)
+    app.command("models")(models)
+    task_app = typer.Typer(help="Inspect tasks on an Easel server.", no_args_is_help=True)
+    task_app.command("get")(task_get)
+    app.add_typer(task_app, name="task")
+
+
+def _fail(message: str, code: int | None = None, suggestion: str | None = None) -> NoReturn:
+    label = f"error {code}" if code is not None else "error"
+    err.print(f"[red]{label}:[/red] {escape(message)}", soft_wrap=True)
+    if suggestion:
+        err.print(f"[yellow]suggestion:[/yellow] {escape(suggestion)}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _client(server: str, key: str | None) -> Iterator[Client]:
+    """A client whose errors end the command with the code, message and suggestion."""
+    try:
+        with Client(server, key) as client:
+            yield client
+    except EaselClientError as exc:
+        _fail(exc.message, exc.code, exc.suggestion)
+    except OSError as exc:  # a local image that cannot be read, an output path not writable
+        _fail(str(exc), suggestion="Check the file path.")
+
+
+def _image_arg(value: str) -> str | Path:
+    """A local file as a Path (uploaded); a URL or an image_token as given."""
+    if value.startswith(("http://", "https://")):
+        return value
+    path = Path(value).expanduser()
+    return path if path.exists() else value
+
+
+def _progress_info(task: Task) -> str:
+    parts = []
+    if task.status is TaskStatus.QUEUED and task.queuing_num >= 0:
+        parts.append(f"{task.queuing_num} ahead in the queue")
+    if task.running_left_time >= 0:
+        parts.append(f"ETA {task.running_left_time} s")
+    return " · ".join(parts)
+
+
+def _wait_with_progress(client: Client, task_id: str, timeout: float | None) -> Task:
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, console=err) as progress:
+        bar = progress.add_task("submitted", total=100, info="")
+
+        def show(task: Task) -> None:
+            progress.update(
+                bar,
+                completed=task.progress,
+                description=task.status.value,
+                info=_progress_info(task),
+            )
+
+        return client.wait(task_id, timeout=timeout, on_update=show)
+
+
+def generate(
+    prompt: Annotated[
+        str | None, typer.Argument(help="What to draw; refer to images as image[1], …")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="model_version (default: the server's).")
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image", "-i", help="Reference image: a local path (uploaded), URL or image_token."
+        ),
+    ] = None,
+    template: Annotated[str | None, typer.Option(help="A template slug (see docs).")] = None,
+    t_pose: Annotated[bool, typer.Option("--t-pose", help="Ask for a T-pose.")] = False,
+    sketch_to_render: Annotated[
+        bool, typer.Option("--sketch-to-render", help="Render the sketch in image[1].")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to save the image (default: <task_id>.png)."),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up waiting after this many seconds.")
+    ] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    key: KeyOption = None,
+) -> None:
+    """Generate an image: upload local images, submit, show progress, save the image."""
+    with _client(server, key) as client:
+        images = [_image_arg(value) for value in image or []]
+        uploads = sum(isinstance(value, Path) for value in images)
+        if uploads:
+            err.print(f"uploading {uploads} local image(s)…")
+        task_id = client.generate_image(
+            prompt,
+            model=model,
+            images=images,
+            template=template,
+            t_pose=t_pose,
+            sketch_to_render=sketch_to_render,
+        )
+        err.print(f"task {task_id}")
+        try:
+            task = _wait_with_progress(client, task_id, timeout)
+        except KeyboardInterrupt:
+            _fail(
+                f"interrupted; task {task_id} goes on.",
+                suggestion=f"Check it later with: easel task get {task_id}",
+            )
+        path = client.download(task, output)
+        err.print(f"saved; {task.consumed_credit} credits used")
+        typer.echo(str(path))
+
+
+def task_get(
+    task_id: Annotated[str, typer.Argument(help="The task_id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw task object.")] = False,
+    server: ServerOption = DEFAULT_SERVER,
+    key: KeyOption = None,
+) -> None:
+    """Show a task: status, progress, queue position, ETA, image link, error."""
+    with _client(server, key) as client:
+        task = client.get_task(task_id)
+    if as_json:
+        typer.echo(json.dumps(task.raw, indent=2))
+        return
+    rows = {
+        "task_id": task.task_id,
+        "status": task.status.value,
+        "progress": f"{task.progress}%",
+        "model_version": task.model_version,
+        "queuing_num": task.queuing_num if task.queuing_num >= 0 else None,
+        "running_left_time": task.running_left_time if task.running_left_time >= 0 else None,
+        "consumed_credit": task.consumed_credit,
+        "image": task.image_url,
+        "error": f"{task.error_code}: {task.error_msg}" if task.error_code else None,
+    }
+    for name, value in rows.items():
+        if value is not None:
+            typer.echo(f"{name}: {value}")
+
+
+def balance(server: ServerOption = DEFAULT_SERVER, key: KeyOption = None) -> None:
+    """Show the key's credits: available and held by unfinished tasks."""
+    with _client(server, key) as client:
+        current = client.balance()
+    typer.echo(f"balance {current.balance}, frozen {current.frozen}")
+
+
+def models(server: ServerOption = DEFAULT_SERVER, key: KeyOption = None) -> None:
+    """List the server's model_versions: price and whether a backend serves them."""
+    with _client(server, key) as client:
+        rows = client.models()
+    table = Table("model", "credits", "served", "description")
+    table.columns[0].no_wrap = True
+    for row in rows:
+        name = f"{row.model_version} (default)" if row.default else row.model_version
+        served = "[green]yes[/green]" if row.served else "[red]no[/red]"
+        table.add_row(name, str(row.credits), served, escape(row.description))
+    Console().print(table)

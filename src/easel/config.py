@@ -1,0 +1,162 @@
+"""Configuration: one TOML file plus ``EASEL_*`` environment overrides.
+
+No file is needed: the defaults run embedded (SQLite and a local object store under
+``./easel-data/``), with backends enabled from the provider keys in the environment when the
+file names none (``easel.autoconfig``). Unknown keys are an error that names the key. Every
+top-level key can be overridden by ``EASEL_<KEY>`` (lists as JSON or comma-separated);
+backend and model tables live in the file only, since their names hold dots and dashes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from easel import catalog
+from easel.autoconfig import auto_tables, has_local_gpu
+
+CONFIG_ENV = "EASEL_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message says where and how to fix it."""
+
+
+class BackendTable(BaseModel):
+    """A ``[backends.<name>]`` table: a kind plus the kind's own settings (checked by it)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelTable(BaseModel):
+    """A ``[models."<model_version>"]`` table: ordered backends, optional provider ids."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    backends: list[str] = Field(min_length=1)
+    provider_model: dict[str, str] = Field(default_factory=dict)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database_url: str = "sqlite+aiosqlite:///easel-data/easel.db"
+    storage_url: str = "file://easel-data/objects"
+    allow_outbound_cidrs: list[str] = Field(default_factory=list)
+    public_url: str | None = None
+    output_url_ttl_s: int = Field(default=3600, gt=0)
+    max_unfinished_tasks: int = Field(default=10, gt=0)
+    worker_concurrency: int = Field(default=2, gt=0)
+    lease_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    fetch_timeout_s: float = Field(default=20.0, gt=0)
+    queue_timeout_s: float = Field(default=3600.0, gt=0)  # queued longer: expired, refunded
+    output_retention_s: float = Field(default=7 * 86400.0, gt=0)  # then output is deleted
+    janitor_interval_s: float = Field(default=30.0, gt=0)  # how often both are checked
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with trace_id
+    # POST /upload/sts/token (with an s3:// storage_url): temporary credentials from STS
+    # AssumeRole, signed with the AWS_* credentials of the environment. The role must allow
+    # s3:PutObject on <prefix>/uploads/*; each token narrows it to one new key.
+    sts_endpoint: str | None = None  # e.g. https://sts.us-west-2.amazonaws.com; None: off
+    sts_role_arn: str | None = None  # the role to assume, arn:aws:iam::<account>:role/<name>
+    sts_duration_s: int = Field(default=900, ge=900, le=43200)  # credential lifetime (AWS: ≥900)
+    # host[:port] clients reach the bucket at over HTTPS (the SDK prepends https://); default:
+    # the host of AWS_ENDPOINT_URL, else s3.<AWS_REGION>.amazonaws.com
+    s3_public_host: str | None = None
+    backends: dict[str, BackendTable] = Field(default_factory=dict)
+    models: dict[str, ModelTable] = Field(default_factory=dict)
+
+    @field_validator("allow_outbound_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR network such as 10.1.0.0/16") from exc
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _model_versions(cls, value: dict[str, ModelTable]) -> dict[str, ModelTable]:
+        for version in value:
+            if version not in catalog.CATALOG:
+                raise ValueError(
+                    f"unknown model_version {version!r}; known: {', '.join(catalog.CATALOG)}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _backends_exist(self) -> Settings:
+        for version, table in self.models.items():
+            for name in table.backends:
+                if name not in self.backends:
+                    raise ValueError(
+                        f'models."{version}" names backend {name!r}, which has no '
+                        f"[backends.{name}] table"
+                    )
+        return self
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        raw = env.get(f"EASEL_{name.upper()}")
+        if raw is None or name in ("backends", "models"):
+            continue
+        if field.annotation == list[str]:
+            stripped = raw.strip()
+            out[name] = (
+                json.loads(stripped)
+                if stripped.startswith("[")
+                else [part.strip() for part in stripped.split(",") if part.strip()]
+            )
+        else:
+            out[name] = raw
+    return out
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  unknown key {where!r}")
+        else:
+            lines.append(f"  {where}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (or ``$EASEL_CONFIG``; none is fine) and apply ``EASEL_*`` overrides."""
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    source = "the environment"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    data.update(_env_overrides(env))
+    if not data.get("backends") and not data.get("models"):
+        data.update(auto_tables(env, local_gpu=has_local_gpu()))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

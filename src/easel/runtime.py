@@ -1,0 +1,66 @@
+"""Wiring: build the services from :class:`Settings` (no module-level singletons)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from easel.config import Settings
+from easel.janitor import Janitor
+from easel.routing import Router
+from easel.service import TaskService
+from easel.signing import UrlSigner
+from easel.storage import ObjectStore, open_object_store
+from easel.store import Store, open_store
+from easel.worker import Worker
+
+log = logging.getLogger("easel")
+
+HOW_TO_ENABLE = (
+    "This server serves no model_version (no provider key in the environment, no GPU, no "
+    "backend in the config). To enable one: set OPENAI_API_KEY, GEMINI_API_KEY, BFL_API_KEY "
+    "or MJ_PROXY_URL; or run on an NVIDIA GPU with pip install 'easel[local]'; or configure "
+    "backends in the config file, e.g. for a dry run without model costs:\n"
+    '  [backends.dry]\n  kind = "placeholder"\n'
+    '  [models."flux.1_kontext_pro"]\n  backends = ["dry"]\n'
+    "(examples/placeholder.toml serves every model that way; see docs/configuration.md)."
+)
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: Settings
+    store: Store
+    objects: ObjectStore
+    router: Router
+    service: TaskService
+    signer: UrlSigner
+
+    def janitor(self) -> Janitor:
+        return Janitor(self.store, self.objects, self.settings)
+
+    def new_worker(self, models: list[str] | None = None) -> Worker:
+        return Worker(self.store, self.objects, self.router, self.settings, models=models)
+
+    async def close(self) -> None:
+        await self.router.close()
+        await self.store.close()
+
+
+def log_served(router: Router) -> None:
+    for line in router.describe():
+        log.info("model %s", line)
+    served = router.served()
+    if served:
+        log.info("serving %d model_version(s): %s", len(served), ", ".join(served))
+    else:
+        log.warning(HOW_TO_ENABLE)
+
+
+async def open_runtime(settings: Settings) -> Runtime:
+    router = Router.from_settings(settings)
+    store = await open_store(settings.database_url)
+    objects = open_object_store(settings.storage_url)
+    signer = UrlSigner(await store.secrets.get_or_create("output_urls"), settings.output_url_ttl_s)
+    service = TaskService(store, objects, router, settings, signer)
+    return Runtime(settings, store, objects, router, service, signer)

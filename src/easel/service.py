@@ -1,0 +1,240 @@
+"""The application services the API calls: submit, view, upload. HTTP-free.
+
+Submitting validates everything that can be checked up front (body, catalog, served model,
+references, image formats), then holds the credits and enqueues in one transaction. A
+refusal raises the protocol error and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from easel import catalog, eta
+from easel.config import Settings
+from easel.errors import FileNotFound, ImageTypeNotSupported, InvalidParameter
+from easel.fetch import OutboundPolicy, check_url
+from easel.images import inspect_image
+from easel.requests import TASK_TYPE, FileRef, GenerateImageRequest, parse_generate_image
+from easel.routing import Router
+from easel.signing import UrlSigner
+from easel.storage import ObjectStore
+from easel.store import Store
+from easel.store.accounts import Caller
+from easel.store.files import StoredFile
+from easel.store.tasks import Idempotency, NewTask, Outlook
+from easel.sts import inspect_arrived, is_pending
+from easel.tasks import WITH_ERROR, Reference, Status, Task
+
+
+class TaskService:
+    def __init__(
+        self,
+        store: Store,
+        objects: ObjectStore,
+        router: Router,
+        settings: Settings,
+        signer: UrlSigner,
+        on_submit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store, self.objects, self.router = store, objects, router
+        self.settings, self.signer, self.on_submit = settings, signer, on_submit
+        self.policy = OutboundPolicy.from_strings(settings.allow_outbound_cidrs)
+
+    # -- submit ---------------------------------------------------------------------------
+
+    async def submit(
+        self, caller: Caller, body: dict[str, Any], idempotency_key: str | None = None
+    ) -> str:
+        """Validate, hold the credits and enqueue; returns the task id. With an
+        ``idempotency_key``, a repeat of the same body returns the first task's id."""
+        idempotency = None
+        if idempotency_key is not None:
+            if not 0 < len(idempotency_key) <= 255:
+                raise InvalidParameter("Idempotency-Key must be 1 to 255 characters long.")
+            canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+            digest = hashlib.sha256(canonical.encode()).hexdigest()
+            idempotency = Idempotency(idempotency_key, digest)
+        request = parse_generate_image(body)
+        version = request.model.version
+        if not await self.is_served(version):
+            served = await self.served()
+            raise InvalidParameter(
+                f"model_version {version!r} is not served by this server (no configured, "
+                "ready backend).",
+                f"Use one of the served models: {', '.join(served)}."
+                if served
+                else "This server serves no model yet; its operator must configure a backend.",
+            )
+        refs = await self._references(caller, request)
+        task_id = str(uuid.uuid4())
+        new = NewTask(
+            id=task_id,
+            type=TASK_TYPE,
+            model_version=version,
+            input=request.input_echo(),
+            prompt=request.composed_prompt,
+            refs=refs,
+            price=request.model.credits,
+        )
+        task_id = await self.store.tasks.submit(
+            caller,
+            new,
+            max_unfinished=self.settings.max_unfinished_tasks,
+            retry_after_s=await self.retry_after(version),
+            idempotency=idempotency,
+        )
+        self.on_submit()
+        return task_id
+
+    async def is_served(self, version: str) -> bool:
+        """A backend here is ready for it, or a live worker elsewhere takes it."""
+        return self.router.is_served(version) or version in await self.store.tasks.live_models()
+
+    async def served(self) -> list[str]:
+        live = await self.store.tasks.live_models()
+        return [v for v in catalog.CATALOG if v in live or self.router.is_served(v)]
+
+    async def _references(
+        self, caller: Caller, request: GenerateImageRequest
+    ) -> tuple[Reference, ...]:
+        refs = []
+        for number, ref in enumerate(request.files, start=1):
+            if ref.source == "url":
+                await check_url(ref.value, self.policy)
+                refs.append(Reference("url", ref.value))
+                continue
+            stored = await self._stored_file(caller, ref, number)
+            if stored.format == "webp" and not request.model.accepts_webp:
+                raise ImageTypeNotSupported(
+                    f"image[{number}] is WebP, which {request.model.version} does not accept.",
+                    "Convert the image to PNG or JPEG and upload it again.",
+                )
+            refs.append(Reference("object", stored.key))
+        if request.template:
+            refs.extend(
+                Reference("template", f"{request.template.slug}/{index}")
+                for index in range(len(request.template.images))
+            )
+        return tuple(refs)
+
+    async def _stored_file(self, caller: Caller, ref: FileRef, number: int) -> StoredFile:
+        if ref.source == "file_token":
+            stored = await self.store.files.find(caller.account_id, token=ref.value)
+            what = f"file_token {ref.value!r}"
+        else:
+            stored = None
+            key = self.objects.store_key(ref.value)  # the bucket's key, less the store's prefix
+            if ref.bucket == self.objects.bucket and key is not None:
+                stored = await self.store.files.find(caller.account_id, key=key)
+            what = f"object {{bucket: {ref.bucket!r}, key: {ref.value!r}}}"
+        if stored is None:
+            raise FileNotFound(
+                f"image[{number}]: {what} does not name a file uploaded with this key's account"
+                + (
+                    f" (this server's bucket is {self.objects.bucket!r})."
+                    if ref.source == "object"
+                    else "."
+                )
+            )
+        if is_pending(stored):  # an STS upload: inspect its bytes once they have arrived
+            stored = await inspect_arrived(self.objects, stored, f"image[{number}]")
+            await self.store.files.complete(stored)
+        return stored
+
+    async def retry_after(self, model_version: str) -> int:
+        """Seconds until one of the key's tasks is likely to finish (for 429/2000)."""
+        mean = await self.store.tasks.mean_duration(model_version)
+        return eta.queued_left(mean, 0, 1)
+
+    # -- read -----------------------------------------------------------------------------
+
+    async def view(self, caller: Caller, task_id: str, base_url: str) -> dict[str, Any] | None:
+        """The caller's task as the protocol's task object, or None."""
+        found = await self.store.tasks.view(task_id, caller.key_id)
+        if found is None:
+            return None
+        task, outlook = found
+        return await self.render(task, base_url, outlook=outlook)
+
+    async def render_event(
+        self, task_id: str, status: Status, progress: int, base_url: str
+    ) -> dict[str, Any] | None:
+        """An event's task object: the task as it is now, with the status and progress the
+        event recorded (for watch frames, SSE and webhooks). None if the task is gone."""
+        found = await self.store.tasks.view(task_id)
+        if found is None:
+            return None
+        task, outlook = found
+        data = await self.render(task, base_url, outlook=outlook)
+        data["status"], data["progress"] = status.value, progress
+        return data
+
+    async def render(
+        self, task: Task, base_url: str, outlook: Outlook | None = None
+    ) -> dict[str, Any]:
+        """The protocol's task object."""
+        outlook = outlook or await self.store.tasks.outlook(task)
+        queuing_num, left = -1, -1
+        if outlook.position is not None:
+            queuing_num = outlook.position
+            left = eta.queued_left(outlook.mean_duration, queuing_num, outlook.live_slots or 0)
+        elif not task.is_final:
+            elapsed = time.time() - (task.started_at or task.created_at)
+            left = eta.running_left(outlook.mean_duration, elapsed, task.progress)
+        data: dict[str, Any] = {
+            "task_id": task.id,
+            "type": task.type,
+            "status": task.status.value,
+            "input": task.input,
+            "output": {},
+            "progress": 100 if task.status is Status.SUCCESS else task.progress,
+            "create_time": int(task.created_at),
+            "consumed_credit": task.consumed_credit,
+            "queuing_num": queuing_num,
+            "running_left_time": left,
+        }
+        if task.status is Status.SUCCESS and task.output_key:
+            data["output"] = {
+                "generated_image": self.signer.sign(
+                    self.settings.public_url or base_url, task.output_key
+                )
+            }
+        if task.output_deleted_at is not None:
+            data["output_deleted_at"] = int(task.output_deleted_at)
+            data["output_note"] = "The output image passed its retention time and was deleted."
+        data["attempts"] = [
+            {
+                "backend": a.backend,
+                "claim": a.claim,
+                "started_at": a.started_at,
+                "ended_at": a.ended_at,
+                "outcome": a.outcome,
+                "error": a.error,
+            }
+            for a in outlook.attempts
+        ]
+        if task.status in WITH_ERROR:
+            data["error_code"] = task.error_code or 1001
+            data["error_msg"] = task.error_msg or "the task failed"
+        return data
+
+    # -- upload ---------------------------------------------------------------------------
+
+    async def upload(self, caller: Caller, data: bytes) -> str:
+        """Store an uploaded image; its token is usable as ``file_token`` by this account."""
+        info = inspect_image(data, what="the uploaded file")
+        token = str(uuid.uuid4())
+        ext = "jpg" if info.format == "jpeg" else info.format
+        key = f"uploads/{caller.account_id}/{token}.{ext}"
+        await self.objects.put(key, data)
+        await self.store.files.add(
+            StoredFile(
+                token, caller.account_id, key, info.format, len(data), info.width, info.height
+            )
+        )
+        return token

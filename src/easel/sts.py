@@ -1,0 +1,425 @@
+"""Temporary upload credentials: ``POST /v2/openapi/upload/sts/token``.
+
+With an ``s3://bucket/prefix`` store and an STS endpoint configured (``sts_endpoint``,
+``sts_role_arn``), each token is an STS ``AssumeRole`` call whose session policy allows
+``s3:PutObject`` (and ``s3:AbortMultipartUpload``, for boto3's multipart uploads of large
+files) on exactly one new key, ``<prefix>/uploads/<account_id>/<uuid>.<ext>``. The role's own
+policy must allow at least that on ``<prefix>/uploads/*``; the credentials are the
+intersection. The request to STS is signed (SigV4, here, with no AWS SDK) with the
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` of the
+environment; ``AWS_CA_BUNDLE`` adds trusted roots, as for the store.
+
+The key is recorded in the ``files`` table for the caller's account at once, so an
+``object: {bucket: resource_bucket, key: resource_uri}`` input names it. Its bytes arrive
+later, straight from the client to S3, so the row is *pending*: format is the declared one
+and size, width and height are 0 (no real upload is empty: an empty image is refused with
+2003). :func:`inspect_arrived` reads and inspects the object on first use and gives the real
+values; the worker inspects every input again before it runs.
+
+Anything else (a local or memory store, GCS, Azure, no STS configured, no credentials to sign
+with) answers 1005 naming the multipart alternative, ``POST /v2/openapi/upload``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import ssl
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+import httpx
+
+from easel.config import Settings
+from easel.errors import FileNotFound, InvalidParameter, NotAllowed, UnknownServerError
+from easel.images import inspect_image
+from easel.storage import ObjectNotFound, ObjectStore
+from easel.store.accounts import Caller
+from easel.store.files import FileStore, StoredFile
+
+log = logging.getLogger("easel.sts")
+
+# The STS request's formats → the stored (protocol) format; models are not taken here.
+UPLOAD_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+MODEL_FORMATS = ("glb", "obj", "fbx", "stl")
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+PENDING_SIZE = 0  # a files row whose object has not been inspected yet
+STS_VERSION = "2011-06-15"
+DEFAULT_REGION = "us-east-1"
+
+MULTIPART_HINT = (
+    "Upload the image with POST /v2/openapi/upload (multipart/form-data, field 'file') and "
+    "send its image_token as file_token. The official tripo3d SDK takes that route by itself "
+    "when boto3 is not installed."
+)
+
+
+# -- AWS request signing (Signature Version 4) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AwsCredentials:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AwsCredentials | None:
+        key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+        if not key or not secret:
+            return None
+        return cls(key, secret, env.get("AWS_SESSION_TOKEN") or None)
+
+
+def _hmac(key: bytes, message: str) -> bytes:
+    return hmac.new(key, message.encode(), hashlib.sha256).digest()
+
+
+def _host_header(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return host if parts.port in (None, default) else f"{host}:{parts.port}"
+
+
+def sigv4_headers(
+    method: str,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    credentials: AwsCredentials,
+    *,
+    region: str,
+    service: str,
+    now: dt.datetime,
+) -> dict[str, str]:
+    """``headers`` plus ``Host``, ``X-Amz-Date``, ``X-Amz-Security-Token`` (with a session
+    token) and ``Authorization``: the request signed with AWS Signature Version 4."""
+    parts = urlsplit(url)
+    stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    day = stamp[:8]
+    signed = {"Host": _host_header(url), **headers, "X-Amz-Date": stamp}
+    if credentials.session_token:
+        signed["X-Amz-Security-Token"] = credentials.session_token
+    canonical = {name.lower(): " ".join(value.split()) for name, value in signed.items()}
+    names = sorted(canonical)
+    query = sorted(
+        (quote(unquote(k), safe="-_.~"), quote(unquote(v), safe="-_.~"))
+        for k, _, v in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    request = "\n".join(
+        [
+            method.upper(),
+            quote(parts.path or "/", safe="/-_.~"),
+            "&".join(f"{k}={v}" for k, v in query),
+            "".join(f"{name}:{canonical[name]}\n" for name in names),
+            ";".join(names),
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
+    scope = f"{day}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(request.encode()).hexdigest()]
+    )
+    key = _hmac(("AWS4" + credentials.secret_access_key).encode(), day)
+    for part in (region, service, "aws4_request"):
+        key = _hmac(key, part)
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    signed["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={credentials.access_key_id}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}"
+    )
+    return signed
+
+
+# -- STS AssumeRole --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TemporaryCredentials:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expiration: str
+
+
+class StsError(Exception):
+    """STS refused or could not be reached; the message says which."""
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _find_text(root: ET.Element, name: str) -> str | None:
+    for element in root.iter():
+        if _local(element.tag) == name:
+            return (element.text or "").strip()
+    return None
+
+
+class StsClient:
+    """The one STS action Easel needs, over httpx."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        credentials: AwsCredentials,
+        region: str,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/") + "/"
+        self.credentials, self.region = credentials, region
+        self._verify, self._transport, self._timeout_s = verify, transport, timeout_s
+
+    async def assume_role(
+        self, role_arn: str, session_name: str, policy: str, duration_s: int
+    ) -> TemporaryCredentials:
+        body = urlencode(
+            {
+                "Action": "AssumeRole",
+                "Version": STS_VERSION,
+                "RoleArn": role_arn,
+                "RoleSessionName": session_name,
+                "Policy": policy,
+                "DurationSeconds": str(duration_s),
+            }
+        ).encode()
+        headers = sigv4_headers(
+            "POST",
+            self.endpoint,
+            body,
+            {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+            self.credentials,
+            region=self.region,
+            service="sts",
+            now=dt.datetime.now(dt.UTC),
+        )
+        try:
+            async with httpx.AsyncClient(
+                verify=self._verify, transport=self._transport, timeout=self._timeout_s
+            ) as http:
+                response = await http.post(self.endpoint, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise StsError(f"STS at {self.endpoint} could not be reached: {exc!r}") from None
+        try:
+            root = ET.fromstring(response.content)
+        except ET.ParseError:
+            raise StsError(
+                f"STS answered HTTP {response.status_code} with a body that is not XML: "
+                f"{response.text[:200]!r}"
+            ) from None
+        if response.status_code != 200:
+            code = _find_text(root, "Code") or "?"
+            message = _find_text(root, "Message") or ""
+            raise StsError(f"STS AssumeRole failed (HTTP {response.status_code}): {code} {message}")
+        values = {
+            name: _find_text(root, name)
+            for name in ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
+        }
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise StsError(f"STS AssumeRole answered without {', '.join(missing)}")
+        return TemporaryCredentials(
+            str(values["AccessKeyId"]),
+            str(values["SecretAccessKey"]),
+            str(values["SessionToken"]),
+            str(values["Expiration"]),
+        )
+
+
+# -- what a token allows, and where the client sends the object -----------------------------
+
+
+def aws_region(env: Mapping[str, str]) -> str:
+    return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def s3_endpoint(env: Mapping[str, str]) -> str | None:
+    """The S3 endpoint the store uses (the variables obstore reads, in its order)."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"):
+        if env.get(name):
+            return env[name]
+    return None
+
+
+def public_s3_host(settings: Settings, env: Mapping[str, str]) -> str:
+    """``s3_host`` for clients: host[:port], to which the official SDK prepends https://."""
+    if settings.s3_public_host:
+        return settings.s3_public_host
+    endpoint = s3_endpoint(env)
+    if endpoint:
+        return urlsplit(endpoint).netloc or endpoint
+    return f"s3.{aws_region(env)}.amazonaws.com"
+
+
+def arn_partition(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def upload_policy(bucket: str, object_key: str, region: str) -> str:
+    """The session policy: put (or abort a multipart put of) this one object, nothing else."""
+    resource = f"arn:{arn_partition(region)}:s3:::{bucket}/{object_key}"
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "EaselUploadOneObject",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": resource,
+            }
+        ],
+    }
+    return json.dumps(document, separators=(",", ":"))
+
+
+def session_name(account_id: str) -> str:
+    """``RoleSessionName`` (2–64 of ``[\\w+=,.@-]``): names the account in CloudTrail."""
+    return ("easel-" + re.sub(r"[^\w+=,.@-]", "-", account_id))[:64]
+
+
+def upload_format(body: Any) -> str:
+    """The stored format for the request's ``format``; 1004 for anything else."""
+    value = body.get("format") if isinstance(body, dict) else None
+    if isinstance(value, str) and value.strip().lower() in UPLOAD_FORMATS:
+        return UPLOAD_FORMATS[value.strip().lower()]
+    accepted = "png, jpeg, jpg or webp"
+    if isinstance(value, str) and value.strip().lower() in MODEL_FORMATS:
+        raise InvalidParameter(
+            f"format {value!r} is a 3D model; this server takes images only.",
+            f"Send format {accepted}.",
+        )
+    raise InvalidParameter(
+        "format is missing." if value is None else f"format {value!r} is not supported.",
+        f'Send a JSON body such as {{"format": "png"}}; format is {accepted}.',
+    )
+
+
+def _trust(env: Mapping[str, str]) -> ssl.SSLContext | bool:
+    bundle = env.get("AWS_CA_BUNDLE", "").strip()
+    if not bundle:
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=os.path.expanduser(bundle))
+    return context
+
+
+class UploadTokens:
+    """Issues STS upload tokens and records their keys (the service behind the route)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        objects: ObjectStore,
+        files: FileStore,
+        *,
+        env: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings, self.objects, self.files = settings, objects, files
+        self.env = os.environ if env is None else env
+        self._transport = transport
+
+    def _client(self) -> StsClient:
+        """The STS client, or 1005 naming what is missing and the alternative."""
+        settings = self.settings
+        if self.objects.scheme != "s3":
+            raise NotAllowed(
+                "temporary S3 upload credentials are not available: this server keeps "
+                f"uploads in its {self.objects.scheme} object store, not in S3.",
+                MULTIPART_HINT,
+            )
+        missing = [name for name in ("sts_endpoint", "sts_role_arn") if not getattr(settings, name)]
+        credentials = AwsCredentials.from_env(self.env)
+        if credentials is None:
+            missing.append("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its environment")
+        if missing or settings.sts_endpoint is None or credentials is None:
+            raise NotAllowed(
+                "temporary S3 upload credentials are not available: this server has no STS "
+                f"configured ({', '.join(missing)} not set).",
+                MULTIPART_HINT,
+            )
+        return StsClient(
+            settings.sts_endpoint,
+            credentials,
+            aws_region(self.env),
+            verify=_trust(self.env),
+            transport=self._transport,
+        )
+
+    async def issue(self, caller: Caller, body: Any) -> dict[str, str]:
+        """The token's ``data``: ``s3_host``, ``resource_bucket``, ``resource_uri``,
+        ``session_token``, ``sts_ak``, ``sts_sk`` (what the official SDK reads)."""
+        fmt = upload_format(body)
+        client = self._client()
+        token = str(uuid.uuid4())
+        key = f"uploads/{caller.account_id}/{token}.{EXTENSIONS[fmt]}"
+        object_key = self.objects.object_key(key)
+        region = aws_region(self.env)
+        try:
+            granted = await client.assume_role(
+                str(self.settings.sts_role_arn),
+                session_name(caller.account_id),
+                upload_policy(self.objects.bucket, object_key, region),
+                self.settings.sts_duration_s,
+            )
+        except StsError as exc:
+            log.error("upload token for account %s: %s", caller.account_id, exc)
+            raise UnknownServerError(
+                "the server could not obtain temporary S3 credentials.", MULTIPART_HINT
+            ) from None
+        await self.files.add(StoredFile(token, caller.account_id, key, fmt, PENDING_SIZE, 0, 0))
+        return {
+            "s3_host": public_s3_host(self.settings, self.env),
+            "resource_bucket": self.objects.bucket,
+            "resource_uri": object_key,
+            "session_token": granted.session_token,
+            "sts_ak": granted.access_key_id,
+            "sts_sk": granted.secret_access_key,
+        }
+
+
+# -- on first use ------------------------------------------------------------------------------
+
+
+def is_pending(stored: StoredFile) -> bool:
+    return stored.size == PENDING_SIZE
+
+
+async def inspect_arrived(objects: ObjectStore, stored: StoredFile, what: str) -> StoredFile:
+    """The pending file as it arrived: its real format, size and dimensions.
+
+    Not there yet → 2019; not an image or out of bounds → the error of
+    :func:`easel.images.inspect_image`.
+    """
+    try:
+        data = await objects.get(stored.key)
+    except ObjectNotFound:
+        raise FileNotFound(
+            f"{what}: nothing has been uploaded to {objects.object_key(stored.key)!r} yet.",
+            "Upload the file with the credentials of POST /v2/openapi/upload/sts/token first "
+            "(they expire), then send the task again.",
+        ) from None
+    info = inspect_image(data, what=what)
+    return StoredFile(
+        stored.token, stored.account_id, stored.key, info.format, len(data), info.width, info.height
+    )

@@ -1,0 +1,367 @@
+// The Easel playground: key, form, live task view, gallery. Plain ES modules, no build step.
+
+import { ApiError, FINAL, createApi, showError, taskError } from "./api.js";
+import { costText, createGallery, snapshot } from "./gallery.js";
+import { createImages } from "./images.js";
+import * as store from "./store.js";
+
+const $ = (id) => document.getElementById(id);
+const MAX_PROMPT = 1024;
+const POLL_MS = 700;
+const STATUS_WORDS = {
+  running: "Running",
+  success: "Done: the image is ready",
+  failed: "Failed",
+  banned: "Refused by the provider",
+  expired: "Expired in the queue",
+  cancelled: "Cancelled; its credits were refunded",
+  unknown: "Unknown state",
+};
+
+const state = { key: store.loadKey(), models: [], defaultModel: "", templates: [] };
+const view = { task: null, watch: null, deadline: null, shownImage: "" };
+const api = createApi(() => state.key);
+const priceOf = (version) => state.models.find((m) => m.model_version === version)?.credits;
+const gallery = createGallery({
+  api, list: $("gallery"), empty: $("gallery-empty"), getKey: () => state.key, onOpen: openTask,
+  priceOf, onFinal: () => refreshBalance().catch(() => {}),
+});
+const images = createImages({
+  api, dropzone: $("dropzone"), input: $("file-input"), list: $("thumbs"),
+  errorBox: $("images-error"), onChange: checkForm,
+});
+
+// -- key and balance ----------------------------------------------------------------------
+
+async function useKey(event) {
+  event.preventDefault();
+  const key = $("key-input").value.trim();
+  const box = $("key-error");
+  if (!key.startsWith("tsk_")) {
+    showError(box, new ApiError(0, "That is not an Easel API key.",
+      "Keys start with tsk_. Print one with: easel keys create --credits 100"));
+    $("key-input").focus();
+    return;
+  }
+  state.key = key;
+  try {
+    showBalance(await api.balance());
+  } catch (error) {
+    state.key = "";
+    showError(box, error);
+    $("key-input").focus();
+    return;
+  }
+  showError(box, null);
+  store.saveKey(key);
+  $("key-input").value = "";
+  await enter();
+  $("prompt").focus();
+}
+
+async function enter() {
+  $("key-section").hidden = true;
+  $("account").hidden = $("workspace").hidden = $("gallery-section").hidden = false;
+  $("key-hint").textContent = `Key …${state.key.slice(-4)}`;
+  $("key-hint").title = "The last characters of the API key in use";
+  gallery.render();
+  const results = await Promise.allSettled([loadModels(), loadTemplates(), refreshBalance()]);
+  const failed = results.find((r) => r.status === "rejected");
+  showError($("form-error"), failed ? failed.reason : null);
+  checkForm();
+  await gallery.refresh();
+  const newest = store.loadTasks(state.key)[0];
+  if (newest && !FINAL.has(newest.status)) openTask(newest.task_id, { scroll: false });
+}
+
+function showBalance({ balance, frozen }) {
+  $("balance-amount").textContent = String(balance);
+  $("balance-frozen").textContent = frozen ? `(${frozen} held)` : "";
+}
+
+async function refreshBalance() {
+  showBalance(await api.balance());
+}
+
+function forget() {
+  view.watch?.abort();
+  store.forgetKey();
+  location.reload();
+}
+
+// -- models, templates and the form -------------------------------------------------------
+
+async function loadModels() {
+  const data = await api.models();
+  state.models = data.models;
+  state.defaultModel = data.default;
+  const select = $("model");
+  select.replaceChildren(...data.models.map((m) => {
+    const note = m.served ? "" : " (not served here)";
+    const option = new Option(`${m.model_version} · ${m.credits} credits${note}`, m.model_version);
+    option.disabled = !m.served;
+    return option;
+  }));
+  const served = data.models.filter((m) => m.served);
+  const preferred = served.find((m) => m.model_version === data.default) || served[0];
+  if (preferred) select.value = preferred.model_version;
+  else {
+    showError($("form-error"), new ApiError(0, "This server serves no model yet.",
+      "Its operator must configure a backend (see docs/configuration.md)."));
+  }
+}
+
+async function loadTemplates() {
+  const response = await fetch("/playground/templates.json");
+  state.templates = await response.json();
+  $("template").append(...state.templates.map((t) => new Option(t.title, t.slug)));
+}
+
+const model = () => state.models.find((m) => m.model_version === $("model").value);
+const template = () => state.templates.find((t) => t.slug === $("template").value);
+const promptLength = () => [...$("prompt").value].length; // code points, as the server counts
+
+/** The model that will run: a text-only "upgrade" model runs as the default with images. */
+function effectiveModel(imageCount) {
+  const chosen = model();
+  if (chosen?.images === "upgrade" && imageCount > 0) {
+    return state.models.find((m) => m.model_version === state.defaultModel) || chosen;
+  }
+  return chosen;
+}
+
+function imageRule(m) {
+  if (m.images === "upgrade") return `Text only: with reference images it runs as ${state.defaultModel}.`;
+  if (m.images === "refuses") return "Text only: it refuses reference images.";
+  return `Takes up to ${m.max_files} reference images${m.accepts_webp ? "" : " (PNG or JPEG; no WebP)"}.`;
+}
+
+/** What stops this form from being sent, as an ApiError, or null. */
+function formProblem() {
+  const length = promptLength();
+  if (length > MAX_PROMPT) {
+    return new ApiError(0, `The prompt is ${length} characters long; the limit is ${MAX_PROMPT}.`,
+      "Shorten the prompt.");
+  }
+  if (!$("prompt").value.trim() && !template()) {
+    return new ApiError(0, "Write a prompt or choose a template.", "Describe the image you want.");
+  }
+  const count = images.count + (template()?.images || 0);
+  const m = effectiveModel(count);
+  if (!m || !m.served) {
+    return new ApiError(0, "Choose a model this server serves.",
+      "Models marked “not served here” have no backend on this server.");
+  }
+  const extra = template()?.images ? ` (yours plus the template's ${template().images})` : "";
+  if (count > 0 && m.images === "refuses") {
+    return new ApiError(0, `${m.model_version} takes no reference images; you have ${count}${extra}.`,
+      "Remove the images or choose a model that takes them.");
+  }
+  if (count > m.max_files) {
+    return new ApiError(0, `${m.model_version} takes at most ${m.max_files} images; you have ${count}${extra}.`,
+      "Remove some images or choose a model that takes more (gpt_4o and gemini_* take 10).");
+  }
+  if (images.hasWebp && !m.accepts_webp) {
+    return new ApiError(0, `${m.model_version} does not take WebP images.`,
+      "Use PNG or JPEG images, or choose another model.");
+  }
+  return null;
+}
+
+function checkForm() {
+  const length = promptLength();
+  const counter = $("prompt-count");
+  counter.textContent = `${length} / ${MAX_PROMPT}${length > MAX_PROMPT ? " (too long)" : ""}`;
+  counter.classList.toggle("over", length > MAX_PROMPT);
+  const m = model();
+  $("model-help").textContent = m ? `${m.description}. ${imageRule(m)}` : "";
+  const t = template();
+  $("template-help").textContent = t
+    ? `${t.description}${t.images ? ` Adds ${t.images} reference image.` : ""}`
+    : "Optional preset that adds its own instructions.";
+  const count = images.count + (t?.images || 0);
+  const runs = effectiveModel(count);
+  $("submit-price").textContent = runs ? `· ${runs.credits} credits` : "";
+  const problem = state.models.length ? formProblem() : null;
+  const limit = runs && runs.images !== "refuses" ? ` of at most ${runs.max_files}` : "";
+  $("images-count").textContent = images.count ? `${images.count} chosen${limit}.` : "";
+  $("images-count").classList.toggle("warn", Boolean(problem && images.count));
+}
+
+async function submit(event) {
+  event.preventDefault();
+  const box = $("form-error");
+  const problem = formProblem();
+  showError(box, problem);
+  if (problem) return;
+  const button = $("submit");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const prompt = $("prompt").value;
+    const body = { type: "generate_image", prompt, model_version: model().model_version };
+    if (template()) body.template = template().slug;
+    body.t_pose = $("t-pose").checked;
+    body.sketch_to_render = $("sketch").checked;
+    const files = await images.files();
+    if (files.length) body.files = files;
+    const { task_id } = await api.submit(body);
+    gallery.update({ task_id, status: "queued", input: body, create_time: Math.floor(Date.now() / 1000) });
+    openTask(task_id);
+    refreshBalance().catch(() => {});
+  } catch (error) {
+    showError(box, error);
+  } finally {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
+}
+
+// -- the live task view -------------------------------------------------------------------
+
+function openTask(taskId, { scroll = true } = {}) {
+  view.watch?.abort();
+  view.watch = new AbortController();
+  view.task = null;
+  view.deadline = null;
+  view.shownImage = "";
+  $("task-empty").hidden = true;
+  $("task-view").hidden = false;
+  $("result").hidden = true;
+  $("task-status").textContent = "Loading the task…";
+  $("task-progress").value = 0;
+  $("task-progress").hidden = $("task-detail").parentElement.hidden = false;
+  showError($("task-error"), null);
+  $("cancel").disabled = false;
+  $("cancel").textContent = "Cancel task";
+  if (scroll && matchMedia("(max-width: 899px)").matches) {
+    const smooth = !matchMedia("(prefers-reduced-motion: reduce)").matches;
+    $("task-panel").scrollIntoView({ behavior: smooth ? "smooth" : "auto", block: "start" });
+  }
+  watch(taskId, view.watch.signal);
+}
+
+const sleep = (ms, signal) => new Promise((resolve) => {
+  const timer = setTimeout(resolve, ms);
+  signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+});
+
+/** Poll the task until it is final (GET /task/{id}; EventSource cannot send the key). */
+async function watch(taskId, signal) {
+  let misses = 0;
+  while (!signal.aborted) {
+    try {
+      const task = await api.task(taskId, { signal });
+      if (signal.aborted) return;
+      misses = 0;
+      showTask(task);
+      if (FINAL.has(task.status)) return;
+    } catch (error) {
+      if (signal.aborted) return;
+      if (error.code !== 0 || ++misses > 30) {
+        showError($("task-error"), error);
+        $("cancel").hidden = true;
+        return;
+      }
+      $("task-detail").textContent = "Connection lost; trying again…";
+    }
+    await sleep(POLL_MS, signal);
+  }
+}
+
+/** Show a task's latest state in the panel and the gallery; a final one moves the balance. */
+function showTask(task) {
+  const wasFinal = view.task && FINAL.has(view.task.status);
+  renderTask(task);
+  gallery.update(task);
+  if (FINAL.has(task.status) && !wasFinal) refreshBalance().catch(() => {});
+}
+
+function renderTask(task) {
+  view.task = task;
+  const final = FINAL.has(task.status);
+  const words = task.status === "queued"
+    ? (task.queuing_num > 0 ? `Queued: ${task.queuing_num} ${task.queuing_num === 1 ? "task" : "tasks"} ahead` : "Queued: next in line")
+    : STATUS_WORDS[task.status] || task.status;
+  if ($("task-status").textContent !== words) $("task-status").textContent = words;
+  $("task-status").className = `status status-${task.status}`;
+  $("task-progress").value = task.progress || 0;
+  $("task-progress").hidden = $("task-detail").parentElement.hidden = final && task.status !== "success";
+  view.deadline = !final && task.running_left_time >= 0 ? Date.now() + task.running_left_time * 1000 : null;
+  renderDetail();
+  $("cancel").hidden = final;
+  showError($("task-error"), taskError(task));
+  const link = task.output?.generated_image;
+  if (task.status === "success" && link && !view.shownImage) {
+    view.shownImage = link;
+    $("result-image").src = link;
+    $("result-image").alt = `Generated image: ${task.input?.prompt || task.input?.template || ""}`;
+    $("result-link").href = link;
+    $("result-caption").textContent = "Open the full-size image in a new tab; the link expires.";
+    $("result").hidden = false;
+  }
+  const entry = snapshot(task);
+  const cost = costText(entry, priceOf(entry.model_version));
+  $("task-meta").textContent = `${entry.model_version} · ${cost} · task ${task.task_id}`;
+}
+
+function renderDetail() {
+  const task = view.task;
+  if (!task) return;
+  let text = "";
+  if (task.status === "running") text = `${task.progress || 0}% done`;
+  if (view.deadline !== null) {
+    const left = Math.max(0, Math.round((view.deadline - Date.now()) / 1000));
+    const eta = left >= 90 ? `${Math.round(left / 60)} min` : `${left} s`;
+    text += `${text ? " · " : ""}${left > 0 ? `about ${eta} left` : "finishing…"}`;
+  }
+  if (FINAL.has(task.status)) text = task.status === "success" ? "100% done" : "";
+  $("task-detail").textContent = text;
+}
+
+async function cancel() {
+  const button = $("cancel");
+  button.disabled = true;
+  button.textContent = "Cancelling…";
+  try {
+    showTask(await api.cancel(view.task?.task_id));
+  } catch (error) {
+    showError($("task-error"), error);
+    button.disabled = false;
+    button.textContent = "Cancel task";
+  }
+}
+
+// -- wiring -------------------------------------------------------------------------------
+
+$("key-form").addEventListener("submit", useKey);
+$("forget-key").addEventListener("click", forget);
+$("task-form").addEventListener("submit", submit);
+for (const id of ["prompt", "model", "template"]) $(id).addEventListener("input", checkForm);
+$("prompt").addEventListener("input", () => showError($("form-error"), null));
+$("cancel").addEventListener("click", cancel);
+$("gallery-refresh").addEventListener("click", () => gallery.refresh());
+setInterval(renderDetail, 500);
+setInterval(() => {
+  if (state.key && gallery.hasUnfinished()) gallery.refresh({ unfinishedOnly: true });
+}, 4000);
+
+async function start() {
+  if (state.key) {
+    try {
+      showBalance(await api.balance());
+      await enter();
+      return;
+    } catch (error) {
+      if (error.code === 1002) {
+        store.forgetKey();
+        state.key = "";
+      }
+      showError($("key-error"), error);
+    }
+  }
+  $("key-section").hidden = false;
+  $("key-input").focus();
+}
+
+start();
