@@ -1,0 +1,104 @@
+"""Build a real Easel app (SQLite file, memory object store, placeholder backends) for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from easel.api.app import create_app
+from easel.config import Settings
+from easel.runtime import Runtime
+
+UNFINISHED = ("queued", "running")
+ALL_MODELS = (
+    "flux.1_kontext_pro",
+    "flux.1_dev",
+    "gpt_4o",
+    "gpt_image_1.5",
+    "gpt_image_2",
+    "midjourney",
+    "gemini_2.5_flash_image_preview",
+    "gemini_3_pro_image_preview",
+)  # gemini_3.1_flash_image_preview stays unserved on purpose
+
+
+def settings_for(database_url: str, **overrides: Any) -> Settings:
+    backend = {"kind": "placeholder", **overrides.pop("placeholder", {})}
+    data: dict[str, Any] = {
+        "database_url": database_url,
+        "storage_url": "memory://",
+        "poll_interval_s": 0.05,
+        "backends": {"dry": backend},
+        "models": {model: {"backends": ["dry"]} for model in ALL_MODELS},
+    }
+    data.update(overrides)
+    return Settings.model_validate(data)
+
+
+def png(width: int = 64, height: int = 64, color: str = "red", fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, format=fmt)
+    return out.getvalue()
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    runtime: Runtime
+    key: str
+
+    async def upload(self, data: bytes, name: str = "ref.png") -> str:
+        response = await self.client.post(
+            "/v2/openapi/upload", files={"file": (name, data, "application/octet-stream")}
+        )
+        assert response.status_code == 200, response.text
+        token: str = response.json()["data"]["image_token"]
+        return token
+
+    async def submit(self, **body: Any) -> httpx.Response:
+        return await self.client.post("/v2/openapi/task", json={"type": "generate_image", **body})
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/v2/openapi/task/{task_id}")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    async def wait(
+        self, task_id: str, timeout_s: float = 20.0, until: Collection[str] | None = None
+    ) -> dict[str, Any]:
+        """Poll until the task's status is in ``until`` (by default: any final status)."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                task = await self.task(task_id)
+                if (task["status"] in until) if until else task["status"] not in UNFINISHED:
+                    return task
+                await asyncio.sleep(0.05)
+
+    async def balance(self) -> dict[str, int]:
+        data: dict[str, int] = (await self.client.get("/v2/openapi/user/balance")).json()["data"]
+        return data
+
+
+@contextlib.asynccontextmanager
+async def running_api(
+    settings: Settings, *, run_worker: bool = True, credits: int = 100
+) -> AsyncIterator[Api]:
+    app = create_app(settings, run_worker=run_worker)
+    async with app.router.lifespan_context(app):
+        runtime: Runtime = app.state.runtime
+        key = await runtime.store.accounts.create_key("test", credits)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {key}"},
+        ) as client:
+            yield Api(client, runtime, key)

@@ -1,0 +1,215 @@
+"""The object store port, as one contract run against memory://, file:// and s3://.
+
+The S3 runs are against moto's server on loopback (``s3server``): plain HTTP with
+``AWS_ALLOW_HTTP``, and once over TLS trusted through ``AWS_CA_BUNDLE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import obstore
+import pytest
+from obstore.exceptions import BaseError
+from obstore.store import LocalStore, MemoryStore, from_url
+
+from easel.storage import (
+    LOCAL_BUCKET,
+    ObjectNotFound,
+    ObjectStore,
+    open_object_store,
+    s3_client_options,
+)
+from s3server import S3Server, moto_server
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with moto_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with moto_server(tmp_path_factory.mktemp("moto-tls"), tls=True) as server:
+        yield server
+
+
+@dataclass
+class Backend:
+    """How one kind of store is opened (with a prefix) and seen from outside the port."""
+
+    scheme: str
+    bucket: str
+    open: Callable[[str], ObjectStore]  # prefix → store
+    raw: Any  # an obstore store at the root, to look behind the port
+
+    async def raw_keys(self) -> list[str]:
+        keys: list[str] = []
+        async for chunk in obstore.list(self.raw):
+            keys.extend(str(entry["path"]) for entry in chunk)
+        return sorted(keys)
+
+
+def _s3_backend(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = server.create_bucket()
+
+    def open_(prefix: str) -> ObjectStore:
+        return open_object_store(f"s3://{bucket}/{prefix}")
+
+    return Backend("s3", bucket, open_, from_url(f"s3://{bucket}", client_options=None))
+
+
+@pytest.fixture(params=["memory", "file", "s3"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Backend:
+    if request.param == "memory":
+        shared = MemoryStore()
+        return Backend(
+            "memory", LOCAL_BUCKET, lambda p: ObjectStore(shared, LOCAL_BUCKET, p), shared
+        )
+    if request.param == "file":
+        root = tmp_path / "objects"
+        return Backend(
+            "file",
+            LOCAL_BUCKET,
+            lambda p: open_object_store(f"file://{root}/{p}"),
+            LocalStore(root, mkdir=True),
+        )
+    server: S3Server = request.getfixturevalue("s3")
+    return _s3_backend(server, monkeypatch)
+
+
+# -- the contract ---------------------------------------------------------------------------
+
+
+async def test_put_then_get_returns_the_bytes(backend: Backend) -> None:
+    store = backend.open("")
+    assert store.bucket == backend.bucket
+    assert store.scheme == backend.scheme
+    await store.put("uploads/acct/one.png", PNG_BYTES)
+    assert await store.get("uploads/acct/one.png") == PNG_BYTES
+    await store.put("uploads/acct/one.png", b"second")  # a re-run overwrites
+    assert await store.get("uploads/acct/one.png") == b"second"
+    assert await backend.raw_keys() == ["uploads/acct/one.png"]
+
+
+async def test_missing_key_is_object_not_found(backend: Backend) -> None:
+    store = backend.open("")
+    with pytest.raises(ObjectNotFound) as missing:
+        await store.get("outputs/never-written.png")
+    assert missing.value.args == ("outputs/never-written.png",)
+
+
+async def test_delete_is_idempotent(backend: Backend) -> None:
+    store = backend.open("")
+    await store.put("outputs/task.png", PNG_BYTES)
+    await store.delete("outputs/task.png")
+    with pytest.raises(ObjectNotFound):
+        await store.get("outputs/task.png")
+    await store.delete("outputs/task.png")
+    await store.delete("outputs/never-written.png")
+    assert await backend.raw_keys() == []
+
+
+async def test_prefix_is_honoured(backend: Backend) -> None:
+    first, second = backend.open("tenants/a"), backend.open("tenants/b/")
+    await first.put("uploads/k.png", b"first")
+    with pytest.raises(ObjectNotFound):
+        await second.get("uploads/k.png")
+    await second.put("uploads/k.png", b"second")
+    assert await first.get("uploads/k.png") == b"first"
+    assert await second.get("uploads/k.png") == b"second"
+    assert await backend.raw_keys() == ["tenants/a/uploads/k.png", "tenants/b/uploads/k.png"]
+    await first.delete("uploads/k.png")
+    assert await backend.raw_keys() == ["tenants/b/uploads/k.png"]
+
+
+async def test_ping_answers_on_an_empty_and_a_full_store(backend: Backend) -> None:
+    store = backend.open("ready")
+    await store.ping()
+    await store.put("a.png", b"x")
+    await store.put("b.png", b"y")
+    await store.ping()
+
+
+# -- S3 specifics -------------------------------------------------------------------------------
+
+
+async def test_s3_ping_fails_for_a_missing_bucket(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(BaseError, match="NoSuchBucket"):
+        await open_object_store("s3://no-such-bucket/prefix").ping()
+
+
+async def test_s3_object_keys_carry_the_prefix(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = _s3_backend(s3, monkeypatch)
+    store = open_object_store(f"s3://{backend.bucket}/easel/prod/")
+    assert (store.bucket, store.prefix, store.scheme) == (backend.bucket, "easel/prod", "s3")
+    await store.put("uploads/acct/t.png", PNG_BYTES)
+    object_key = store.object_key("uploads/acct/t.png")
+    assert object_key == "easel/prod/uploads/acct/t.png"
+    assert s3.read(backend.bucket, object_key) == PNG_BYTES
+    assert store.store_key(object_key) == "uploads/acct/t.png"
+
+
+async def test_s3_over_tls_trusts_aws_ca_bundle(
+    s3_tls: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in s3_tls.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_tls.create_bucket()
+    store = open_object_store(f"s3://{bucket}/tls")
+    await store.put("uploads/x.png", PNG_BYTES)
+    assert await store.get("uploads/x.png") == PNG_BYTES
+    assert s3_tls.keys(bucket) == ["tls/uploads/x.png"]
+
+
+# -- units ------------------------------------------------------------------------------------
+
+
+def test_store_key_inverts_object_key() -> None:
+    plain = ObjectStore(MemoryStore(), LOCAL_BUCKET)
+    assert plain.object_key("uploads/a.png") == "uploads/a.png"
+    assert plain.store_key("uploads/a.png") == "uploads/a.png"
+    prefixed = ObjectStore(MemoryStore(), "bucket", "/easel/prod/", scheme="s3")
+    assert prefixed.prefix == "easel/prod"
+    assert prefixed.object_key("uploads/a.png") == "easel/prod/uploads/a.png"
+    assert prefixed.store_key("easel/prod/uploads/a.png") == "uploads/a.png"
+    for outside in ("uploads/a.png", "easel/production/a.png", "easel/prod/", "easel/prod"):
+        assert prefixed.store_key(outside) is None, outside
+
+
+def test_client_options_add_the_ca_bundle_and_keep_allow_http(tmp_path: Path) -> None:
+    assert s3_client_options({}) is None
+    assert s3_client_options({"AWS_ALLOW_HTTP": "true"}) is None  # obstore reads it itself
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert s3_client_options({"AWS_CA_BUNDLE": str(bundle)}) == {
+        "root_certificate": bundle.read_text()
+    }
+    assert s3_client_options({"AWS_CA_BUNDLE": str(bundle), "AWS_ALLOW_HTTP": "TRUE"}) == {
+        "root_certificate": bundle.read_text(),
+        "allow_http": True,
+    }
+    with pytest.raises(ValueError, match="AWS_CA_BUNDLE"):
+        s3_client_options({"AWS_CA_BUNDLE": str(tmp_path / "missing.pem")})
+
+
+@pytest.mark.parametrize("url", ["ftp://host/dir", "s3://", "redis://localhost"])
+def test_unsupported_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="storage_url"):
+        open_object_store(url)
