@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test check lint typecheck pytest bench clean
+.PHONY: install serve test check lint typecheck pytest bench load clean
 
 install: $(VENV)/.installed
 
@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,local,providers]'
+	# The official SDK 1.x (Tripo API v3) beside the 0.4.2 of the dev extra, for the v3
+	# end-to-end test, which puts this directory first on a child process's path.
+	$(BIN)/python -m pip install --quiet --target $(VENV)/tripo3d-v1 'tripo3d[async]==1.0.0'
 	touch $@
 
 serve: install
@@ -35,6 +38,9 @@ pytest: install
 
 bench: install
 	$(BIN)/python bench/throughput.py
+
+load: install
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) easel-data .mypy_cache .pytest_cache .ruff_cache

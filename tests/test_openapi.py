@@ -15,7 +15,7 @@ async def document(api: Api) -> dict[str, Any]:
     return doc
 
 
-async def test_every_v2_route_is_documented_with_success_and_error_examples(
+async def test_every_v2_and_v3_route_is_documented_with_success_and_error_examples(
     tmp_path: Any,
 ) -> None:
     async with running_api(settings_for(f"sqlite+aiosqlite:///{tmp_path / 'o.db'}")) as api:
@@ -23,7 +23,7 @@ async def test_every_v2_route_is_documented_with_success_and_error_examples(
     operations = {
         (method, path): op
         for path, item in doc["paths"].items()
-        if path.startswith("/v2/openapi")
+        if path.startswith(("/v2/openapi", "/v3/"))
         for method, op in item.items()
     }
     assert set(operations) == set(ROUTES), set(operations) ^ set(ROUTES)

@@ -108,6 +108,10 @@ class TaskService:
                 await check_url(ref.value, self.policy)
                 refs.append(Reference("url", ref.value))
                 continue
+            earlier = await self._earlier_output(caller, ref, request)
+            if earlier is not None:
+                refs.append(earlier)
+                continue
             stored = await self._stored_file(caller, ref, number)
             if stored.format == "webp" and not request.model.accepts_webp:
                 raise ImageTypeNotSupported(
@@ -121,6 +125,31 @@ class TaskService:
                 for index in range(len(request.template.images))
             )
         return tuple(refs)
+
+    async def _earlier_output(
+        self, caller: Caller, ref: FileRef, request: GenerateImageRequest
+    ) -> Reference | None:
+        """The image of the key's earlier successful task that a ``file_token`` names by its
+        task id (as v3 allows), or None when the token is not such a task id."""
+        if ref.source != "file_token" or await self.store.files.find(
+            caller.account_id, token=ref.value
+        ):
+            return None
+        task = await self.store.tasks.get(ref.value, caller.key_id)
+        if task is None or task.status is not Status.SUCCESS or not task.output_key:
+            return None
+        if task.output_deleted_at is not None:
+            raise FileNotFound(
+                f"the output of task {task.id} passed its retention time and was deleted.",
+                "Upload the image again and use its file_token.",
+            )
+        if task.output_key.endswith(".webp") and not request.model.accepts_webp:
+            raise ImageTypeNotSupported(
+                f"the output of task {task.id} is WebP, which {request.model.version} does "
+                "not accept.",
+                "Pick a model that accepts WebP, or convert the image and upload it.",
+            )
+        return Reference("object", task.output_key)
 
     async def _stored_file(self, caller: Caller, ref: FileRef, number: int) -> StoredFile:
         if ref.source == "file_token":
@@ -155,11 +184,24 @@ class TaskService:
 
     async def view(self, caller: Caller, task_id: str, base_url: str) -> dict[str, Any] | None:
         """The caller's task as the protocol's task object, or None."""
+        found = await self.view_task(caller, task_id, base_url)
+        return None if found is None else found[1]
+
+    async def view_task(
+        self, caller: Caller, task_id: str, base_url: str
+    ) -> tuple[Task, dict[str, Any]] | None:
+        """The caller's task and its task object, or None."""
+        if "\x00" in task_id:  # no id holds one (and PostgreSQL cannot compare it): a miss
+            return None
         found = await self.store.tasks.view(task_id, caller.key_id)
         if found is None:
             return None
         task, outlook = found
-        return await self.render(task, base_url, outlook=outlook)
+        return task, await self.render(task, base_url, outlook=outlook)
+
+    async def recent(self, caller: Caller, limit: int, offset: int) -> list[Task]:
+        """The key's tasks, newest first."""
+        return await self.store.tasks.recent(caller.key_id, limit, offset)
 
     async def render_event(
         self, task_id: str, status: Status, progress: int, base_url: str
@@ -227,14 +269,21 @@ class TaskService:
 
     async def upload(self, caller: Caller, data: bytes) -> str:
         """Store an uploaded image; its token is usable as ``file_token`` by this account."""
-        info = inspect_image(data, what="the uploaded file")
         token = str(uuid.uuid4())
+        await self.upload_as(caller.account_id, token, data)
+        return token
+
+    async def upload_as(self, account_id: str, token: str, data: bytes) -> None:
+        """Store an image under a token chosen before (a presigned upload's)."""
+        info = inspect_image(data, what="the uploaded file")
+        if await self.store.files.find(account_id, token=token) is not None:
+            raise InvalidParameter(
+                f"file_token {token} already holds an upload.",
+                "Ask for a new upload URL for each file.",
+            )
         ext = "jpg" if info.format == "jpeg" else info.format
-        key = f"uploads/{caller.account_id}/{token}.{ext}"
+        key = f"uploads/{account_id}/{token}.{ext}"
         await self.objects.put(key, data)
         await self.store.files.add(
-            StoredFile(
-                token, caller.account_id, key, info.format, len(data), info.width, info.height
-            )
+            StoredFile(token, account_id, key, info.format, len(data), info.width, info.height)
         )
-        return token

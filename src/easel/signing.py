@@ -36,7 +36,23 @@ class UrlSigner:
         query = urlencode({"expires": expires, "signature": self._signature(key, expires)})
         return f"{base_url.rstrip('/')}/v2/openapi/outputs/{quote(key)}?{query}"
 
+    def sign_upload(
+        self, base_url: str, account_id: str, token: str, ttl_s: int, now: float | None = None
+    ) -> str:
+        """A presigned ``PUT`` URL for one upload (v3 ``/files/presign``). Its signed key
+        starts with ``upload:``, which no output key does, so neither URL opens the other."""
+        expires = int((time.time() if now is None else now) + ttl_s)
+        signature = self._signature(upload_key(account_id, token), expires)
+        query = urlencode({"expires": expires, "signature": signature})
+        return f"{base_url.rstrip('/')}/v3/files/upload/{account_id}/{token}?{query}"
+
     def verify(self, key: str, expires: int, signature: str, now: float | None = None) -> bool:
         if expires < (time.time() if now is None else now):
             return False
-        return hmac.compare_digest(self._signature(key, expires), signature)
+        # compare_digest refuses non-ASCII str (TypeError): such a signature is simply wrong.
+        return signature.isascii() and hmac.compare_digest(self._signature(key, expires), signature)
+
+
+def upload_key(account_id: str, token: str) -> str:
+    """What a presigned upload URL signs."""
+    return f"upload:{account_id}/{token}"

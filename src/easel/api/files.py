@@ -29,16 +29,21 @@ def refuse_oversized(request: Request) -> None:
         )
 
 
-async def _upload(
-    caller: CallerDep, runtime: RuntimeDep, file: UploadFile | None
-) -> dict[str, Any]:
+async def read_upload(file: UploadFile | None) -> bytes:
+    """The bytes of the multipart field ``file`` (at most one byte over the image limit, so
+    the image check can refuse an oversized one)."""
     if file is None:
         raise InvalidParameter(
             "the multipart field 'file' is missing.",
             "Send multipart/form-data with the image in a field named 'file'.",
         )
-    data = await file.read(MAX_IMAGE_BYTES + 1)
-    token = await runtime.service.upload(caller, data)
+    return await file.read(MAX_IMAGE_BYTES + 1)
+
+
+async def _upload(
+    caller: CallerDep, runtime: RuntimeDep, file: UploadFile | None
+) -> dict[str, Any]:
+    token = await runtime.service.upload(caller, await read_upload(file))
     return ok({"image_token": token})
 
 

@@ -19,6 +19,7 @@ EXAMPLE_MESSAGES: dict[int, str] = {
     1003: "the request body is not valid JSON: Expecting value: line 1 column 1 (char 0)",
     1004: "prompt is 1100 characters long; the limit is 1024.",
     1005: "this download link is invalid or has expired.",
+    1007: "this API key made more than 20 requests per second (bursts up to 40).",
     2000: "This key already has 10 unfinished tasks; the limit is 10.",
     2001: f"task {TASK_ID} not found.",
     2002: "task type 'text_to_model' is not supported.",
@@ -61,7 +62,7 @@ TASK = {
     ],
 }
 
-AUTH = [1002]
+AUTH = [1002, 1007]  # every authenticated request counts against the key's rate limit
 ROUTES: dict[tuple[str, str], tuple[list[int], Any]] = {
     ("post", f"{P}/task"): (
         [*AUTH, 1003, 1004, 2002, 2003, 2004, 2009, 2010, 2017, 2019, 2000],
@@ -106,15 +107,102 @@ ROUTES: dict[tuple[str, str], tuple[list[int], Any]] = {
             ],
         },
     ),
-    ("get", f"{P}/outputs/{{key}}"): ([1005], None),
+    ("get", f"{P}/outputs/{{key}}"): ([1004, 1005], None),  # 1004: expires not an integer
     ("post", f"{P}/webhooks"): ([*AUTH, 1004], {"id": "wh_…", "secret": "whsec_…"}),
     ("get", f"{P}/webhooks"): (AUTH, []),
     ("delete", f"{P}/webhooks/{{webhook_id}}"): ([*AUTH, 2001], {"deleted": True}),
-    ("get", f"{P}/webhooks/{{webhook_id}}/deliveries"): ([*AUTH, 2001], []),
+    ("get", f"{P}/webhooks/{{webhook_id}}/deliveries"): ([*AUTH, 1004, 2001], []),  # limit
     ("post", f"{P}/webhooks/{{webhook_id}}/deliveries/{{delivery_id}}/redeliver"): (
         [*AUTH, 2001],
         {"delivery_id": "…", "status": "pending"},
     ),
+}
+
+V3_TASK = {
+    "task_id": TASK_ID,
+    "type": "image_to_image",
+    "status": "success",
+    "progress": 100,
+    "input": {
+        "prompt": "a red fox",
+        "model_version": "flux.1_kontext_pro",
+        "files": [{"file_token": TASK_ID}],
+        "t_pose": False,
+        "sketch_to_render": False,
+    },
+    "output": {
+        "generated_image_url": f"https://easel.example{P}/outputs/outputs/{TASK_ID}.png"
+        "?expires=1709052533&signature=5ac5…"
+    },
+    "model": "flux.1_kontext_pro",
+    "credits_consumed": 5.0,
+    "created_at": "2024-02-27T15:48:53Z",
+    "completed_at": "2024-02-27T15:48:59Z",
+    "running_left_time": -1,
+    "queuing_num": -1,
+}
+V3_GENERATE = [*AUTH, 1003, 1004, 2003, 2004, 2009, 2010, 2017, 2019, 2000]
+ROUTES.update(
+    {
+        ("post", "/v3/generation/text-to-image"): (V3_GENERATE, {"task_id": TASK_ID}),
+        ("post", "/v3/generation/image-to-image"): (V3_GENERATE, {"task_id": TASK_ID}),
+        ("get", "/v3/tasks/{task_id}"): ([*AUTH, 2001], V3_TASK),
+        ("post", "/v3/tasks/list"): (
+            [*AUTH, 1003, 1004],
+            {"tasks": {TASK_ID: V3_TASK}, "missed": ["0f5e…"]},
+        ),
+        ("get", "/v3/account/balance"): (AUTH, {"balance": 95.0, "frozen": 5.0}),
+        ("get", "/v3/account/usage"): (
+            [*AUTH, 1004],
+            {
+                "items": [
+                    {
+                        "task_id": TASK_ID,
+                        "type": "image_to_image",
+                        "status": "success",
+                        "model": "flux.1_kontext_pro",
+                        "created_at": "2024-02-27T15:48:53Z",
+                        "credits_consumed": 5.0,
+                    }
+                ],
+                "limit": 50,
+                "offset": 0,
+            },
+        ),
+        ("post", "/v3/files"): ([*AUTH, 1004, 2003, 2004], {"file_token": TASK_ID}),
+        ("post", "/v3/files/presign"): (
+            [*AUTH, 1003, 1004],
+            {
+                "file_token": TASK_ID,
+                "presigned_url": f"https://easel.example/v3/files/upload/acct/{TASK_ID}"
+                "?expires=1709049833&signature=9f2c…",
+                "expires_in": 900,
+            },
+        ),
+        ("put", "/v3/files/upload/{account_id}/{token}"): (
+            [1004, 1005, 2003, 2004],
+            {"file_token": TASK_ID},
+        ),
+    }
+)
+V3_BODY_EXAMPLES = {
+    "/v3/generation/text-to-image": {
+        "text": {"summary": "A prompt", "value": {"prompt": "a small cat", "model": "banana"}}
+    },
+    "/v3/generation/image-to-image": {
+        "references": {
+            "summary": "An upload and an earlier task's image, named with image[N]",
+            "value": {
+                "prompt": "Put the cat of image[1] in the scene of image[2]",
+                "model": "flux.1_kontext_pro",
+                "inputs": ["ce85f375-3ccc-440b-b847-571588872ec2", TASK_ID],
+            },
+        },
+        "template": {
+            "summary": "A template",
+            "value": {"template": "t_pose", "input": "https://example.com/a.png"},
+        },
+    },
 }
 
 TASK_BODY_EXAMPLES = {
@@ -168,6 +256,20 @@ FILE_SCHEMA = {
         },
     },
 }
+V3_BODY_SCHEMA = {
+    "type": "object",
+    "description": "v3 generation options; options this server has no use for (size, "
+    "aspect_ratio, quality, negative_prompt …) are accepted and ignored.",
+    "properties": {
+        "prompt": {"type": "string", "maxLength": 1024},
+        "model": {"type": "string", "default": "flux.1_kontext_pro"},
+        "input": {"type": "string", "description": "image-to-image: a file_token, URL or task_id"},
+        "inputs": {"type": "array", "items": {"type": "string"}},
+        "template": {"type": "string"},
+        "t_pose": {"type": "boolean", "default": False},
+        "sketch_to_render": {"type": "boolean", "default": False},
+    },
+}
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["code", "message", "suggestion"],
@@ -186,6 +288,7 @@ def _error_classes() -> dict[int, list[type[errors.EaselError]]]:
             isinstance(cls, type)
             and issubclass(cls, errors.EaselError)
             and cls.code in (EXAMPLE_MESSAGES)
+            and cls is not errors.RouteNotSupported  # only the undocumented /v3 catch-all
         ):
             found.setdefault(cls.code, []).append(cls)
     return found
@@ -260,6 +363,17 @@ def build_schema(app: FastAPI) -> dict[str, Any]:
             }
         },
     }
+    for path, examples in V3_BODY_EXAMPLES.items():
+        schema["paths"][path]["post"]["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/V3Generation"},
+                    "examples": examples,
+                }
+            },
+        }
+    components["V3Generation"] = V3_BODY_SCHEMA
     return schema
 
 

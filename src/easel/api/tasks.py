@@ -14,14 +14,22 @@ from easel.errors import MalformedBody, TaskNotFound
 router = APIRouter()
 
 
-@router.post("/task", summary="Submit a generate_image task")
-async def create_task(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
+async def json_object(request: Request, what: str = "with a 'type'") -> dict[str, Any]:
+    """The request body as a JSON object, or 1003."""
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. 100000 levels of [[[…]]]: the decoder refuses the depth
+        raise MalformedBody("the request body nests JSON too deeply.") from None
     if not isinstance(body, dict):
-        raise MalformedBody("the request body must be a JSON object with a 'type'.")
+        raise MalformedBody(f"the request body must be a JSON object {what}.")
+    return body
+
+
+@router.post("/task", summary="Submit a generate_image task")
+async def create_task(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
+    body = await json_object(request)
     task_id = await runtime.service.submit(
         caller, body, idempotency_key=request.headers.get("idempotency-key")
     )

@@ -96,6 +96,7 @@ tasks = Table(
     Column("finished_at", Float),
     Index("ix_tasks_queue", "status", "created_at"),
     Index("ix_tasks_key_status", "api_key_id", "status"),
+    Index("ix_tasks_key_created", "api_key_id", "created_at"),
     Index("ix_tasks_model_finished", "model_version", "status", "finished_at"),
 )
 

@@ -1,0 +1,162 @@
+"""The Tripo API v3 image routes (``/v3/…``), served from the same tasks, credits and files.
+
+``tripo3d`` 1.x clients point ``v3_base_url`` at this server. Requests become the same
+validated ``generate_image`` task as ``POST /v2/openapi/task`` (see :mod:`easel.v3`), so a
+task is readable through either version. Errors use the v2 envelope plus ``request_id`` (the
+trace id). Every other ``/v3`` route answers 501 with a "not supported by this server" error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+
+from easel import v3
+from easel.api.deps import CallerDep, RuntimeDep
+from easel.api.envelope import ok
+from easel.api.files import read_upload, refuse_oversized
+from easel.api.tasks import json_object
+from easel.errors import InvalidParameter, NotAllowed, RouteNotSupported, TaskNotFound
+from easel.images import MAX_IMAGE_BYTES
+from easel.signing import upload_key
+
+router = APIRouter(prefix="/v3", tags=["v3"])
+
+UPLOAD_URL_TTL_S = 900
+UPLOAD_FORMATS = ("png", "jpg", "jpeg", "webp")
+
+
+async def _submit(
+    request: Request, caller: CallerDep, runtime: RuntimeDep, route: v3.Route
+) -> dict[str, Any]:
+    body = v3.to_generate_image(await json_object(request, "of generation options"), route)
+    task_id = await runtime.service.submit(
+        caller, body, idempotency_key=request.headers.get("idempotency-key")
+    )
+    return ok({"task_id": task_id})
+
+
+@router.post("/generation/text-to-image", summary="v3: generate an image from a prompt")
+async def text_to_image(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return await _submit(request, caller, runtime, "text-to-image")
+
+
+@router.post("/generation/image-to-image", summary="v3: generate an image from references")
+async def image_to_image(
+    request: Request, caller: CallerDep, runtime: RuntimeDep
+) -> dict[str, Any]:
+    return await _submit(request, caller, runtime, "image-to-image")
+
+
+@router.get("/tasks/{task_id}", summary="v3: get a task")
+async def get_task(
+    task_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
+) -> dict[str, Any]:
+    found = await runtime.service.view_task(caller, task_id, str(request.base_url))
+    if found is None:
+        raise TaskNotFound(f"task {task_id} not found.")
+    return ok(v3.render_task(*found))
+
+
+@router.post("/tasks/list", summary="v3: get several tasks")
+async def list_tasks(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
+    ids = (await json_object(request, "with task_ids")).get("task_ids")
+    if (
+        not isinstance(ids, list)
+        or not 0 < len(ids) <= v3.MAX_LISTED_TASKS
+        or not all(isinstance(i, str) for i in ids)
+    ):
+        raise InvalidParameter(
+            f"task_ids must be a list of 1 to {v3.MAX_LISTED_TASKS} task ids.",
+            "Send {'task_ids': ['…', '…']}.",
+        )
+    found: dict[str, Any] = {}
+    missed: list[str] = []
+    for task_id in dict.fromkeys(ids):
+        view = await runtime.service.view_task(caller, task_id, str(request.base_url))
+        if view is None:
+            missed.append(task_id)
+        else:
+            found[task_id] = v3.render_task(*view)
+    return ok({"tasks": found, "missed": missed})
+
+
+@router.get("/account/balance", summary="v3: credits available and held")
+async def balance(caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
+    current = await runtime.store.accounts.balance(caller.account_id)
+    return ok({"balance": float(current.balance), "frozen": float(current.frozen)})
+
+
+@router.get("/account/usage", summary="v3: the key's tasks and their cost, newest first")
+async def usage(
+    caller: CallerDep,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # a 64-bit SQL integer
+) -> dict[str, Any]:
+    tasks = await runtime.service.recent(caller, limit, offset)
+    return ok({"items": [v3.usage_item(task) for task in tasks], "limit": limit, "offset": offset})
+
+
+@router.post(
+    "/files",
+    summary="v3: upload an image (multipart field 'file')",
+    dependencies=[Depends(refuse_oversized)],
+)
+async def upload(
+    caller: CallerDep, runtime: RuntimeDep, file: Annotated[UploadFile | None, File()] = None
+) -> dict[str, Any]:
+    token = await runtime.service.upload(caller, await read_upload(file))
+    return ok({"file_token": token})
+
+
+@router.post("/files/presign", summary="v3: a presigned PUT URL for one upload")
+async def presign(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
+    fmt = (await json_object(request, "with a format")).get("format")
+    if not isinstance(fmt, str) or fmt.lower().lstrip(".") not in UPLOAD_FORMATS:
+        raise InvalidParameter(
+            f"format must be one of {', '.join(UPLOAD_FORMATS)}, not {fmt!r}.",
+            "This server takes PNG, JPEG and WebP images.",
+        )
+    token = v3.new_file_token()
+    base_url = runtime.settings.public_url or str(request.base_url)
+    url = runtime.signer.sign_upload(base_url, caller.account_id, token, UPLOAD_URL_TTL_S)
+    return ok({"file_token": token, "presigned_url": url, "expires_in": UPLOAD_URL_TTL_S})
+
+
+@router.put("/files/upload/{account_id}/{token}", summary="v3: the presigned upload itself")
+async def presigned_put(
+    account_id: str,
+    token: str,
+    request: Request,
+    runtime: RuntimeDep,
+    expires: Annotated[int, Query()],
+    signature: Annotated[str, Query()],
+) -> dict[str, Any]:
+    if not runtime.signer.verify(upload_key(account_id, token), expires, signature):
+        raise NotAllowed(
+            "this upload URL is invalid or has expired.",
+            "Ask POST /v3/files/presign for a new one.",
+        )
+    refuse_oversized(request)
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_IMAGE_BYTES:
+            raise InvalidParameter("an image may be at most 20 MB.", "Send a smaller image.")
+    await runtime.service.upload_as(account_id, token, bytes(data))
+    return ok({"file_token": token})
+
+
+@router.api_route(
+    "/{path:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+async def not_supported(path: str, request: Request) -> None:
+    raise RouteNotSupported(
+        f"{request.method} /v3/{path} is not supported by this server.",
+        "This server generates images only: use /v3/generation/text-to-image or "
+        "/v3/generation/image-to-image, /v3/tasks, /v3/files and /v3/account.",
+    )

@@ -1,0 +1,156 @@
+"""Tripo API v3 image routes mapped onto the one ``generate_image`` domain. Pure, no I/O.
+
+The official ``tripo3d`` SDK 1.x speaks v3: ``POST /v3/generation/text-to-image`` and
+``/image-to-image`` with string ``input``/``inputs`` (a URL, a ``file_token`` or the
+``task_id`` of an earlier image task) and a ``model`` name, and reads tasks with ISO times
+and ``*_url`` outputs. This module turns such a request into the v2 body that
+:func:`easel.requests.parse_generate_image` validates, so both versions share every rule,
+price and backend, and renders a stored task in the v3 shape.
+
+Choices where v3 and this server differ (also in docs/protocol.md):
+
+- ``model`` takes this server's ``model_version`` names and the v3 names of the same models
+  (``banana`` is ``gemini_2.5_flash_image_preview``, and so on; see :data:`V3_MODELS`).
+- A string input that is neither a URL nor an uploaded file's token is read as the task id
+  of one of the key's successful tasks, whose image becomes the reference.
+- v3 options this server has no use for (``size``, ``aspect_ratio``, ``quality``,
+  ``negative_prompt`` …) are accepted and ignored, as v2 ignores unknown fields.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from easel import catalog
+from easel.errors import InvalidParameter, ModelVersionInvalid
+from easel.requests import TASK_TYPE
+from easel.tasks import WITH_ERROR, Task
+
+Route = Literal["text-to-image", "image-to-image"]
+
+# v3 image model names → this server's model_version of the same model.
+V3_MODELS: dict[str, str] = {
+    "banana": "gemini_2.5_flash_image_preview",
+    "banana_pro": "gemini_3_pro_image_preview",
+    "banana2": "gemini_3.1_flash_image_preview",
+    "chat_image_2": "gpt_image_2",
+}
+MAX_LISTED_TASKS = 100
+
+
+def model_version(name: object) -> str:
+    """The ``model_version`` a v3 ``model`` names; 2017 for a name this server does not know."""
+    if not isinstance(name, str):
+        raise InvalidParameter("model must be a string such as 'flux.1_kontext_pro'.")
+    version = V3_MODELS.get(name, name)
+    if version not in catalog.CATALOG:
+        raise ModelVersionInvalid(
+            f"model {name!r} is not a model of this server.",
+            f"Use one of: {', '.join([*catalog.CATALOG, *V3_MODELS])}.",
+        )
+    return version
+
+
+def _file(value: object, where: str) -> dict[str, Any]:
+    """A v3 input as a v2 File object. A string is a URL or a token (a task id is resolved
+    later, when the token names no uploaded file); an object passes through unchanged."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidParameter(
+            f"{where} must be a non-empty string: a URL, a file_token or a task_id.",
+            "Upload the image with POST /v3/files and pass its file_token.",
+        )
+    text = value.strip()
+    return {"url": text} if text.startswith(("http://", "https://")) else {"file_token": text}
+
+
+def to_generate_image(body: dict[str, Any], route: Route) -> dict[str, Any]:
+    """The v2 ``generate_image`` body for a v3 generation request."""
+    has_input, has_inputs = body.get("input") is not None, body.get("inputs") is not None
+    out: dict[str, Any] = {"type": TASK_TYPE}
+    if route == "text-to-image":
+        if has_input or has_inputs:
+            raise InvalidParameter(
+                "text-to-image takes no reference images (input/inputs).",
+                "Send reference images to /v3/generation/image-to-image.",
+            )
+    elif has_input == has_inputs:
+        raise InvalidParameter(
+            "image-to-image needs exactly one of input (one image) or inputs (a list)."
+            if has_input
+            else "image-to-image needs a reference image: input or inputs.",
+            "Pass input: '<file_token, URL or task_id>' or inputs: ['…', '…'].",
+        )
+    elif has_input:
+        out["file"] = _file(body["input"], "input")
+    else:
+        inputs = body["inputs"]
+        if not isinstance(inputs, list) or not inputs:
+            raise InvalidParameter("inputs must be a non-empty list of images.")
+        out["files"] = [_file(item, f"inputs[{i}]") for i, item in enumerate(inputs)]
+    model = body.get("model", body.get("model_version"))
+    if model is not None:
+        out["model_version"] = model_version(model)
+    for name in ("prompt", "template", "t_pose", "sketch_to_render"):
+        if name in body:
+            out[name] = body[name]
+    return out
+
+
+def new_file_token() -> str:
+    return str(uuid.uuid4())
+
+
+def iso(timestamp: float) -> str:
+    """A unix time as RFC 3339 UTC with a ``Z``, as v3 writes times."""
+    return (
+        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def task_type(task: Task) -> str:
+    """The v3 type of a task: image-to-image when it has reference images."""
+    return "image_to_image" if task.refs else "text_to_image"
+
+
+def render_task(task: Task, v2: dict[str, Any]) -> dict[str, Any]:
+    """The v3 task object, from the task and its v2 rendering (same ETA, same signed link)."""
+    data: dict[str, Any] = {
+        "task_id": task.id,
+        "type": task_type(task),
+        "status": v2["status"],
+        "progress": v2["progress"],
+        "input": task.input,
+        "output": {},
+        "model": task.model_version,
+        "credits_consumed": float(task.consumed_credit),
+        "created_at": iso(task.created_at),
+        "running_left_time": v2["running_left_time"],
+        "queuing_num": v2["queuing_num"],
+    }
+    image = v2["output"].get("generated_image")
+    if image:
+        data["output"] = {"generated_image_url": image}
+    if task.finished_at is not None and task.is_final:
+        data["completed_at"] = iso(task.finished_at)
+    if task.status in WITH_ERROR:
+        data["error_code"] = v2["error_code"]
+        data["error_message"] = v2["error_msg"]
+    if "output_note" in v2:
+        data["output_note"] = v2["output_note"]
+    return data
+
+
+def usage_item(task: Task) -> dict[str, Any]:
+    """One row of ``GET /v3/account/usage``."""
+    return {
+        "task_id": task.id,
+        "type": task_type(task),
+        "status": task.status.value,
+        "model": task.model_version,
+        "created_at": iso(task.created_at),
+        "credits_consumed": float(task.consumed_credit),
+    }

@@ -1,0 +1,103 @@
+"""A Tripo user's session with the official ``tripo3d`` 1.x SDK (API v3), as a script.
+
+``test_e2e_sdk_v3`` runs it in a child process whose ``PYTHONPATH`` puts the 1.x SDK first
+(the test environment itself holds 0.4.2 for the v2 tests), then checks what it printed:
+one JSON object of observations. With ``--no-aiohttp`` the SDK cannot import aiohttp and
+falls back to its own asyncio HTTP client, as it does where aiohttp is not installed.
+
+Usage: python sdk_v1_scenario.py BASE_URL API_KEY WORKDIR [--no-aiohttp]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+def _image_facts(path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    with Image.open(path) as image:
+        image.load()
+        return {"name": Path(path).name, "format": image.format, "size": list(image.size)}
+
+
+def _task_facts(task: Any) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "type": task.type,
+        "status": task.status.value,
+        "progress": task.progress,
+        "image": task.output.generated_image_url,
+        "credits_consumed": task.credits_consumed,
+        "created_at": task.create_time,
+        "completed_at": task.completed_at,
+    }
+
+
+async def scenario(base_url: str, key: str, workdir: Path) -> dict[str, Any]:
+    import tripo3d
+    from tripo3d import TripoAPIError, TripoClient
+
+    reference = workdir / "reference.png"
+    Image.new("RGB", (96, 64), (40, 120, 200)).save(reference, format="PNG")
+    out: dict[str, Any] = {"version": tripo3d.__version__}
+    async with TripoClient(api_key=key, v3_base_url=base_url) as client:
+        out["transport"] = type(client._http).__name__
+        out["balance_before"] = vars(await client.get_balance())
+
+        uploaded = await client.upload_file(str(reference))
+        out["file_token"] = uploaded["file_token"]
+
+        # A reference given as a local path: the SDK uploads it itself.
+        i2i_id = await client.image_to_image(
+            str(reference), prompt="the object of image[1], in watercolour"
+        )
+        t2i_id = await client.text_to_image("a lighthouse at dusk", model="flux.1_dev")
+        # The 0.x-style call, with the token of the explicit upload and a template.
+        generate_id = await client.generate_image(
+            prompt="a robot", files=[uploaded["file_token"]], t_pose=True
+        )
+        tasks = {}
+        for name, task_id in (("i2i", i2i_id), ("t2i", t2i_id), ("generate", generate_id)):
+            task = await client.wait_for_task(task_id, polling_interval=0.2, timeout=60)
+            tasks[name] = _task_facts(task)
+            downloads = await client.download_task_models(task, str(workdir))
+            tasks[name]["download"] = _image_facts(downloads.get("image"))
+        out["tasks"] = tasks
+
+        listed = await client.list_tasks([i2i_id, t2i_id, "00000000-0000-4000-8000-000000000000"])
+        out["listed"] = {"tasks": sorted(listed.tasks), "missed": listed.missed}
+        out["usage"] = [vars(item) for item in await client.get_usage(limit=10)]
+        out["balance_after"] = vars(await client.get_balance())
+
+        errors = {}
+        for name, call in (
+            ("model", client.text_to_model("a house")),
+            ("bad_model", client.text_to_image("a cat", model="seedream_v5")),
+            ("missing", client.get_task("00000000-0000-4000-8000-000000000000")),
+        ):
+            try:
+                await call
+            except TripoAPIError as exc:
+                errors[name] = {"code": exc.code, "message": exc.message, "id": exc.request_id}
+        out["errors"] = errors
+    return out
+
+
+def main() -> None:
+    base_url, key, workdir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    if "--no-aiohttp" in sys.argv:
+        sys.modules["aiohttp"] = None  # type: ignore[assignment]  # import fails, spec is None
+    os.environ["TRIPO_DISABLE_GEO_DETECTION"] = "1"  # else its import asks geo-IP services
+    print(json.dumps(asyncio.run(scenario(base_url, key, workdir))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""End to end: the official ``tripo3d`` 1.0.0 SDK (Tripo API v3) against a real ``easel serve``.
+
+The test environment holds ``tripo3d`` 0.4.2 for the v2 tests (``test_e2e_sdk``); ``make
+install`` puts 1.0.0 in ``.venv/tripo3d-v1``. Each test runs ``sdk_v1_scenario.py`` in a child
+process with that directory first on its path, once on the SDK's aiohttp transport and once on
+its own asyncio client (what it uses where aiohttp is not installed), and checks the JSON of
+observations it prints: upload, image-to-image with a reference, text-to-image, the 0.x-style
+``generate_image``, waiting, downloading, listing, balance, usage and the v3 errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processes import create_key, easel_process, free_port, wait_healthy, write_config
+
+pytestmark = pytest.mark.e2e
+
+SDK_DIR = Path(sys.prefix) / "tripo3d-v1"
+SCENARIO = Path(__file__).with_name("sdk_v1_scenario.py")
+CREDITS = 100
+DELAY_S = 0.2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A running ``easel serve`` with the placeholder backend: ``(base_url, config)``."""
+    root = tmp_path_factory.mktemp("easel-v3")
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    # The SDK's own asyncio client sends "Host: 127.0.0.1" without the port, so links built
+    # from the Host header would point at port 80; public_url is how an operator names the
+    # address clients reach (behind a proxy, too).
+    config = write_config(root, f'public_url = "{base_url}"', delay_s=DELAY_S)
+    log = root / "server.log"
+    args = ("serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port))
+    with easel_process(*args, log=log) as proc:
+        wait_healthy(base_url, proc, log, what="easel serve")
+        yield base_url, config
+        if proc.poll() is not None:
+            pytest.fail(f"easel serve died:\n{log.read_text(errors='replace')}")
+
+
+def run_scenario(base_url: str, key: str, workdir: Path, *flags: str) -> dict[str, Any]:
+    if not (SDK_DIR / "tripo3d").is_dir():
+        message = f"tripo3d 1.0.0 is not installed in {SDK_DIR}; run `make install`"
+        if os.environ.get("EASEL_CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SDK_DIR),
+        "TRIPO_DISABLE_GEO_DETECTION": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, str(SCENARIO), base_url, key, str(workdir), *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, f"the scenario failed:\n{done.stdout}\n{done.stderr}"
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "asyncio"])
+def test_a_v3_session_with_the_official_sdk_1_0(
+    server: tuple[str, Path], tmp_path: Path, transport: str
+) -> None:
+    base_url, config = server
+    key = create_key(config, CREDITS)  # a fresh key: balances and usage start clean
+    flags = ("--no-aiohttp",) if transport == "asyncio" else ()
+    seen = run_scenario(base_url, key, tmp_path, *flags)
+
+    assert seen["version"] == "1.0.0"
+    assert (
+        seen["transport"] == {"aiohttp": "AioHttpBackend", "asyncio": "FallbackBackend"}[transport]
+    )
+    assert seen["balance_before"] == {"balance": float(CREDITS), "frozen": 0.0}
+
+    tasks = seen["tasks"]
+    assert {name: task["status"] for name, task in tasks.items()} == {
+        "i2i": "success",
+        "t2i": "success",
+        "generate": "success",
+    }
+    assert tasks["i2i"]["type"] == "image_to_image"
+    assert tasks["generate"]["type"] == "image_to_image"
+    assert tasks["t2i"]["type"] == "text_to_image"
+    for task in tasks.values():
+        assert task["progress"] == 100
+        assert task["credits_consumed"] == 5.0
+        assert task["completed_at"].endswith("Z")
+        assert task["created_at"] > 0
+        assert task["download"]["format"] == "PNG"
+        assert task["download"]["name"] == f"{task['task_id']}_image.png"
+        assert min(task["download"]["size"]) >= 64
+
+    assert seen["listed"] == {
+        "tasks": sorted([tasks["i2i"]["task_id"], tasks["t2i"]["task_id"]]),
+        "missed": ["00000000-0000-4000-8000-000000000000"],
+    }
+    usage = seen["usage"]
+    assert [item["task_id"] for item in usage] == [
+        tasks["generate"]["task_id"],
+        tasks["t2i"]["task_id"],
+        tasks["i2i"]["task_id"],
+    ]
+    assert all(item["credits_consumed"] == 5.0 for item in usage)
+    assert seen["balance_after"] == {"balance": float(CREDITS - 15), "frozen": 0.0}
+
+    errors = seen["errors"]
+    assert errors["model"]["code"] == 2002
+    assert "not supported by this server" in errors["model"]["message"]
+    assert errors["bad_model"]["code"] == 2017
+    assert errors["missing"]["code"] == 2001
+    assert all(error["id"] for error in errors.values())  # the v3 envelope's request_id
