@@ -17,6 +17,7 @@ of extra root certificates to trust (a private CA), as boto3 reads it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import obstore
+from obstore.exceptions import BaseError
 from obstore.store import LocalStore, MemoryStore, from_url
 
 if TYPE_CHECKING:
@@ -36,6 +38,23 @@ _TRUE = ("1", "true", "yes", "on")
 
 class ObjectNotFound(LookupError):
     """No object under that key."""
+
+
+class ObjectStoreError(OSError):
+    """The store failed a write (after obstore's own retries). An ``OSError``: the API
+    answers it with 503 and workers treat it as an outage; ``errno`` is ENOSPC when the
+    disk is full, and ``strerror`` says so in words."""
+
+
+def _write_error(key: str, exc: Exception) -> ObjectStoreError:
+    # obstore reports the OS error only in its message ("… (os error 28)").
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    disk_full = getattr(exc, "errno", None) == errno.ENOSPC or "(os error 28)" in first_line
+    if disk_full:
+        return ObjectStoreError(
+            errno.ENOSPC, f"the object store's disk is full (no space left on device): {key}"
+        )
+    return ObjectStoreError(errno.EIO, f"the object store failed to write {key}: {first_line}")
 
 
 class ObjectStore:
@@ -58,7 +77,11 @@ class ObjectStore:
         return rest if object_key.startswith(lead) and rest else None
 
     async def put(self, key: str, data: bytes) -> None:
-        await obstore.put_async(self._store, self.object_key(key), data)
+        """Write ``data`` under ``key``; :class:`ObjectStoreError` when the store fails."""
+        try:
+            await obstore.put_async(self._store, self.object_key(key), data)
+        except (BaseError, OSError) as exc:
+            raise _write_error(key, exc) from exc
 
     async def get(self, key: str) -> bytes:
         try:

@@ -4,7 +4,8 @@ It is not a model. It draws a deterministic PNG from the prompt and the input im
 same inputs give the same bytes): a colour field seeded by their hash, the word
 "PLACEHOLDER", the model_version, the prompt and thumbnails of the references. ``delay_s``
 makes it take that long (reporting progress, honouring cancel) and ``fail_rate`` makes that
-share of runs fail as a retryable outage, to exercise retries and refunds.
+share of runs fail as a retryable outage, to exercise retries and refunds; ``timeout_s``
+shorter than ``delay_s`` makes it a backend that hangs, to exercise fallback.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     delay_s: float = Field(default=0.0, ge=0)
     fail_rate: float = Field(default=0.0, ge=0, le=1)
+    timeout_s: float | None = Field(default=None, gt=0)  # the worker's limit per attempt
     width: int = Field(default=512, ge=64, le=2048)
     height: int = Field(default=512, ge=64, le=2048)
 

@@ -13,13 +13,14 @@ from easel.store.db import create_engine, migrate, read_only
 from easel.store.events import EventStore
 from easel.store.files import FileStore, SecretStore
 from easel.store.metrics import MetricsStore
+from easel.store.outage import OUTAGE_ERRORS
 from easel.store.tasks import TaskStore
 
 __all__ = ["TRANSIENT_ERRORS", "Store", "open_store"]
 
 # Errors of an unreachable database or object store. Work interrupted by them is retried
 # (a lapsed lease is reclaimed), never failed: nothing is lost while a server restarts.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, *OUTAGE_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)

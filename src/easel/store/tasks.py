@@ -106,8 +106,8 @@ async def _outlook(conn: AsyncConnection, task: Task) -> Outlook:
 
 
 async def _position(conn: AsyncConnection, task: Task) -> int:
-    mine = await conn.scalar(select(_running_of(task.api_key_id)))
-    other = tasks.alias("other")
+    mine = _running_of(task.api_key_id)  # in the same statement: one round trip less
+    other = _OTHER
     theirs = _running_of(other.c.api_key_id)
     ahead = await conn.scalar(
         select(func.count())
@@ -150,9 +150,15 @@ async def _attempts(conn: AsyncConnection, task_id: str) -> list[Attempt]:
     return [Attempt(r.backend, r.claim, r.started_at, r.ended_at, r.outcome, r.error) for r in rows]
 
 
+# Aliases of ``tasks`` for the queue-order subqueries, made once: making one builds a proxy of
+# every column, which cost more than the rest of a poll's statement building.
+_OTHER = tasks.alias("other")
+_RUNNING = tasks.alias("running")
+
+
 def _running_of(api_key_id: Any) -> Any:
     """How many tasks of ``api_key_id`` are running (a scalar subquery)."""
-    running = tasks.alias("running")
+    running = _RUNNING
     return (
         select(func.count())
         .select_from(running)
@@ -318,6 +324,18 @@ class TaskStore:
         async with self._reads.connect() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _task(row)
+
+    async def recent(self, key_id: str, limit: int, offset: int = 0) -> list[Task]:
+        """The key's tasks, newest first."""
+        query = (
+            select(tasks)
+            .where(tasks.c.api_key_id == key_id)
+            .order_by(tasks.c.created_at.desc(), tasks.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._reads.connect() as conn:
+            return [_task(row) for row in await conn.execute(query)]
 
     async def position(self, task: Task) -> int:
         """How many queued tasks workers would claim before ``task`` as things stand now

@@ -15,11 +15,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 
 from easel.backends.base import (
     BackendError,
     BackendRejected,
+    BackendUnavailable,
     GeneratedImage,
     InputImage,
     Job,
@@ -30,7 +31,7 @@ from easel.config import Settings
 from easel.errors import EaselError
 from easel.fetch import OutboundPolicy
 from easel.routing import Router
-from easel.storage import ObjectStore
+from easel.storage import ObjectStore, ObjectStoreError
 from easel.store import TRANSIENT_ERRORS, Store
 from easel.store.notify import QueueListener
 from easel.tasks import Status, Task
@@ -38,6 +39,9 @@ from easel.worker.inputs import resolve
 
 log = logging.getLogger("easel.worker")
 HOUSEKEEPING_S = 1.0
+OUTAGE_BACKOFF_MAX_S = 5.0  # longest wait between claims while the database is away
+OUTPUT_WRITES = 3  # tries to store a generated image before the task fails (with a refund)
+OUTPUT_RETRY_S = 0.5  # first wait between them; doubled each time
 
 
 class _Control:
@@ -97,14 +101,23 @@ class Worker:
         await self._warm_up()
         await self.store.tasks.register_worker(self.id, self.models, slots)
         log.info("worker %s takes %s", self.id, ", ".join(self.models) or "no model")
+        backoff = 0.0  # > 0 while the database is away
         try:
             while not stop.is_set():
                 await self._housekeeping(slots)
                 try:
                     await self._claim_until_full(slots, stop)
                 except TRANSIENT_ERRORS as exc:
-                    log.warning("cannot claim tasks now (%s); retrying", exc)
-                await self._sleep(stop)
+                    if not backoff:
+                        log.warning("cannot claim tasks (%s); retrying with back-off", exc)
+                    backoff = min(
+                        OUTAGE_BACKOFF_MAX_S, max(backoff * 2, self.settings.poll_interval_s)
+                    )
+                else:
+                    if backoff:
+                        log.info("the database is back; claiming tasks again")
+                    backoff = 0.0
+                await self._sleep(stop, backoff or self.settings.poll_interval_s)
         finally:
             await self._shutdown()
 
@@ -147,15 +160,15 @@ class Worker:
             reclaimed = await self.store.tasks.reclaim_lapsed(self.settings.max_attempts)
             if reclaimed:
                 log.warning("reclaimed %d task(s) whose worker stopped responding", reclaimed)
-        except Exception:  # the database may be restarting; try again next round
+        except TRANSIENT_ERRORS as exc:  # the database may be restarting; try again next round
+            log.warning("housekeeping failed (%s); trying again in %g s", exc, HOUSEKEEPING_S)
+        except Exception:
             log.exception("housekeeping failed")
 
-    async def _sleep(self, stop: asyncio.Event) -> None:
+    async def _sleep(self, stop: asyncio.Event, timeout_s: float) -> None:
         self._wake.clear()
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
-        await asyncio.wait(
-            waiters, timeout=self.settings.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()
 
@@ -235,8 +248,28 @@ class Worker:
             await self.store.tasks.fail(task, Status.CANCELLED, None, None)
             return
         key = f"outputs/{task.id}.{'jpg' if image.format == 'jpeg' else 'png'}"
-        await self.objects.put(key, image.data)
+        try:
+            await self._store_output(key, image.data)
+        except ObjectStoreError as exc:
+            message = f"the output image could not be stored: {exc.strerror}"
+            await self.store.tasks.fail(task, Status.FAILED, 1001, message)
+            return
         await self.store.tasks.complete(task, key, backend)
+
+    async def _store_output(self, key: str, data: bytes) -> None:
+        """Write the output, trying again a few times: the image is paid for and in hand,
+        and a store that blinks should not cost the client a failed task."""
+        wait_s = OUTPUT_RETRY_S
+        for remaining in range(OUTPUT_WRITES - 1, -1, -1):
+            try:
+                await self.objects.put(key, data)
+                return
+            except ObjectStoreError as exc:
+                if not remaining:
+                    raise
+                log.warning("storing %s failed (%s); trying again in %g s", key, exc, wait_s)
+            await asyncio.sleep(wait_s)
+            wait_s *= 2
 
     async def _generate(
         self, task: Task, images: tuple[InputImage, ...], control: _Control
@@ -253,7 +286,7 @@ class Worker:
                 continue
             job = Job(task.id, task.model_version, task.prompt, images, leg.provider_model)
             try:
-                image = await backend.generate(job, control)
+                image = await _within(leg.timeout_s, backend.generate(job, control), backend.name)
             except BackendError as exc:
                 outcome = _outcome(exc)
                 await tasks_.end_attempt(attempt, outcome, str(exc))
@@ -269,6 +302,23 @@ class Worker:
             await tasks_.end_attempt(attempt, "success")
             return image, backend.name
         raise _NoBackend("no backend could run the task: " + "; ".join(problems or ["none"]))
+
+
+async def _within(
+    timeout_s: float | None, attempt: Awaitable[GeneratedImage], backend: str
+) -> GeneratedImage:
+    """Await one backend attempt; past ``timeout_s`` it is cancelled and counts as a
+    retryable failure, so the next backend of the chain runs the task."""
+    limit = asyncio.timeout(timeout_s)
+    try:
+        async with limit:
+            return await attempt
+    except TimeoutError:
+        if not limit.expired():
+            raise  # the backend's own timeout, not ours
+        raise BackendUnavailable(
+            f"backend {backend!r} did not finish within {timeout_s:g} s"
+        ) from None
 
 
 def _outcome(exc: BackendError) -> str:

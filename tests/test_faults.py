@@ -1,0 +1,417 @@
+"""Faults: the database going away, the object store failing writes, a backend hanging and a
+full disk. Each test says what becomes of the task and of its credits, and checks that
+nothing is lost: every task ends final, held credits are settled or refunded exactly once,
+and the ledger agrees with the balance.
+
+Faults are injected at the boundaries only: a TCP proxy in front of the real PostgreSQL
+that is cut and restored, obstore's ``put_async`` failing (the third-party library under
+``easel.storage``), a placeholder backend slower than its ``timeout_s``, and, where this
+machine lets us mount one, a real tmpfs that fills up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import obstore
+import pytest
+from obstore.exceptions import GenericError
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from apptools import Api, png, running_api, settings_for
+from conftest import reset_schema
+from easel.store.tables import ledger, tasks
+
+CREDITS = 100
+PRICE = 5  # flux.1_kontext_pro, the default model
+# What obstore's LocalStore raises when the disk is full (seen on a full tmpfs).
+ENOSPC_TEXT = (
+    "Generic LocalFileSystem error: Unable to copy data to file: No space left on device "
+    "(os error 28)"
+)
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+async def moves_of(api: Api, task_id: str) -> list[str]:
+    """The ledger rows of one task, by kind (hold, settle, refund), in order."""
+    async with api.runtime.store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(ledger.c.kind).where(ledger.c.task_id == task_id).order_by(ledger.c.id)
+        )
+        return [kind for (kind,) in rows]
+
+
+async def task_count(api: Api) -> int:
+    async with api.runtime.store.engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(tasks)) or 0)
+
+
+async def assert_credits(api: Api, *, spent: int) -> None:
+    """Balance is the grant less what succeeded, nothing stays held, the ledger agrees."""
+    caller = await api.runtime.store.accounts.authenticate(api.key)
+    balance = await api.runtime.store.accounts.balance(caller.account_id)
+    assert (balance.balance, balance.frozen) == (CREDITS - spent, 0)
+    assert await api.runtime.store.accounts.ledger_sums(caller.account_id) == balance
+    assert await api.balance() == {"balance": CREDITS - spent, "frozen": 0}
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    """503 in the protocol's envelope (code 1000), telling the client to retry."""
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert set(body) == {"code", "message", "suggestion"}
+    assert body["code"] == 1000
+    assert "try again shortly" in body["suggestion"]
+    assert int(response.headers["Retry-After"]) > 0
+
+
+async def submit(api: Api, **body: Any) -> str:
+    response = await api.submit(prompt="a fox", **body)
+    assert response.status_code == 200, response.text
+    task_id: str = response.json()["data"]["task_id"]
+    return task_id
+
+
+async def eventually_ok(call: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    """Retry ``call`` like a patient client until it answers 200 (the server recovers)."""
+    async with asyncio.timeout(20):
+        while True:
+            response = await call()
+            if response.status_code == 200:
+                return response
+            assert_unavailable(response)
+            await asyncio.sleep(0.1)
+
+
+# -- 1. the database goes away -------------------------------------------------------------
+
+
+class TcpProxy:
+    """A loopback TCP forwarder to ``target_port``: cut it to make the database vanish
+    (open connections reset, new ones refused), restore it to bring it back."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update((writer, up_writer))
+
+
+@pytest.fixture
+async def postgres_behind_proxy(postgres_database: str) -> AsyncIterator[tuple[str, TcpProxy]]:
+    await reset_schema(postgres_database)
+    real = make_url(postgres_database)
+    proxy = TcpProxy(real.port or 5432)
+    await proxy.start()
+    try:
+        yield real.set(port=proxy.port).render_as_string(hide_password=False), proxy
+    finally:
+        with contextlib.suppress(AssertionError):
+            await proxy.cut()
+
+
+async def test_postgres_outage_answers_503_and_the_work_resumes_when_it_is_back(
+    postgres_behind_proxy: tuple[str, TcpProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API answers 503 (code 1000, "try again shortly") while PostgreSQL is away, not
+    a 500 traceback; the worker backs off (one warning, not one per poll), the task it was
+    running is reclaimed once its lease lapses, and everything completes afterwards with
+    each task charged exactly once."""
+    url, proxy = postgres_behind_proxy
+    caplog.set_level(logging.INFO, logger="easel.worker")
+    settings = settings_for(url, lease_s=1.0, max_attempts=5, placeholder={"delay_s": 1.0})
+    async with running_api(settings, credits=CREDITS) as api:
+        running = await submit(api)
+        await api.wait(running, until={"running"})
+
+        await proxy.cut()
+        assert_unavailable(await api.client.get(f"/v2/openapi/task/{running}"))
+        assert_unavailable(await api.submit(prompt="refused while the database is away"))
+        assert_unavailable(await api.client.get("/v2/openapi/user/balance"))
+        await asyncio.sleep(2.5)  # the running task's lease lapses meanwhile
+        await proxy.start()
+
+        await eventually_ok(lambda: api.client.get(f"/v2/openapi/task/{running}"))
+        first = await api.wait(running, timeout_s=30)
+        after = await api.wait(await submit(api), timeout_s=30)
+
+        assert (first["status"], after["status"]) == ("success", "success")
+        assert await task_count(api) == 2  # the refused submit left nothing behind
+        for task in (first, after):
+            assert await moves_of(api, task["task_id"]) == ["hold", "settle"]
+        await assert_credits(api, spent=2 * PRICE)
+    claims_refused = [r for r in caplog.records if r.getMessage().startswith("cannot claim")]
+    assert len(claims_refused) == 1, [r.getMessage() for r in claims_refused]
+    assert any("database is back" in r.getMessage() for r in caplog.records)
+
+
+# -- a real, tiny filesystem (needs the right to mount one) ----------------------------------
+
+
+@contextlib.contextmanager
+def tiny_filesystem(path: Path, size_kib: int) -> Iterator[Path]:
+    """A tmpfs of ``size_kib`` at ``path``. Mounting needs root with CAP_SYS_ADMIN; where
+    that is missing the test is skipped (the injected variants below still run)."""
+    path.mkdir()
+    mount = shutil.which("mount")
+    if mount is None:
+        pytest.skip("no mount command to make a tiny filesystem")
+    done = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the filesystem is full; delete it to free the space again."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        assert _write_until_an_error(fd) == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _write_until_an_error(fd: int) -> int | None:
+    while True:
+        try:
+            os.write(fd, b"\1" * 4096)
+        except OSError as exc:
+            return exc.errno
+
+
+async def test_sqlite_on_a_full_disk_answers_503_and_recovers_when_space_is_freed(
+    tmp_path: Path,
+) -> None:
+    """SQLite's "database or disk is full": submits answer 503 (reads still work), the
+    running task is reclaimed, and once space is freed everything completes."""
+    with tiny_filesystem(tmp_path / "tiny", size_kib=1024) as disk:
+        settings = settings_for(
+            f"sqlite+aiosqlite:///{disk / 'easel.db'}",
+            lease_s=1.0,
+            max_attempts=5,
+            placeholder={"delay_s": 1.0},
+        )
+        async with running_api(settings, credits=CREDITS) as api:
+            running = await submit(api)
+            await api.wait(running, until={"running"})
+            filler = fill(disk)
+
+            assert_unavailable(await api.submit(prompt="refused while the disk is full"))
+            assert (await api.task(running))["status"] == "running"  # reads still work
+            await asyncio.sleep(2.0)
+            filler.unlink()
+
+            first = await api.wait(running, timeout_s=30)
+            after = await api.wait(await submit(api), timeout_s=30)
+            assert (first["status"], after["status"]) == ("success", "success")
+            assert await task_count(api) == 2
+            for task in (first, after):
+                assert await moves_of(api, task["task_id"]) == ["hold", "settle"]
+            await assert_credits(api, spent=2 * PRICE)
+
+
+async def test_a_full_local_store_fails_the_task_with_a_refund_and_says_so(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A real ENOSPC from the file store: the task fails (1001) with its credits refunded
+    and an error that says the disk is full; after space is freed tasks succeed again."""
+    with tiny_filesystem(tmp_path / "tiny", size_kib=256) as disk:
+        settings = settings_for(database_url, storage_url=f"file://{disk / 'objects'}")
+        async with running_api(settings, credits=CREDITS) as api:
+            filler = fill(disk)
+            failed = await api.wait(await submit(api))
+            filler.unlink()
+            done = await api.wait(await submit(api))
+
+            assert failed["status"] == "failed"
+            assert failed["error_code"] == 1001
+            assert "disk is full" in failed["error_msg"]
+            assert failed["consumed_credit"] == 0
+            assert await moves_of(api, failed["task_id"]) == ["hold", "refund"]
+            assert done["status"] == "success"
+            await assert_credits(api, spent=PRICE)
+
+
+# -- 2. and 4. the object store fails writes ----------------------------------------------------
+
+
+class FailingPuts:
+    """``obstore.put_async`` whose first ``failures`` writes under ``prefix`` raise what
+    obstore raises (``error``); the others go to the real store."""
+
+    def __init__(self, real: Any, failures: int, prefix: str, error: Exception) -> None:
+        self.real, self.failures, self.prefix, self.error = real, failures, prefix, error
+        self.failed = 0
+
+    async def __call__(self, store: Any, path: str, data: Any, **options: Any) -> Any:
+        if path.startswith(self.prefix) and self.failed < self.failures:
+            self.failed += 1
+            raise self.error
+        return await self.real(store, path, data, **options)
+
+
+def failing_puts(
+    monkeypatch: pytest.MonkeyPatch,
+    failures: int,
+    prefix: str = "outputs/",
+    error: Exception | None = None,
+) -> FailingPuts:
+    error = error or GenericError("Generic S3 error: Error after 10 retries: HTTP 503")
+    puts = FailingPuts(obstore.put_async, failures, prefix, error)
+    monkeypatch.setattr(obstore, "put_async", puts)
+    return puts
+
+
+async def test_an_output_write_that_fails_briefly_is_retried_and_the_task_succeeds(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    puts = failing_puts(monkeypatch, failures=2)
+    async with running_api(settings_for(database_url), credits=CREDITS) as api:
+        task = await api.wait(await submit(api))
+        assert task["status"] == "success", task
+        assert puts.failed == 2
+        key = f"outputs/{task['task_id']}.png"
+        assert (await api.runtime.objects.get(key)).startswith(b"\x89PNG")
+        assert [a["outcome"] for a in task["attempts"]] == ["success"]  # not generated twice
+        assert await moves_of(api, task["task_id"]) == ["hold", "settle"]
+        await assert_credits(api, spent=PRICE)
+
+
+async def test_an_object_store_that_keeps_failing_writes_fails_the_task_with_a_refund(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing_puts(monkeypatch, failures=1000)
+    async with running_api(settings_for(database_url), credits=CREDITS) as api:
+        task = await api.wait(await submit(api), timeout_s=30)
+        assert task["status"] == "failed"
+        assert task["error_code"] == 1001
+        assert "could not be stored" in task["error_msg"]
+        assert "HTTP 503" in task["error_msg"]
+        assert task["consumed_credit"] == 0 and task["output"] == {}
+        assert await moves_of(api, task["task_id"]) == ["hold", "refund"]
+        await assert_credits(api, spent=0)
+
+
+async def test_a_full_disk_fails_the_task_with_a_refund_and_the_message_says_so(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC as obstore reports it (the same text as the real full tmpfs above)."""
+    failing_puts(monkeypatch, failures=1000, error=GenericError(ENOSPC_TEXT))
+    async with running_api(settings_for(database_url), credits=CREDITS) as api:
+        task = await api.wait(await submit(api), timeout_s=30)
+        assert task["status"] == "failed"
+        assert task["error_code"] == 1001
+        assert "disk is full (no space left on device)" in task["error_msg"]
+        assert await moves_of(api, task["task_id"]) == ["hold", "refund"]
+        await assert_credits(api, spent=0)
+
+
+async def test_an_upload_to_a_full_disk_answers_503_and_stores_nothing(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing_puts(monkeypatch, failures=1, prefix="uploads/", error=GenericError(ENOSPC_TEXT))
+    async with running_api(settings_for(database_url), credits=CREDITS) as api:
+        refused = await api.client.post(
+            "/v2/openapi/upload", files={"file": ("ref.png", png(), "image/png")}
+        )
+        assert_unavailable(refused)
+        token = await api.upload(png())  # the disk has room again
+        task = await api.wait(await submit(api, file={"type": "png", "file_token": token}))
+        assert task["status"] == "success"
+        await assert_credits(api, spent=PRICE)
+
+
+# -- 3. a backend hangs ----------------------------------------------------------------------------
+
+
+def hanging_settings(database_url: str, chain: list[str]) -> Any:
+    """``hang`` never finishes in time (30 s of work, 0.3 s allowed); ``dry`` is quick."""
+    return settings_for(
+        database_url,
+        backends={
+            "hang": {"kind": "placeholder", "delay_s": 30.0, "timeout_s": 0.3},
+            "dry": {"kind": "placeholder"},
+        },
+        models={"flux.1_kontext_pro": {"backends": chain}},
+    )
+
+
+async def test_a_hanging_backend_times_out_and_the_next_backend_runs_the_task(
+    database_url: str,
+) -> None:
+    async with running_api(hanging_settings(database_url, ["hang", "dry"])) as api:
+        task = await api.wait(await submit(api), timeout_s=15)
+        assert task["status"] == "success", task
+        attempts = [(a["backend"], a["outcome"], a["error"]) for a in task["attempts"]]
+        assert attempts == [
+            ("hang", "retryable", "backend 'hang' did not finish within 0.3 s"),
+            ("dry", "success", None),
+        ]
+        assert await moves_of(api, task["task_id"]) == ["hold", "settle"]
+        await assert_credits(api, spent=PRICE)
+
+
+async def test_a_hanging_backend_with_no_fallback_fails_the_task_with_a_refund(
+    database_url: str,
+) -> None:
+    async with running_api(hanging_settings(database_url, ["hang"])) as api:
+        task = await api.wait(await submit(api), timeout_s=15)
+        assert task["status"] == "failed"
+        assert task["error_code"] == 1001
+        assert "did not finish within 0.3 s" in task["error_msg"]
+        assert [a["outcome"] for a in task["attempts"]] == ["retryable"]
+        assert await moves_of(api, task["task_id"]) == ["hold", "refund"]
+        await assert_credits(api, spent=0)
