@@ -6,8 +6,9 @@ uvicorn settings as ``easel serve`` (``log_level="info"``, access log on, one pr
 (a) ``GET /ping -> {"ok": true}`` served by uvicorn in a subprocess, hit by ``--requests``
     requests with ``--concurrency`` in flight: the ceiling of this HTTP stack and client.
 (b) ``easel serve`` in a subprocess (placeholder backend, ``delay_s = 0``; SQLite and a local
-    object store in a temporary directory; ``max_unfinished_tasks`` high so the per-key limit
-    does not throttle): ``--tasks`` ``generate_image`` tasks, ``--concurrency`` in flight, each
+    object store in a temporary directory; ``max_unfinished_tasks`` high and
+    ``rate_limit_per_s = 0`` so the per-key limits do not throttle): ``--tasks``
+    ``generate_image`` tasks, ``--concurrency`` in flight, each
     submitted and polled every ``--poll-interval`` seconds until ``success``. Tasks/s counts
     from the first submit to the last success seen.
 
@@ -60,7 +61,7 @@ def serve_ping(port: int) -> None:
         return {"ok": True}
 
     # The same settings as `easel serve` (src/easel/cli.py), so (a) and (b) compare alike.
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info", lifespan="on")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info", lifespan="on", http="h11")
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -182,6 +183,7 @@ def _config(workdir: Path, worker_concurrency: int | None, database_url: str | N
         f'database_url = "{database_url}"',
         f'storage_url = "file://{workdir / "objects"}"',
         "max_unfinished_tasks = 100000",
+        "rate_limit_per_s = 0",  # one key, many clients: measure the server, not the limit
     ]
     if worker_concurrency is not None:
         lines.append(f"worker_concurrency = {worker_concurrency}")

@@ -418,7 +418,7 @@ async def test_ledger_sums_equal_balances_after_mixed_outcomes(database_url: str
 async def test_an_upload_over_20_mb_is_refused_by_its_length(api: Api) -> None:
     big = b"\x89PNG" + b"\0" * (21 * 1024 * 1024)
     response = await api.client.post("/v2/openapi/upload", files={"file": ("a.png", big)})
-    body = assert_error(response, 400, 1004)
+    body = assert_error(response, 413, 1004)  # refused unread, by easel.api.limits
     assert "20 MB" in body["message"]
 
 

@@ -91,6 +91,7 @@ def cluster(postgres_database: str, tmp_path: Path) -> Iterator[Cluster]:
         f'database_url = "{postgres_database}"\n'
         f'storage_url = "file://{tmp_path / "objects"}"\n'
         "lease_s = 3\nmax_attempts = 10\npoll_interval_s = 0.3\nworker_concurrency = 3\n"
+        "rate_limit_per_s = 0\n"  # its clients poll every task every 0.2 s, many a second
         '[backends.dry]\nkind = "placeholder"\ndelay_s = 0.4\nwidth = 64\nheight = 64\n'
         '[models."flux.1_kontext_pro"]\nbackends = ["dry"]\n'
     )

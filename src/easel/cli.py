@@ -70,6 +70,10 @@ def serve(
         # Clients such as the tripo3d SDK poll every running_left_time / 2 seconds on one
         # kept-alive connection; keep it open longer than uvicorn's 5 s default.
         timeout_keep_alive=75,
+        # h11, not httptools: httptools takes a header block of any size (20 MB was read
+        # whole), h11 refuses one over max_header_bytes with 400 and keeps serving.
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
 
 

@@ -66,6 +66,14 @@ class Settings(BaseModel):
     output_retention_s: float = Field(default=7 * 86400.0, gt=0)  # then output is deleted
     janitor_interval_s: float = Field(default=30.0, gt=0)  # how often both are checked
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with trace_id
+    # Request limits (easel.api.limits, easel.ratelimit): a body over max_request_bytes is
+    # refused (413/1004) before it is parsed (uploads: 20 MB); each API key may make
+    # rate_limit_per_s requests a second (bursts up to rate_limit_burst; 0: no limit) in
+    # each API process; a header block over max_header_bytes is refused by the HTTP server.
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    rate_limit_per_s: float = Field(default=20.0, ge=0)
+    rate_limit_burst: int = Field(default=40, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024, ge=4096)
     # POST /upload/sts/token (with an s3:// storage_url): temporary credentials from STS
     # AssumeRole, signed with the AWS_* credentials of the environment. The role must allow
     # s3:PutObject on <prefix>/uploads/*; each token narrows it to one new key.

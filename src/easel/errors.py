@@ -30,6 +30,15 @@ class FatalServerError(EaselError):
     code, status = 1001, 500
 
 
+class ServiceUnavailable(EaselError):
+    """The database or the object store cannot be reached for now (HTTP 503, code 1000:
+    the protocol's unknown server error, with a status that tells clients to retry)."""
+
+    code, status = 1000, 503
+    retry_after_s = 2
+    default_suggestion = "The server cannot reach its storage right now; try again shortly."
+
+
 class AuthenticationFailed(EaselError):
     code, status = 1002, 401
     default_suggestion = (
@@ -58,9 +67,20 @@ class IdempotencyConflict(EaselError):
     default_suggestion = "Use a new Idempotency-Key for a different request."
 
 
+class RequestTooLarge(InvalidParameter):
+    """A request body over the server's size limit, refused before it is parsed (HTTP 413)."""
+
+    code, status = 1004, 413
+    default_suggestion = "Send a smaller request body."
+
+
 class RateLimited(EaselError):
     code, status = 1007, 429
-    default_suggestion = "Slow down and try again later."
+    default_suggestion = "Slow down and try again after the `Retry-After` header's seconds."
+
+    def __init__(self, message: str, retry_after_s: int = 1, suggestion: str | None = None) -> None:
+        super().__init__(message, suggestion)
+        self.retry_after_s = retry_after_s
 
 
 class TooManyUnfinishedTasks(EaselError):
@@ -122,3 +142,11 @@ class FileNotFound(EaselError):
     default_suggestion = (
         "Upload the image first ('POST /v2/openapi/upload') and use its image_token."
     )
+
+
+class RouteNotSupported(EaselError):
+    """A route of the Tripo API that this server does not serve (v3 3D generation and the
+    like): code 2002 like an unsupported task type, HTTP 501."""
+
+    code, status = 2002, 501
+    default_suggestion = "This server generates images only."

@@ -35,7 +35,8 @@ def inspect_image(data: bytes, *, what: str = "image") -> ImageInfo:
     """Identify ``data`` from its bytes and check the protocol's bounds.
 
     Empty → 2003; not PNG/JPEG/WebP → 2004; over 20 MB, a side outside 20–6000 px or more
-    pixels than 6000×6000 (a decompression bomb) → 1004. Only the header is decoded.
+    pixels than 6000×6000 (a decompression bomb) → 1004; truncated → 1004. Only the header
+    is decoded, plus the cheap completeness check of :func:`_check_complete`.
     """
     if not data:
         raise EmptyImage(f"{what} is empty.")
@@ -69,4 +70,33 @@ def inspect_image(data: bytes, *, what: str = "image") -> ImageInfo:
             f"{what} is {width}×{height} px; each side must be {MIN_SIDE}–{MAX_SIDE} px.",
             "Resize the image (at least 256 px per side works best).",
         )
+    _check_complete(data, fmt, what)
     return ImageInfo(fmt, width, height)
+
+
+def _check_complete(data: bytes, fmt: str, what: str) -> None:
+    """Refuse (1004) an image whose data stops short, without decoding it in full.
+
+    A truncated file passes the header check but fails every later decode; caught here,
+    it is refused at upload instead of failing the task that uses it. PNG: every chunk's
+    length and CRC up to IEND (no pixels decoded). JPEG: a decode at 1/8 scale, which reads
+    the whole entropy-coded stream cheaply. WebP: the RIFF header's length.
+    """
+    try:
+        if fmt == "webp":
+            complete = len(data) >= 8 + int.from_bytes(data[4:8], "little")
+        else:
+            with Image.open(io.BytesIO(data)) as image:
+                if fmt == "png":
+                    image.verify()
+                else:
+                    image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
+                    image.load()
+            complete = True
+    except (OSError, ValueError, SyntaxError, EOFError):
+        complete = False
+    if not complete:
+        raise InvalidParameter(
+            f"{what} is a truncated or corrupt {fmt.upper()} image.",
+            "Send the whole file: re-export the image and check that it opens in a viewer.",
+        )

@@ -88,6 +88,8 @@ def parse_file(value: object, where: str) -> FileRef:
         raise InvalidParameter(
             f"{where} must be an object like {{'type': 'png', 'file_token': '…'}}."
         )
+    if _holds_nul(value):  # no token, URL or key holds one, and PostgreSQL refuses them
+        raise InvalidParameter(f"{where} holds a NUL character (\\u0000).")
     present = [name for name in _SOURCES if value.get(name) is not None]
     if len(present) != 1:
         raise InvalidParameter(
@@ -114,7 +116,7 @@ def parse_file(value: object, where: str) -> FileRef:
         raise InvalidParameter(f"{where}.{source} must be a non-empty string.")
     if source == "url":
         try:
-            parts = urlsplit(raw)
+            parts = urlsplit(raw.strip())  # what is kept: "http://\u3000" has no host
             valid = parts.scheme in ("http", "https") and bool(parts.hostname)
         except ValueError:  # e.g. an unclosed or malformed IPv6 host: "http://[::1"
             valid = False
@@ -124,6 +126,13 @@ def parse_file(value: object, where: str) -> FileRef:
                 "Give a public http:// or https:// link to a JPEG or PNG image, or upload it.",
             )
     return FileRef(source, raw.strip(), type=file_type)
+
+
+def _holds_nul(file: dict[Any, Any]) -> bool:
+    """Whether a File object's strings (its object's too) hold a NUL character."""
+    inner = file.get("object")
+    values = [*file.values(), *(inner.values() if isinstance(inner, dict) else ())]
+    return any(isinstance(text, str) and "\x00" in text for text in values)
 
 
 def _parse_files(body: dict[str, Any]) -> list[FileRef]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from easel.config import Settings
 from easel.janitor import Janitor
+from easel.ratelimit import RateLimiter
 from easel.routing import Router
 from easel.service import TaskService
 from easel.signing import UrlSigner
@@ -35,6 +36,10 @@ class Runtime:
     router: Router
     service: TaskService
     signer: UrlSigner
+    limiter: RateLimiter = field(init=False)  # requests per second per key, this process
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
 
     def janitor(self) -> Janitor:
         return Janitor(self.store, self.objects, self.settings)

@@ -22,6 +22,7 @@ with) answers 1005 naming the multipart alternative, ``POST /v2/openapi/upload``
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -209,11 +210,18 @@ class StsClient:
             service="sts",
             now=dt.datetime.now(dt.UTC),
         )
-        try:
-            async with httpx.AsyncClient(
-                verify=self._verify, transport=self._transport, timeout=self._timeout_s
-            ) as http:
+        try:  # httpx's timeout bounds each read; asyncio's, the whole answer
+            async with (
+                asyncio.timeout(self._timeout_s),
+                httpx.AsyncClient(
+                    verify=self._verify, transport=self._transport, timeout=self._timeout_s
+                ) as http,
+            ):
                 response = await http.post(self.endpoint, content=body, headers=headers)
+        except TimeoutError:
+            raise StsError(
+                f"STS at {self.endpoint} sent no complete answer within {self._timeout_s:g} s"
+            ) from None
         except httpx.HTTPError as exc:
             raise StsError(f"STS at {self.endpoint} could not be reached: {exc!r}") from None
         try:

@@ -19,9 +19,11 @@ from easel.api import (
     openapi,
     sts,
     tasks,
+    v3,
     webhooks,
 )
 from easel.api.envelope import TraceIdMiddleware, install_error_handlers
+from easel.api.limits import RequestLimits
 from easel.config import Settings
 from easel.runtime import log_served, open_runtime
 from easel.web import router as playground
@@ -62,6 +64,8 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         summary="Tripo 3D OpenAPI v2 generate_image task server",
         lifespan=lifespan,
     )
+    # The last added runs first: the trace id is set before a body is refused as too large.
+    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
     app.add_middleware(TraceIdMiddleware)
     install_error_handlers(app)
     openapi.install(app)
@@ -76,6 +80,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         webhooks.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(v3.router)  # the Tripo v3 image routes, for tripo3d 1.x
     app.include_router(account.health)
     app.include_router(metrics.router)
     app.include_router(playground)  # the web playground at /

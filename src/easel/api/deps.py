@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from easel.errors import AuthenticationFailed
+from easel.errors import AuthenticationFailed, RateLimited
 from easel.runtime import Runtime
 from easel.store.accounts import KEY_PREFIX, Caller, UnknownKey
 
@@ -17,7 +17,8 @@ def get_runtime(request: Request) -> Runtime:
 
 
 async def authenticate(runtime: Runtime, header: str) -> Caller:
-    """The caller named by an ``Authorization: Bearer tsk_…`` header, or 1002."""
+    """The caller named by an ``Authorization: Bearer tsk_…`` header, or 1002; 1007 when
+    the key is over its requests per second (every authenticated request counts)."""
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX):
@@ -27,9 +28,20 @@ async def authenticate(runtime: Runtime, header: str) -> Caller:
             else "Authentication failed: the Authorization header is not 'Bearer tsk_…'."
         )
     try:
-        return await runtime.store.accounts.authenticate(key)
+        caller = await runtime.store.accounts.authenticate(key)
     except UnknownKey:
         raise AuthenticationFailed("Authentication failed: unknown or revoked API key.") from None
+    wait_s = runtime.limiter.take(caller.key_id)
+    if wait_s:
+        limiter = runtime.limiter
+        raise RateLimited(
+            f"this API key made more than {limiter.rate_per_s:g} requests per second "
+            f"(bursts up to {limiter.burst}).",
+            wait_s,
+            f"Wait {wait_s} s (the Retry-After header) and send fewer requests; poll a task "
+            "every few seconds, or watch it over WebSocket or SSE.",
+        )
+    return caller
 
 
 async def get_caller(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]) -> Caller:

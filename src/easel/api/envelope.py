@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,12 +19,17 @@ from easel import logs
 from easel.errors import (
     EaselError,
     InvalidParameter,
+    MalformedBody,
     NotAllowed,
+    RateLimited,
+    ServiceUnavailable,
     TooManyUnfinishedTasks,
     UnknownServerError,
 )
+from easel.store.outage import OUTAGE_ERRORS, is_outage
 
 TRACE_HEADER = "X-Tripo-Trace-ID"
+_UNPARSABLE_BODY = "There was an error parsing the body"  # FastAPI, for UTF-8 and depth errors
 log = logging.getLogger("easel.api")
 
 
@@ -31,7 +39,7 @@ def ok(data: Any) -> dict[str, Any]:
 
 def error_response(exc: EaselError) -> JSONResponse:
     headers = {}
-    if isinstance(exc, TooManyUnfinishedTasks):
+    if isinstance(exc, (TooManyUnfinishedTasks, ServiceUnavailable, RateLimited)):
         headers["Retry-After"] = str(exc.retry_after_s)
     body = {"code": exc.code, "message": exc.message, "suggestion": exc.suggestion}
     return JSONResponse(body, status_code=exc.status, headers=headers)
@@ -72,6 +80,13 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
+        if first.get("type") == "json_invalid" or (
+            tuple(first.get("loc", ())) == ("body",)
+            and first.get("type") == "model_attributes_type"
+        ):  # the body itself is not JSON, or not an object: 1003 as on POST /task
+            return error_response(
+                MalformedBody(f"the request body is not a JSON object ({where}: {first['msg']}).")
+            )
         return error_response(InvalidParameter(f"{where}: {first.get('msg', 'invalid')}"))
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -87,6 +102,10 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(
                 NotAllowed(f"{request.method} is not allowed on {request.url.path}")
             )
+        if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:  # FastAPI's words
+            return error_response(
+                MalformedBody("the request body is not valid JSON (bad UTF-8, or nested too deep).")
+            )
         return error_response(InvalidParameter(str(exc.detail)))
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -94,7 +113,40 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error (trace %s)", trace)
         return error_response(UnknownServerError(f"unexpected server error (trace {trace})"))
 
-    app.add_exception_handler(EaselError, on_easel_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    async def on_outage(request: Request, exc: Exception) -> JSONResponse:
+        """The database or the disk is away: 503, so clients retry, not a traceback."""
+        if not is_outage(exc):
+            return await on_unexpected(request, exc)
+        trace = request.scope.get("state", {}).get("trace_id")
+        log.warning("storage unavailable (trace %s): %s: %s", trace, type(exc).__name__, exc)
+        return error_response(
+            ServiceUnavailable(
+                f"the server's database or object store is unavailable for now (trace {trace})."
+            )
+        )
+
+    app.add_exception_handler(EaselError, _with_request_id(on_easel_error))
+    app.add_exception_handler(RequestValidationError, _with_request_id(on_validation_error))
+    app.add_exception_handler(StarletteHTTPException, _with_request_id(on_http_error))
+    for outage in (*OUTAGE_ERRORS, DBAPIError):  # handled here, not re-raised to the server
+        app.add_exception_handler(outage, _with_request_id(on_outage))
+    app.add_exception_handler(Exception, _with_request_id(on_unexpected))
+
+
+Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+
+
+def _with_request_id(handler: Handler) -> Handler:
+    """On ``/v3`` routes the error envelope also carries ``request_id`` (the trace id), as
+    Tripo's v3 does; the v2 envelope stays exactly ``code``, ``message``, ``suggestion``."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        response = await handler(request, exc)
+        if not request.url.path.startswith("/v3/"):
+            return response
+        body = json.loads(bytes(response.body))
+        body["request_id"] = request.scope.get("state", {}).get("trace_id")
+        headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+        return JSONResponse(body, status_code=response.status_code, headers=headers)
+
+    return handle

@@ -26,5 +26,7 @@ async def upload_sts_token(
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. 100000 levels of [[[…]]]
+        raise MalformedBody("the request body nests JSON too deeply.") from None
     tokens = UploadTokens(runtime.settings, runtime.objects, runtime.store.files)
     return ok(await tokens.issue(caller, body))

@@ -69,10 +69,24 @@ class SdkBackend(RemoteBackend, ABC, Generic[C, R]):
         if self._client is None:
             self._client = self._open()
         client = self._client
-        answer = await self.call(lambda: self._request(client, model, job), control, job.task_id)
+        answer = await self.call(lambda: self._deadline(client, model, job), control, job.task_id)
         image = self._image(answer, model)
         control.progress(1.0)
         return image
+
+    async def _deadline(self, client: C, model: str, job: Job) -> R:
+        """One request within ``timeout_s`` in all. The SDKs' own timeout bounds each read,
+        not the whole answer: a provider (or proxy) that sends a byte now and then would hold
+        the task for ever; past the deadline it is BackendUnavailable, retried as one."""
+        timeout_s = self.options.timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._request(client, model, job)
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"{self.provider} at {self.options.base_url} timed out: no complete answer "
+                f"within {timeout_s:g} s"
+            ) from None
 
     async def close(self) -> None:
         if self._client is not None:

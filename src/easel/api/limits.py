@@ -1,0 +1,139 @@
+"""Request limits enforced before any route runs: the body size limit and NUL-free paths.
+
+JSON routes take at most ``max_request_bytes`` (``Settings``, 1 MiB by default); the upload
+routes take a 20 MB image plus its multipart framing. A body declared larger by its
+``Content-Length`` is refused at once, unread; a body without one (chunked) is counted as it
+arrives and cut off the moment it passes the limit, so neither ``json.loads`` nor the
+multipart parser ever holds more than the limit. Either way the answer is HTTP 413 with code
+1004 in the protocol's envelope.
+
+This is ASGI middleware rather than a FastAPI dependency because FastAPI reads and parses a
+route's body before it runs the route's dependencies.
+
+A path holding a NUL character (``/task/%00``) is refused with 1004 here too: no id holds
+one, and PostgreSQL refuses to even compare a text value holding one (an error, not a miss).
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from easel.api.envelope import error_response
+from easel.api.files import MAX_UPLOAD_REQUEST_BYTES
+from easel.errors import EaselError, InvalidParameter, RequestTooLarge
+
+# The routes whose body is an image (multipart or raw), and so may be up to 20 MB.
+UPLOAD_PATHS = frozenset({"/v2/openapi/upload", "/v2/openapi/upload/sts", "/v3/files"})
+UPLOAD_PREFIXES = ("/v3/files/upload/",)  # the presigned PUT of /v3/files/presign
+
+
+class _BodyTooLarge(Exception):
+    """Raised from ``receive`` into the app to stop it reading an oversized body."""
+
+
+def is_upload(path: str) -> bool:
+    path = path.rstrip("/")
+    return path in UPLOAD_PATHS or path.startswith(UPLOAD_PREFIXES)
+
+
+def _too_large(limit: int, upload: bool, declared: int | None) -> RequestTooLarge:
+    size = f"{declared} bytes" if declared is not None else f"over {limit} bytes"
+    if upload:
+        return RequestTooLarge(
+            f"the upload is {size}; an image may be at most 20 MB.", "Send a smaller image."
+        )
+    return RequestTooLarge(
+        f"the request body is {size}; this server takes at most {limit} bytes.",
+        "Send a smaller body: a task needs only its parameters and file references; upload "
+        "images with 'POST /v2/openapi/upload' and send their image_token.",
+    )
+
+
+class RequestLimits:
+    """Refuse request bodies over the route's limit (413 / 1004) before they are parsed,
+    and paths with a NUL character (400 / 1004; a WebSocket is closed with 1008)."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, upload_max_bytes: int = MAX_UPLOAD_REQUEST_BYTES
+    ) -> None:
+        self.app, self.max_bytes, self.upload_max_bytes = app, max_bytes, upload_max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"]:
+            await _refuse_nul(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+        upload = is_upload(scope["path"])
+        limit = self.upload_max_bytes if upload else self.max_bytes
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await _answer(_too_large(limit, upload, declared), scope, receive, send)
+            return
+
+        received, refused, started = 0, False, False
+
+        async def counting_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused and not started:
+                return  # the app's own answer to the cut-off body; ours follows
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
+        if refused and not started:
+            await _answer(_too_large(limit, upload, None), scope, receive, send)
+
+
+async def _refuse_nul(scope: Scope, receive: Receive, send: Send) -> None:
+    refusal = InvalidParameter(
+        "the path holds a NUL character (%00), which no task, file or webhook id contains.",
+        "Send the id exactly as the server answered it.",
+    )
+    if scope["type"] == "http":
+        await _answer(refusal, scope, receive, send)
+        return
+    await receive()  # websocket.connect
+    reason = f"{refusal.code}: {refusal.message}"
+    await send({"type": "websocket.close", "code": 1008, "reason": reason})
+
+
+async def _answer(refusal: EaselError, scope: Scope, receive: Receive, send: Send) -> None:
+    """The refusal in the envelope; on ``/v3`` with ``request_id``, as the error handlers do."""
+    response = error_response(refusal)
+    if scope["path"].startswith("/v3/"):
+        body = json.loads(bytes(response.body))
+        body["request_id"] = scope.get("state", {}).get("trace_id")
+        response = JSONResponse(body, status_code=response.status_code)
+    await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isdigit() else None
+    return None
