@@ -164,20 +164,31 @@ async def _sse(
             if task_id is not None and event.kind == "finalized":
                 return
     finally:
-        if pending is not None:
+        if pending is not None and not pending.done():
+            # ``events`` is still running inside that task (aclose() now would raise
+            # "asynchronous generator is already running"); cancelling the task ends it there.
             pending.cancel()
-        await events.aclose()
+        else:
+            await events.aclose()
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-Sent Events; as a route's ``response_class`` it also documents the type."""
+
+    media_type = "text/event-stream"
 
 
 def _stream(body: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(
-        body,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return EventStreamResponse(
+        body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
 
 
-@router.get("/task/{task_id}/events", summary="Server-Sent Events of one task")
+@router.get(
+    "/task/{task_id}/events",
+    summary="Server-Sent Events of one task",
+    response_class=EventStreamResponse,
+)
 async def task_events(
     task_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> StreamingResponse:
@@ -187,7 +198,11 @@ async def task_events(
     return _stream(_sse(request, runtime, caller, after, task_id))
 
 
-@router.get("/events", summary="Server-Sent Events of every task of the key")
+@router.get(
+    "/events",
+    summary="Server-Sent Events of every task of the key",
+    response_class=EventStreamResponse,
+)
 async def all_events(request: Request, caller: CallerDep, runtime: RuntimeDep) -> StreamingResponse:
     after = _last_event_id(request)
     if after is None:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -81,7 +82,12 @@ class SnapshotCollector(Collector):
         yield moved
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    include_in_schema=True,
+    response_class=PlainTextResponse,  # documents text/plain (the Prometheus text format)
+)
 async def metrics(runtime: RuntimeDep) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(await runtime.store.metrics.snapshot(time.time())))
