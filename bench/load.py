@@ -1,0 +1,535 @@
+"""Load: Easel's API under a steady, open-loop request rate, beside a bare FastAPI endpoint.
+
+Each server runs in its own process; load comes from ``--clients`` other processes (httpx
+async), each sending its share of ``--rate`` requests per second on a fixed schedule for
+``--duration`` seconds whatever the answers take (open loop: a slow server is not given
+fewer requests, so queueing shows in the latencies), then stopping by itself.
+
+(a) Baseline: ``GET /ping -> {"ok": true}`` in a bare FastAPI app under uvicorn with the same
+    settings as ``easel serve`` (h11, access log, keep-alive 75 s).
+(b) Easel (``easel serve``, embedded worker, placeholder backend with ``delay_s`` =
+    ``--delay``, 64×64 images; SQLite and a local object store in a temporary directory; or
+    PostgreSQL with ``--postgres URL``, a scratch database made beside URL and dropped after):
+    one ``POST /task`` for every ``--polls-per-submit`` ``GET /task/{id}`` of a task the same
+    client submitted. Each client has its own key with enough credits, ``max_unfinished_tasks``
+    is high and the per-key rate limit is off, so submits are not refused.
+
+It prints the sustained requests/s, p50/p99 of each request kind, errors by status and the
+ratios to the baseline at the same rate, then waits for every submitted task and checks that
+nothing was lost: every task exists and ended ``success``, nothing is left held, and each
+key's balance and ledger equal its grant less the tasks it ran. Latency counts from each
+request's due time (a request waiting for a free connection is waiting on the server);
+"client lag" (how late the clients' schedulers were) says whether the clients kept up, so a
+figure is not the load generator's own slowness. One client process kept up with 500/s here
+(httpx, 48 connections); ``--clients`` splits the rate over more processes.
+
+Usage::
+
+    .venv/bin/python bench/load.py [--rate 500] [--duration 20] [--clients 1] [--postgres URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import multiprocessing
+import platform
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import (  # the sibling script, found through the line above
+    EASEL,
+    _cpus,
+    _create_key,
+    _free_port,
+    _percentile,
+    _process,
+    _scratch_postgres,
+)
+
+MODEL = "flux.1_kontext_pro"
+PRICE = 5  # credits per flux.1_kontext_pro task
+API = "/v2/openapi"
+REQUEST_TIMEOUT_S = 10.0
+GRACE_S = 15.0  # after the schedule ends, how long answers still in flight are awaited
+LANES = 48  # connections per client process
+SEED_TASKS = 5  # per client, submitted before the clock starts, so polls have targets
+DRAIN_TIMEOUT_S = 600.0
+START_MARGIN_S = 3.0  # time for the client processes to start before the first request
+
+
+# --- the baseline app ---------------------------------------------------------------------------
+
+
+def serve_baseline(port: int) -> None:
+    """The bare app (run in the subprocess this script starts of itself)."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/ping")
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    # As `easel serve` runs (src/easel/cli.py), so the two compare alike.
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="info",
+        lifespan="on",
+        timeout_keep_alive=75,
+        http="h11",
+    )
+
+
+# --- one client process -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one client process sends."""
+
+    base_url: str
+    key: str | None  # None: the baseline (GET /ping only)
+    rate: float  # requests per second of this client
+    duration_s: float
+    start_at: float  # wall-clock time of the first request (all clients start together)
+    polls_per_submit: int
+    task_ids: tuple[str, ...] = ()  # seeded tasks to poll from the start
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one client saw."""
+
+    latencies: dict[str, list[float]] = field(default_factory=dict)  # kind -> seconds
+    statuses: dict[str, Counter[str]] = field(default_factory=dict)  # kind -> status -> n
+    client: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # Idempotency-Key prefix
+    submitted: list[str] = field(default_factory=list)  # ids of accepted POST /task
+    unsure: list[int] = field(default_factory=list)  # submits that got no answer
+    lags: list[float] = field(default_factory=list)  # queued for a lane - scheduled time
+    first_sent: float = 0.0
+    last_done: float = 0.0
+    late_start_s: float = 0.0  # how late the client began against start_at
+    unsent: int = 0  # still queued in the client after the grace period: never sent
+
+    def record(self, kind: str, status: str, latency: float) -> None:
+        self.latencies.setdefault(kind, []).append(latency)
+        self.statuses.setdefault(kind, Counter())[status] += 1
+
+
+def drive(plan: Plan) -> Outcome:
+    """Run one client process's schedule (the process pool calls this)."""
+    return asyncio.run(_drive(plan))
+
+
+async def _drive(plan: Plan) -> Outcome:
+    """A scheduler puts each request on a queue at its due time; ``LANES`` lanes, each
+    with its own client and one kept-alive connection, send them. One shared httpx client
+    with many requests in flight spends its time in its own pool bookkeeping (the clients
+    fell far behind 500/s that way here); lanes keep the client cheap. A request waiting
+    for a free lane is waiting on the server, so latency counts from the due time."""
+    out = Outcome()
+    ids = list(plan.task_ids)
+    headers = {"Authorization": f"Bearer {plan.key}"} if plan.key else {}
+    due_requests: asyncio.Queue[tuple[str, float, int] | None] = asyncio.Queue()
+
+    async def lane() -> None:
+        async with httpx.AsyncClient(
+            base_url=plan.base_url,
+            headers=headers,
+            limits=httpx.Limits(max_connections=1),
+            timeout=REQUEST_TIMEOUT_S,
+        ) as http:
+            while (item := await due_requests.get()) is not None:
+                kind, due, number = item
+                status = await _send(http, kind, number, ids, out)
+                done = time.perf_counter()
+                out.record(kind, status, done - due)
+                out.last_done = max(out.last_done, done)
+                due_requests.task_done()
+
+    lanes = [asyncio.create_task(lane()) for _ in range(LANES)]
+    out.late_start_s = max(0.0, time.time() - plan.start_at)
+    await asyncio.sleep(max(0.0, plan.start_at - time.time()))
+    start = out.first_sent = time.perf_counter()
+    every = plan.polls_per_submit + 1
+    for number in range(int(plan.rate * plan.duration_s)):
+        due = start + number / plan.rate
+        pause = due - time.perf_counter()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        out.lags.append(time.perf_counter() - due)
+        if plan.key is None:
+            kind = "GET /ping"
+        else:
+            kind = "POST /task" if number % every == every - 1 else "GET /task"
+        due_requests.put_nowait((kind, due, number))
+    # Give the lanes GRACE_S to send what is queued; what is left is never sent. Requests
+    # in flight are not cancelled (each ends within REQUEST_TIMEOUT_S), so every POST sent
+    # has an answer, or a transport error and an Idempotency-Key to settle it with.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(due_requests.join(), GRACE_S)
+    out.unsent = sum(1 for _ in _drain(due_requests))
+    for _ in lanes:
+        due_requests.put_nowait(None)
+    await asyncio.gather(*lanes)
+    # Monotonic clocks differ between processes: keep spans relative to this one's start.
+    out.last_done -= out.first_sent
+    out.first_sent = 0.0
+    return out
+
+
+def _submission(number: int, client: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The body and headers of submit ``number``: the same every time it is sent."""
+    body = {"type": "generate_image", "prompt": f"load {number}", "model_version": MODEL}
+    return body, {"Idempotency-Key": f"{client}-{number}"}
+
+
+async def _send(
+    http: httpx.AsyncClient, kind: str, number: int, ids: list[str], out: Outcome
+) -> str:
+    """One request; its HTTP status, or the transport error's name."""
+    try:
+        if kind == "POST /task":
+            body, headers = _submission(number, out.client)
+            response = await http.post(f"{API}/task", json=body, headers=headers)
+            if response.status_code == 200:
+                ids.append(response.json()["data"]["task_id"])
+                out.submitted.append(ids[-1])
+        elif kind == "GET /task":
+            response = await http.get(f"{API}/task/{random.choice(ids)}")
+        else:
+            response = await http.get("/ping")
+    except httpx.HTTPError as exc:
+        if kind == "POST /task":
+            out.unsure.append(number)  # the server may have taken it: settled in the audit
+        return type(exc).__name__
+    return str(response.status_code)
+
+
+def _drain(queue: asyncio.Queue[tuple[str, float, int] | None]) -> Iterator[object]:
+    while not queue.empty():
+        yield queue.get_nowait()
+
+
+def run_clients(plans: list[Plan]) -> list[Outcome]:
+    """One process per plan (spawned, so none inherits the parent's state)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(plans), mp_context=context) as pool:
+        return list(pool.map(drive, plans))
+
+
+# --- Easel under load -----------------------------------------------------------------------------
+
+
+def _config(workdir: Path, database_url: str | None, delay_s: float) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    database_url = database_url or f"sqlite+aiosqlite:///{workdir / 'easel.db'}"
+    lines = [
+        f'database_url = "{database_url}"',
+        f'storage_url = "file://{workdir / "objects"}"',
+        "max_unfinished_tasks = 1000000",
+        "worker_concurrency = 8",
+        "rate_limit_per_s = 0",  # 0: no per-key request limit; measure the server
+        "",
+        "[backends.dry]",
+        'kind = "placeholder"',
+        f"delay_s = {delay_s}",
+        "width = 64",
+        "height = 64",
+        "",
+        f'[models."{MODEL}"]',
+        'backends = ["dry"]',
+        "",
+    ]
+    path = workdir / "easel.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _seed(base_url: str, key: str, count: int) -> tuple[str, ...]:
+    headers = {"Authorization": f"Bearer {key}"}
+    ids = []
+    with httpx.Client(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT_S) as http:
+        for number in range(count):
+            body = {"type": "generate_image", "prompt": f"seed {number}", "model_version": MODEL}
+            response = http.post(f"{API}/task", json=body)
+            response.raise_for_status()
+            ids.append(response.json()["data"]["task_id"])
+    return tuple(ids)
+
+
+def _settle_unsure(base_url: str, key: str, out: Outcome) -> list[str]:
+    """Send again, with the same Idempotency-Key, each submit that got no answer: the
+    server returns the task it made of it, or makes it now, so every task is accounted for."""
+    headers = {"Authorization": f"Bearer {key}"}
+    ids = []
+    with httpx.Client(base_url=base_url, headers=headers, timeout=60.0) as http:
+        for number in out.unsure:
+            body, idempotency = _submission(number, out.client)
+            response = http.post(f"{API}/task", json=body, headers=idempotency)
+            response.raise_for_status()
+            ids.append(response.json()["data"]["task_id"])
+    return ids
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    tasks: int
+    statuses: Counter[str]
+    problems: list[str]
+    drain_s: float
+
+
+async def _audit(
+    base_url: str, database_url: str, grants: dict[str, int], ids: dict[str, list[str]]
+) -> Audit:
+    """Wait until every submitted task is final, then check that nothing was lost."""
+    from sqlalchemy import func, select
+
+    from easel.store import open_store
+    from easel.store.tables import tasks
+
+    problems: list[str] = []
+    started = time.perf_counter()
+    final: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as http:
+        for key, mine in ids.items():
+            headers = {"Authorization": f"Bearer {key}"}
+            pending = list(mine)
+            while pending:
+                if time.perf_counter() - started > DRAIN_TIMEOUT_S:
+                    problems.append(
+                        f"{len(pending)} task(s) still unfinished after {DRAIN_TIMEOUT_S:.0f} s"
+                    )
+                    break
+                answers = await asyncio.gather(
+                    *(
+                        http.get(f"{API}/task/{task_id}", headers=headers)
+                        for task_id in pending[:64]
+                    )
+                )
+                still = []
+                for task_id, answer in zip(pending[:64], answers, strict=True):
+                    if answer.status_code != 200:
+                        problems.append(f"task {task_id}: GET answered {answer.status_code}")
+                        continue
+                    status = answer.json()["data"]["status"]
+                    if status in ("queued", "running"):
+                        still.append(task_id)
+                    else:
+                        final[task_id] = status
+                pending = still + pending[64:]
+                if still:
+                    await asyncio.sleep(0.5)
+            balance = (await http.get(f"{API}/user/balance", headers=headers)).json()["data"]
+            expected = {"balance": grants[key] - PRICE * len(mine), "frozen": 0}
+            if balance != expected:
+                problems.append(f"key {key[:10]}…: balance {balance}, expected {expected}")
+    drain_s = time.perf_counter() - started
+    statuses = Counter(final.values())
+    if set(statuses) - {"success"}:
+        problems.append(f"tasks did not all succeed: {dict(statuses)}")
+    store = await open_store(database_url)
+    try:
+        async with store.engine.connect() as conn:
+            in_db = int(await conn.scalar(select(func.count()).select_from(tasks)) or 0)
+        submitted = sum(len(mine) for mine in ids.values())
+        if in_db != submitted:
+            problems.append(f"{in_db} tasks in the database, {submitted} accepted by the API")
+        for key in ids:
+            caller = await store.accounts.authenticate(key)
+            balance = await store.accounts.balance(caller.account_id)
+            if await store.accounts.ledger_sums(caller.account_id) != balance:
+                problems.append(f"key {key[:10]}…: the ledger does not sum to the balance")
+    finally:
+        await store.close()
+    return Audit(len(final), statuses, problems, drain_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    label: str
+    outcomes: list[Outcome]
+    offered_rate: float
+    audit: Audit | None = None
+
+    def latencies(self, kind: str) -> list[float]:
+        return [x for out in self.outcomes for x in out.latencies.get(kind, [])]
+
+    def statuses(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for out in self.outcomes:
+            for kind, counts in out.statuses.items():
+                for status, n in counts.items():
+                    total[f"{kind} {status}"] += n
+        return total
+
+    @property
+    def answered_per_s(self) -> float:
+        answered = sum(len(x) for out in self.outcomes for x in out.latencies.values())
+        span = max(out.last_done for out in self.outcomes)
+        return answered / span if span > 0 else 0.0
+
+
+@contextmanager
+def _server(command: list[str], log: Path, ready_url: str) -> Iterator[None]:
+    with log.open("wb") as sink, _process(command, sink, ready_url):
+        yield
+
+
+def bench_easel(
+    args: argparse.Namespace, workdir: Path, database_url: str | None, label: str
+) -> Run:
+    config = _config(workdir, database_url, args.delay)
+    per_client = args.rate / args.clients
+    submits = per_client * args.duration / (args.polls_per_submit + 1) + SEED_TASKS
+    grant = int(submits * 1.5 + 20) * PRICE
+    keys = [_create_key(config, grant) for _ in range(args.clients)]
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [str(EASEL), "serve", "--config", str(config), "--host", "127.0.0.1"]
+    command += ["--port", str(port)]
+    with _server(command, workdir / "easel.log", f"{base}/healthz"):
+        seeds = {key: _seed(base, key, SEED_TASKS) for key in keys}
+        start_at = time.time() + START_MARGIN_S
+        plans = [
+            Plan(base, key, per_client, args.duration, start_at, args.polls_per_submit, seeds[key])
+            for key in keys
+        ]
+        outcomes = run_clients(plans)
+        ids = {
+            key: [*seeds[key], *out.submitted, *_settle_unsure(base, key, out)]
+            for key, out in zip(keys, outcomes, strict=True)
+        }
+        url = database_url or f"sqlite+aiosqlite:///{workdir / 'easel.db'}"
+        audit = asyncio.run(_audit(base, url, dict.fromkeys(keys, grant), ids))
+    return Run(label, outcomes, args.rate, audit)
+
+
+def bench_baseline(args: argparse.Namespace, workdir: Path) -> Run:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve-baseline-port", str(port)]
+    with _server(command, workdir / "baseline.log", f"{base}/ping"):
+        start_at = time.time() + START_MARGIN_S
+        per_client = args.rate / args.clients
+        plans = [
+            Plan(base, None, per_client, args.duration, start_at, args.polls_per_submit)
+            for _ in range(args.clients)
+        ]
+        return Run("baseline GET /ping", run_clients(plans), args.rate)
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def _ms(values: list[float], share: float) -> str:
+    return f"{_percentile(values, share) * 1000:7.1f} ms" if values else "      – ms"
+
+
+def _report(run: Run, baseline: Run | None) -> None:
+    print(
+        f"{run.label}: offered {run.offered_rate:.0f} requests/s, "
+        f"answered {run.answered_per_s:.1f}/s"
+    )
+    base = baseline.latencies("GET /ping") if baseline else []
+    for kind in ("GET /ping", "GET /task", "POST /task"):
+        values = run.latencies(kind)
+        if not values:
+            continue
+        line = f"    {kind:<10} n={len(values):6d}  p50 {_ms(values, 0.5)}  p99 {_ms(values, 0.99)}"
+        if base and kind != "GET /ping":
+            p50 = _percentile(values, 0.5) / _percentile(base, 0.5)
+            p99 = _percentile(values, 0.99) / _percentile(base, 0.99)
+            line += f"  (x{p50:.1f} / x{p99:.1f} the baseline's)"
+        print(line)
+    errors = {k: n for k, n in run.statuses().items() if not k.endswith(" 200")}
+    print(f"    errors by status: {errors or 'none'}")
+    lags = [x for out in run.outcomes for x in out.lags]
+    late = max(out.late_start_s for out in run.outcomes)
+    unsent = sum(out.unsent for out in run.outcomes)
+    print(
+        f"    client lag p50 {_ms(lags, 0.5).strip()}, p99 {_ms(lags, 0.99).strip()}"
+        + (f"; a client started {late:.2f} s late" if late > 0.05 else "")
+        + (f"; {unsent} request(s) still queued {GRACE_S:.0f} s after, not sent" if unsent else "")
+    )
+    if lags and _percentile(lags, 0.99) > 0.01:
+        print("    (the clients fell behind their schedule: add --clients, or the machine is busy)")
+    if run.audit is not None:
+        audit = run.audit
+        verdict = "nothing lost" if not audit.problems else "PROBLEMS: " + "; ".join(audit.problems)
+        print(
+            f"    {audit.tasks} tasks, {dict(audit.statuses)}, drained in {audit.drain_s:.1f} s "
+            f"after the load; {verdict}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rate", type=float, default=500.0, help="requests per second, in all")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load")
+    parser.add_argument("--clients", type=int, default=1, help="client processes sharing the rate")
+    parser.add_argument("--polls-per-submit", type=int, default=10, help="GET /task per POST /task")
+    parser.add_argument("--delay", type=float, default=0.05, help="placeholder delay_s per task")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=None,
+        help="also load Easel on PostgreSQL: a scratch database is made beside this "
+        "postgresql+asyncpg:// URL and dropped after",
+    )
+    parser.add_argument("--serve-baseline-port", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_baseline_port is not None:
+        serve_baseline(args.serve_baseline_port)
+        return 0
+    if args.rate <= 0 or args.duration <= 0 or args.clients < 1 or args.polls_per_submit < 1:
+        parser.error(
+            "--rate and --duration must be positive, --clients and --polls-per-submit at least 1"
+        )
+
+    print("Easel load benchmark (figures are noisy when other work shares the machine)")
+    print(f"  machine:  {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}")
+    print(
+        f"  load:     {args.rate:.0f} requests/s open-loop for {args.duration:.0f} s from "
+        f"{args.clients} client process(es); 1 POST /task per {args.polls_per_submit} GET /task; "
+        f"placeholder delay_s={args.delay}, model={MODEL}"
+    )
+    with tempfile.TemporaryDirectory(prefix="easel-load-") as tmp:
+        workdir = Path(tmp)
+        baseline = bench_baseline(args, workdir)
+        _report(baseline, None)
+        failed = False
+        runs = [("Easel, SQLite", None)]
+        if args.postgres:
+            runs.append(("Easel, PostgreSQL", args.postgres))
+        for label, admin_url in runs:
+            if admin_url is None:
+                run = bench_easel(args, workdir / "sqlite", None, label)
+            else:
+                with _scratch_postgres(admin_url) as url:
+                    run = bench_easel(args, workdir / "pg", url, label)
+            _report(run, baseline)
+            failed |= bool(run.audit and run.audit.problems)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
