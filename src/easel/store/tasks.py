@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, tuple_, update
+from sqlalchemy import and_, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -91,17 +91,50 @@ class Outlook:
     attempts: list[Attempt]
 
 
-async def _outlook(conn: AsyncConnection, task: Task) -> Outlook:
+class _Estimates:
+    """Run-time means and live worker slots, remembered for ``ttl_s``.
+
+    They feed the estimates every poll shows (``running_left_time``, ``Retry-After``), are
+    averages over many tasks, and cost a statement each; polling clients ask for them many
+    times a second. ``queuing_num`` is never remembered: it stays exact.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._means: dict[tuple[str, str | None], tuple[float, float | None]] = {}
+        self._slots: tuple[float, int] | None = None
+
+    async def mean(
+        self, conn: AsyncConnection, model_version: str, backend: str | None = None
+    ) -> float | None:
+        now = time.monotonic()
+        hit = self._means.get((model_version, backend))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        mean = await _mean_duration(conn, model_version, backend)
+        self._means[(model_version, backend)] = (now + self.ttl_s, mean)
+        return mean
+
+    async def slots(self, conn: AsyncConnection) -> int:
+        now = time.monotonic()
+        if self._slots is not None and self._slots[0] > now:
+            return self._slots[1]
+        slots = await _live_slots(conn)
+        self._slots = (now + self.ttl_s, slots)
+        return slots
+
+
+async def _outlook(conn: AsyncConnection, task: Task, estimates: _Estimates) -> Outlook:
     mean = position = slots = None
     if not task.is_final:
         # A running task's backend is known: its own pace first, else the model's.
         running_on = task.backend if task.status is Status.RUNNING else None
-        mean = await _mean_duration(conn, task.model_version, running_on)
+        mean = await estimates.mean(conn, task.model_version, running_on)
         if mean is None and running_on is not None:
-            mean = await _mean_duration(conn, task.model_version)
+            mean = await estimates.mean(conn, task.model_version)
     if task.status is Status.QUEUED:
         position = await _position(conn, task)
-        slots = await _live_slots(conn)
+        slots = await estimates.slots(conn)
     return Outlook(mean, position, slots, await _attempts(conn, task.id))
 
 
@@ -143,10 +176,17 @@ async def _live_slots(conn: AsyncConnection, within_s: float = 30.0) -> int:
     return int(slots or 0)
 
 
+# The statements of a poll, built once with bound parameters: building one and computing its
+# cache key each time cost more than SQLite took to run it.
+_TASK = select(tasks).where(tasks.c.id == bindparam("task_id"))
+_TASK_OF_KEY = _TASK.where(tasks.c.api_key_id == bindparam("key_id"))
+_ATTEMPTS = (
+    select(attempts).where(attempts.c.task_id == bindparam("task_id")).order_by(attempts.c.id)
+)
+
+
 async def _attempts(conn: AsyncConnection, task_id: str) -> list[Attempt]:
-    rows = await conn.execute(
-        select(attempts).where(attempts.c.task_id == task_id).order_by(attempts.c.id)
-    )
+    rows = await conn.execute(_ATTEMPTS, {"task_id": task_id})
     return [Attempt(r.backend, r.claim, r.started_at, r.ended_at, r.outcome, r.error) for r in rows]
 
 
@@ -220,9 +260,10 @@ def _fenced(task: Task) -> Any:
 
 
 class TaskStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, estimates_ttl_s: float = 2.0) -> None:
         self._engine = engine
         self._reads = read_only(engine)
+        self._estimates = _Estimates(estimates_ttl_s)
 
     # -- API side -------------------------------------------------------------------------
 
@@ -351,20 +392,22 @@ class TaskStore:
     async def outlook(self, task: Task) -> Outlook:
         """What the task object shows besides the row, read on one connection."""
         async with self._reads.connect() as conn:
-            return await _outlook(conn, task)
+            return await _outlook(conn, task, self._estimates)
 
     async def view(self, task_id: str, key_id: str | None = None) -> tuple[Task, Outlook] | None:
         """The task (of ``key_id``, if given) and its outlook, read on one connection (the hot
         path of polling and of live updates)."""
-        query = select(tasks).where(tasks.c.id == task_id)
-        if key_id is not None:
-            query = query.where(tasks.c.api_key_id == key_id)
+        query, params = (
+            (_TASK, {"task_id": task_id})
+            if key_id is None
+            else (_TASK_OF_KEY, {"task_id": task_id, "key_id": key_id})
+        )
         async with self._reads.connect() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(query, params)).first()
             if row is None:
                 return None
             task = _task(row)
-            return task, await _outlook(conn, task)
+            return task, await _outlook(conn, task, self._estimates)
 
     async def live_models(self, within_s: float = 30.0) -> set[str]:
         """The models that workers with a recent heartbeat take."""
