@@ -39,8 +39,11 @@ pytest: install
 bench: install
 	$(BIN)/python bench/throughput.py
 
+RATE ?= 500
+DURATION ?= 20
+
 load: install
-	$(BIN)/python bench/load.py
+	$(BIN)/python bench/load.py --rate $(RATE) --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) easel-data .mypy_cache .pytest_cache .ruff_cache
