@@ -183,9 +183,37 @@ async def test_postgres_outage_answers_503_and_the_work_resumes_when_it_is_back(
         for task in (first, after):
             assert await moves_of(api, task["task_id"]) == ["hold", "settle"]
         await assert_credits(api, spent=2 * PRICE)
-    claims_refused = [r for r in caplog.records if r.getMessage().startswith("cannot claim")]
+    claims_refused = [r for r in caplog.records if r.getMessage().startswith("cannot claim tasks")]
     assert len(claims_refused) == 1, [r.getMessage() for r in claims_refused]
     assert any("database is back" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_worker_started_during_an_outage_waits_for_the_database_and_then_works(
+    postgres_behind_proxy: tuple[str, TcpProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker process may start before its database is back (a restart of both): it
+    retries registering instead of dying, then takes tasks. Meanwhile the webhook
+    dispatcher says once that it cannot claim deliveries, without a traceback per poll."""
+    url, proxy = postgres_behind_proxy
+    caplog.set_level(logging.INFO)
+    async with running_api(settings_for(url), run_worker=False, credits=CREDITS) as api:
+        await proxy.cut()
+        stop = asyncio.Event()
+        worker = asyncio.create_task(api.runtime.new_worker().run(stop))
+        await asyncio.sleep(1.5)  # registration is refused a few times meanwhile
+        assert not worker.done(), "the worker died while the database was away"
+        await proxy.start()
+        await eventually_ok(lambda: api.client.get("/v2/openapi/user/balance"))
+        task = await api.wait(await submit(api), timeout_s=30)
+        stop.set()
+        await worker
+    assert task["status"] == "success"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("cannot register with the database") for m in messages)
+    webhook_logs = [r for r in caplog.records if r.name == "easel.webhooks"]
+    assert not [r for r in webhook_logs if r.levelno >= logging.ERROR]
+    refused = [r for r in webhook_logs if r.getMessage().startswith("cannot claim webhook")]
+    assert len(refused) == 1, [r.getMessage() for r in webhook_logs]
 
 
 # -- a real, tiny filesystem (needs the right to mount one) ----------------------------------

@@ -39,6 +39,7 @@ from standardwebhooks import Webhook
 
 from easel.errors import EaselError
 from easel.fetch import OutboundPolicy, checked_addresses, pinned
+from easel.store import TRANSIENT_ERRORS
 from easel.store.webhooks import Due, LoggedAttempt, WebhookStore
 from easel.tasks import Status
 
@@ -146,6 +147,7 @@ class Dispatcher:
         self.timeout_s, self.lease_s, self.poll_s = timeout_s, lease_s, poll_s
         self.max_in_flight = max_in_flight
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._outage = False  # the last claim failed because the database was away
 
     @classmethod
     def for_runtime(cls, runtime: Runtime, **options: Any) -> Dispatcher:
@@ -172,9 +174,17 @@ class Dispatcher:
             return
         try:
             claimed = await self.store.claim(self.clock(), self.lease_s, room)
-        except Exception:  # the database may be away for a moment; try again next round
+        except TRANSIENT_ERRORS as exc:  # the database is away: say so once, try again
+            if not self._outage:
+                log.warning("cannot claim webhook deliveries (%s); retrying", exc)
+            self._outage = True
+            return
+        except Exception:  # a bug: show it, keep delivering what can be delivered
             log.exception("could not claim webhook deliveries")
             return
+        if self._outage:
+            log.info("webhook deliveries resume: the database is back")
+        self._outage = False
         for due in claimed:
             sending = asyncio.create_task(self.attempt(client, due))
             self._in_flight.add(sending)

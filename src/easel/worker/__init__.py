@@ -99,10 +99,11 @@ class Worker:
         """Claim and run tasks until ``stop`` is set; then release what is still running."""
         slots = self.settings.worker_concurrency
         await self._warm_up()
-        await self.store.tasks.register_worker(self.id, self.models, slots)
-        log.info("worker %s takes %s", self.id, ", ".join(self.models) or "no model")
         backoff = 0.0  # > 0 while the database is away
         try:
+            if not await self._register(slots, stop):
+                return
+            log.info("worker %s takes %s", self.id, ", ".join(self.models) or "no model")
             while not stop.is_set():
                 await self._housekeeping(slots)
                 try:
@@ -164,6 +165,20 @@ class Worker:
             log.warning("housekeeping failed (%s); trying again in %g s", exc, HOUSEKEEPING_S)
         except Exception:
             log.exception("housekeeping failed")
+
+    async def _register(self, slots: int, stop: asyncio.Event) -> bool:
+        """Announce this worker, waiting (with back-off) while the database is away; False
+        if ``stop`` came first."""
+        backoff = self.settings.poll_interval_s
+        while not stop.is_set():
+            try:
+                await self.store.tasks.register_worker(self.id, self.models, slots)
+                return True
+            except TRANSIENT_ERRORS as exc:
+                log.warning("cannot register with the database (%s); retrying", exc)
+            await self._sleep(stop, backoff)
+            backoff = min(OUTAGE_BACKOFF_MAX_S, backoff * 2)
+        return False
 
     async def _sleep(self, stop: asyncio.Event, timeout_s: float) -> None:
         self._wake.clear()
