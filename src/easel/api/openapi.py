@@ -270,6 +270,32 @@ V3_BODY_SCHEMA = {
         "sketch_to_render": {"type": "boolean", "default": False},
     },
 }
+FORMAT_BODY = {
+    "type": "object",
+    "required": ["format"],
+    "properties": {"format": {"type": "string", "enum": ["png", "jpg", "jpeg", "webp"]}},
+}
+# The other routes whose JSON body the handler reads by hand (so FastAPI cannot describe it).
+HAND_PARSED_BODIES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    (f"{P}/upload/sts/token", FORMAT_BODY, {"format": "png"}),
+    ("/v3/files/presign", FORMAT_BODY, {"format": "png"}),
+    (
+        "/v3/tasks/list",
+        {
+            "type": "object",
+            "required": ["task_ids"],
+            "properties": {
+                "task_ids": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "minItems": 1,
+                    "maxItems": 100,
+                }
+            },
+        },
+        {"task_ids": [TASK_ID]},
+    ),
+]
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["code", "message", "suggestion"],
@@ -374,6 +400,11 @@ def build_schema(app: FastAPI) -> dict[str, Any]:
             },
         }
     components["V3Generation"] = V3_BODY_SCHEMA
+    for path, body_schema, example in HAND_PARSED_BODIES:
+        schema["paths"][path]["post"]["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body_schema, "example": example}},
+        }
     return schema
 
 
