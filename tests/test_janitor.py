@@ -1,13 +1,21 @@
-"""Expiry of tasks that wait too long, and deletion of outputs past their retention."""
+"""The janitor: expiry of tasks that wait too long, deletion of outputs past their retention,
+and forgetting old webhook delivery logs and STS uploads that never arrived."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+from sqlalchemy import insert, select, update
 
-from apptools import running_api, settings_for
+from apptools import png, running_api, settings_for
+from easel.janitor import ABANDONED_AFTER_S
 from easel.storage import ObjectNotFound
+from easel.store.files import StoredFile
+from easel.store.tables import files as files_table
+from easel.store.tables import webhook_attempts, webhook_deliveries
+from easel.store.webhooks import WebhookStore
 
 
 async def test_a_task_queued_too_long_expires_with_a_refund(database_url: str) -> None:
@@ -50,3 +58,86 @@ async def test_an_output_past_retention_is_deleted_and_the_task_says_so(
         gone = await api.client.get(link)
         assert gone.status_code == 403
         assert gone.json()["code"] == 1005
+
+
+async def test_delivery_logs_past_retention_are_forgotten_and_pending_ones_kept(
+    database_url: str,
+) -> None:
+    settings = settings_for(database_url, delivery_log_retention_s=3600)
+    async with running_api(settings, run_worker=False) as api:
+        caller = await api.runtime.store.accounts.authenticate(api.key)
+        hook = await WebhookStore(api.runtime.store.engine).create(
+            caller,
+            url="https://hooks.example/x",
+            event_types=["task.success"],
+            secret="whsec_x",
+            base_url="http://testserver/",
+        )
+        now = time.time()
+        rows = {  # id: (status, age in seconds)
+            "msg_old_delivered": ("delivered", 7200),
+            "msg_old_dead": ("dead", 7200),
+            "msg_old_pending": ("pending", 7200),  # still owed: never forgotten
+            "msg_new_delivered": ("delivered", 60),
+        }
+        async with api.runtime.store.engine.begin() as conn:
+            for number, (delivery_id, (status, age)) in enumerate(rows.items()):
+                await conn.execute(
+                    insert(webhook_deliveries).values(
+                        id=delivery_id,
+                        webhook_id=hook.id,
+                        task_id=f"task-{number}",
+                        event_type="task.success",
+                        progress=100,
+                        status=status,
+                        attempts=1,
+                        window_attempts=1,
+                        next_attempt_at=now + 3600 if status == "pending" else None,
+                        created_at=now - age,
+                    )
+                )
+                await conn.execute(
+                    insert(webhook_attempts).values(
+                        delivery_id=delivery_id,
+                        number=1,
+                        status_code=200,
+                        latency_ms=5.0,
+                        created_at=now - age,
+                    )
+                )
+        janitor = api.runtime.janitor()
+        assert await janitor.prune() == (2, 0)
+        assert await janitor.prune() == (0, 0)
+        async with api.runtime.store.engine.connect() as conn:
+            left = set(await conn.scalars(select(webhook_deliveries.c.id)))
+            logged = set(await conn.scalars(select(webhook_attempts.c.delivery_id)))
+        assert left == logged == {"msg_old_pending", "msg_new_delivered"}
+
+
+async def test_sts_uploads_that_never_arrived_are_forgotten(database_url: str) -> None:
+    settings = settings_for(database_url, sts_duration_s=900)
+    async with running_api(settings, run_worker=False) as api:
+        caller = await api.runtime.store.accounts.authenticate(api.key)
+        files = api.runtime.store.files
+
+        async def announce(token: str, age_s: float) -> StoredFile:
+            stored = StoredFile(token, caller.account_id, f"uploads/x/{token}.png", "png", 0, 0, 0)
+            await files.add(stored)
+            async with api.runtime.store.engine.begin() as conn:
+                await conn.execute(
+                    update(files_table)
+                    .where(files_table.c.token == token)
+                    .values(created_at=time.time() - age_s)
+                )
+            return stored
+
+        await announce("abandoned", 900 + ABANDONED_AFTER_S + 60)
+        arrived = await announce("arrived-late", 900 + ABANDONED_AFTER_S + 60)
+        await api.runtime.objects.put(arrived.key, png())
+        await announce("in-flight", 300)  # its credentials may still be used
+        janitor = api.runtime.janitor()
+        assert await janitor.prune() == (0, 1)
+        assert await files.find(caller.account_id, token="abandoned") is None
+        assert await files.find(caller.account_id, token="arrived-late") is not None
+        assert await files.find(caller.account_id, token="in-flight") is not None
+        assert await janitor.prune() == (0, 0)

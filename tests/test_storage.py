@@ -109,6 +109,16 @@ async def test_missing_key_is_object_not_found(backend: Backend) -> None:
     assert missing.value.args == ("outputs/never-written.png",)
 
 
+async def test_exists_follows_put_and_delete_under_the_prefix(backend: Backend) -> None:
+    store = backend.open("tenant")
+    assert not await store.exists("uploads/acct/a.png")
+    await store.put("uploads/acct/a.png", PNG_BYTES)
+    assert await store.exists("uploads/acct/a.png")
+    assert not await backend.open("").exists("uploads/acct/a.png")  # the key lies under tenant/
+    await store.delete("uploads/acct/a.png")
+    assert not await store.exists("uploads/acct/a.png")
+
+
 async def test_delete_is_idempotent(backend: Backend) -> None:
     store = backend.open("")
     await store.put("outputs/task.png", PNG_BYTES)

@@ -1,7 +1,9 @@
-"""The janitor: expires tasks that waited too long and deletes outputs past retention.
+"""The janitor: expires tasks that waited too long, deletes outputs past retention, and
+forgets what would otherwise pile up forever: webhook deliveries long done (their log) and
+STS uploads announced but never made.
 
 It runs in every ``easel serve`` and ``easel worker`` process; running it in several at once
-is safe (expiry is fenced on the queued status, deletion is idempotent).
+is safe (expiry is fenced on the queued status, deletions are idempotent).
 """
 
 from __future__ import annotations
@@ -9,17 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from easel.config import Settings
 from easel.storage import ObjectStore
 from easel.store import TRANSIENT_ERRORS, Store
+from easel.store.webhooks import WebhookStore
 
 log = logging.getLogger("easel.janitor")
+# An STS upload may arrive until its credentials expire; after that and this margin, a row
+# whose object never came is an upload the client abandoned.
+ABANDONED_AFTER_S = 3600.0
 
 
 class Janitor:
     def __init__(self, store: Store, objects: ObjectStore, settings: Settings) -> None:
         self.store, self.objects, self.settings = store, objects, settings
+        self.webhooks = WebhookStore(store.engine)
 
     async def sweep(self) -> tuple[int, int]:
         """One pass: (tasks expired, outputs deleted)."""
@@ -37,10 +45,28 @@ class Janitor:
             log.info("deleted %d output(s) past their retention", deleted)
         return expired, deleted
 
+    async def prune(self) -> tuple[int, int]:
+        """One pass: (webhook deliveries forgotten, abandoned STS uploads forgotten)."""
+        now = time.time()
+        deliveries = await self.webhooks.prune(now - self.settings.delivery_log_retention_s)
+        if deliveries:
+            log.info("forgot %d webhook deliveries past the log's retention", deliveries)
+        abandoned = 0
+        cutoff = now - self.settings.sts_duration_s - ABANDONED_AFTER_S
+        for stored in await self.store.files.pending_before(cutoff):
+            if await self.objects.exists(stored.key):
+                continue  # it arrived: inspected when a task first uses it
+            await self.store.files.forget_pending(stored.token)
+            abandoned += 1
+        if abandoned:
+            log.info("forgot %d STS upload(s) that never arrived", abandoned)
+        return deliveries, abandoned
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self.sweep()
+                await self.prune()
             except TRANSIENT_ERRORS as exc:
                 log.warning("janitor pass failed (%s); trying again later", exc)
             with contextlib.suppress(TimeoutError):

@@ -90,6 +90,14 @@ class ObjectStore:
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
 
+    async def exists(self, key: str) -> bool:
+        """Whether an object lies under ``key`` (its metadata only; the bytes stay put)."""
+        try:
+            await obstore.head_async(self._store, self.object_key(key))
+        except FileNotFoundError:
+            return False
+        return True
+
     async def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             await obstore.delete_async(self._store, self.object_key(key))

@@ -45,7 +45,7 @@ from easel.errors import FileNotFound, InvalidParameter, NotAllowed, UnknownServ
 from easel.images import inspect_image
 from easel.storage import ObjectNotFound, ObjectStore
 from easel.store.accounts import Caller
-from easel.store.files import FileStore, StoredFile
+from easel.store.files import PENDING_SIZE, FileStore, StoredFile
 
 log = logging.getLogger("easel.sts")
 
@@ -53,7 +53,6 @@ log = logging.getLogger("easel.sts")
 UPLOAD_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 MODEL_FORMATS = ("glb", "obj", "fbx", "stl")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-PENDING_SIZE = 0  # a files row whose object has not been inspected yet
 STS_VERSION = "2011-06-15"
 DEFAULT_REGION = "us-east-1"
 

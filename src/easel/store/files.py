@@ -6,7 +6,7 @@ import secrets as _secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,6 +23,9 @@ class StoredFile:
     size: int
     width: int
     height: int
+
+
+PENDING_SIZE = 0  # a row announced by POST /upload/sts/token whose bytes have not been inspected
 
 
 class FileStore:
@@ -72,6 +75,27 @@ class FileStore:
         return StoredFile(
             row.token, row.account_id, row.key, row.format, row.size, row.width, row.height
         )
+
+    async def pending_before(self, before: float, limit: int = 500) -> list[StoredFile]:
+        """STS uploads announced before ``before`` whose bytes were never inspected."""
+        query = (
+            select(files)
+            .where(files.c.size == PENDING_SIZE, files.c.created_at < before)
+            .limit(limit)
+        )
+        async with self._reads.connect() as conn:
+            rows = await conn.execute(query)
+            return [
+                StoredFile(r.token, r.account_id, r.key, r.format, r.size, r.width, r.height)
+                for r in rows
+            ]
+
+    async def forget_pending(self, token: str) -> None:
+        """Drop a pending row (only while it is still pending)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                delete(files).where(files.c.token == token, files.c.size == PENDING_SIZE)
+            )
 
 
 class SecretStore:

@@ -244,6 +244,24 @@ class WebhookStore:
 
     # -- the dispatcher's side ------------------------------------------------------------
 
+    async def prune(self, before: float, limit: int = 1000) -> int:
+        """Forget up to ``limit`` delivered or dead deliveries (and their attempt log) made
+        before ``before``; pending ones are never touched. Returns how many went."""
+        async with self._engine.begin() as conn:
+            ids = list(
+                await conn.scalars(
+                    select(_d.c.id)
+                    .where(_d.c.status.in_(("delivered", "dead")), _d.c.created_at < before)
+                    .limit(limit)
+                )
+            )
+            if ids:
+                await conn.execute(
+                    delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(ids))
+                )
+                await conn.execute(delete(_d).where(_d.c.id.in_(ids)))
+        return len(ids)
+
     async def claim(self, now: float, lease_s: float, limit: int) -> list[Due]:
         """Lease up to ``limit`` due deliveries (oldest due first) for one attempt each."""
         token = uuid.uuid4().hex
