@@ -313,6 +313,39 @@ async def test_a_full_local_store_fails_the_task_with_a_refund_and_says_so(
             await assert_credits(api, spent=PRICE)
 
 
+async def test_an_input_the_object_store_cannot_read_is_retried_then_refunded(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a reference fails while the store is unwell: the attempt is interrupted like
+    any outage (no "internal error"), the task runs again once its lease lapses, and after
+    ``max_attempts`` it ends failed with a refund. A store that recovers in time lets it
+    succeed, charged once."""
+    real_get = obstore.get_async
+    broken = {"reads": 0, "until": 0}
+
+    async def flaky_get(store: Any, path: str, **options: Any) -> Any:
+        if path.startswith("uploads/") and broken["reads"] < broken["until"]:
+            broken["reads"] += 1
+            raise GenericError("Generic S3 error: Error after 10 retries: HTTP 503")
+        return await real_get(store, path, **options)
+
+    monkeypatch.setattr(obstore, "get_async", flaky_get)
+    settings = settings_for(database_url, lease_s=0.5, max_attempts=2)
+    async with running_api(settings, credits=CREDITS) as api:
+        token = await api.upload(png())
+        broken["until"] = 1  # one failed read, then the store is well again
+        recovered = await api.wait(await submit(api, files=[{"file_token": token}]), timeout_s=30)
+        broken.update(reads=0, until=1000)  # never well again
+        given_up = await api.wait(await submit(api, files=[{"file_token": token}]), timeout_s=30)
+
+        assert recovered["status"] == "success", recovered
+        assert await moves_of(api, recovered["task_id"]) == ["hold", "settle"]
+        assert given_up["status"] == "failed", given_up
+        assert "internal error" not in given_up["error_msg"]
+        assert await moves_of(api, given_up["task_id"]) == ["hold", "refund"]
+        await assert_credits(api, spent=PRICE)
+
+
 # -- 2. and 4. the object store fails writes ----------------------------------------------------
 
 

@@ -41,9 +41,10 @@ class ObjectNotFound(LookupError):
 
 
 class ObjectStoreError(OSError):
-    """The store failed a write (after obstore's own retries). An ``OSError``: the API
-    answers it with 503 and workers treat it as an outage; ``errno`` is ENOSPC when the
-    disk is full, and ``strerror`` says so in words."""
+    """The store failed a read or a write (after obstore's own retries). An ``OSError``: the
+    API answers it with 503 and workers treat it as an outage (the task is run again once
+    its lease lapses, within ``max_attempts``); ``errno`` is ENOSPC when the disk is full,
+    and ``strerror`` says so in words."""
 
 
 def _write_error(key: str, exc: Exception) -> ObjectStoreError:
@@ -84,11 +85,18 @@ class ObjectStore:
             raise _write_error(key, exc) from exc
 
     async def get(self, key: str) -> bytes:
+        """The bytes under ``key``; :class:`ObjectNotFound` when there are none,
+        :class:`ObjectStoreError` when the store fails."""
         try:
             result = await obstore.get_async(self._store, self.object_key(key))
             return bytes(await result.bytes_async())
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+        except (BaseError, OSError) as exc:
+            first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise ObjectStoreError(
+                errno.EIO, f"the object store failed to read {key}: {first_line}"
+            ) from exc
 
     async def exists(self, key: str) -> bool:
         """Whether an object lies under ``key`` (its metadata only; the bytes stay put)."""
