@@ -67,6 +67,8 @@ class Settings(BaseModel):
     janitor_interval_s: float = Field(default=30.0, gt=0)  # how often both are checked
     # delivered or dead webhook deliveries (and their attempt log) are forgotten after this
     delivery_log_retention_s: float = Field(default=30 * 86400.0, gt=0)
+    # task events (what watch and SSE replay, e.g. after Last-Event-ID) are forgotten after this
+    event_log_retention_s: float = Field(default=7 * 86400.0, gt=0)
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with trace_id
     # Request limits (easel.api.limits, easel.ratelimit): a body over max_request_bytes is
     # refused (413/1004) before it is parsed (uploads: 20 MB); each API key may make

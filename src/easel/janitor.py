@@ -1,6 +1,6 @@
 """The janitor: expires tasks that waited too long, deletes outputs past retention, and
-forgets what would otherwise pile up forever: webhook deliveries long done (their log) and
-STS uploads announced but never made.
+forgets what would otherwise pile up forever: webhook deliveries long done (their log), old
+task events (the log that watch and SSE replay), and STS uploads announced but never made.
 
 It runs in every ``easel serve`` and ``easel worker`` process; running it in several at once
 is safe (expiry is fenced on the queued status, deletions are idempotent).
@@ -45,12 +45,15 @@ class Janitor:
             log.info("deleted %d output(s) past their retention", deleted)
         return expired, deleted
 
-    async def prune(self) -> tuple[int, int]:
-        """One pass: (webhook deliveries forgotten, abandoned STS uploads forgotten)."""
+    async def prune(self) -> tuple[int, int, int]:
+        """One pass: (webhook deliveries, abandoned STS uploads, events) forgotten."""
         now = time.time()
         deliveries = await self.webhooks.prune(now - self.settings.delivery_log_retention_s)
         if deliveries:
             log.info("forgot %d webhook deliveries past the log's retention", deliveries)
+        forgotten_events = await self.store.events.prune(now - self.settings.event_log_retention_s)
+        if forgotten_events:
+            log.info("forgot %d task events past the log's retention", forgotten_events)
         abandoned = 0
         cutoff = now - self.settings.sts_duration_s - ABANDONED_AFTER_S
         for stored in await self.store.files.pending_before(cutoff):
@@ -60,7 +63,7 @@ class Janitor:
             abandoned += 1
         if abandoned:
             log.info("forgot %d STS upload(s) that never arrived", abandoned)
-        return deliveries, abandoned
+        return deliveries, abandoned, forgotten_events
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

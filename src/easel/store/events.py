@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.store import webhooks
@@ -116,6 +116,18 @@ class EventStore:
                 )
             )
         return int(seq or 0)
+
+    async def prune(self, before: float, limit: int = 10_000) -> int:
+        """Forget up to ``limit`` events older than ``before``; returns how many went.
+        Numbering is untouched: new events keep counting from each account's counter."""
+        oldest = select(events.c.account_id, events.c.seq).where(events.c.created_at < before)
+        async with self._engine.begin() as conn:
+            done = await conn.execute(
+                delete(events).where(
+                    tuple_(events.c.account_id, events.c.seq).in_(oldest.limit(limit))
+                )
+            )
+        return int(done.rowcount or 0)
 
     async def last_seq(self, account_id: str) -> int:
         async with self._reads.connect() as conn:

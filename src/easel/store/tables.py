@@ -110,7 +110,7 @@ events = Table(
     Column("task_id", String(36), nullable=False, index=True),
     Column("status", String(16), nullable=False),
     Column("progress", Integer, nullable=False),
-    Column("created_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),  # the janitor prunes by age
 )
 
 # One row per backend run of a task: which backend, when, and how it ended.
