@@ -108,11 +108,13 @@ class TaskService:
                 await check_url(ref.value, self.policy)
                 refs.append(Reference("url", ref.value))
                 continue
-            earlier = await self._earlier_output(caller, ref, request)
-            if earlier is not None:
-                refs.append(earlier)
-                continue
-            stored = await self._stored_file(caller, ref, number)
+            found = await self._find_upload(caller, ref)
+            if found is None and ref.source == "file_token":
+                earlier = await self._earlier_output(caller, ref.value, request)
+                if earlier is not None:
+                    refs.append(earlier)
+                    continue
+            stored = await self._arrived_upload(found, ref, number)
             if stored.format == "webp" and not request.model.accepts_webp:
                 raise ImageTypeNotSupported(
                     f"image[{number}] is WebP, which {request.model.version} does not accept.",
@@ -127,15 +129,11 @@ class TaskService:
         return tuple(refs)
 
     async def _earlier_output(
-        self, caller: Caller, ref: FileRef, request: GenerateImageRequest
+        self, caller: Caller, token: str, request: GenerateImageRequest
     ) -> Reference | None:
-        """The image of the key's earlier successful task that a ``file_token`` names by its
-        task id (as v3 allows), or None when the token is not such a task id."""
-        if ref.source != "file_token" or await self.store.files.find(
-            caller.account_id, token=ref.value
-        ):
-            return None
-        task = await self.store.tasks.get(ref.value, caller.key_id)
+        """The image of the key's earlier successful task that a ``file_token`` naming no
+        upload names by its task id (as v3 allows), or None when it is not such a task id."""
+        task = await self.store.tasks.get(token, caller.key_id)
         if task is None or task.status is not Status.SUCCESS or not task.output_key:
             return None
         if task.output_deleted_at is not None:
@@ -151,17 +149,25 @@ class TaskService:
             )
         return Reference("object", task.output_key)
 
-    async def _stored_file(self, caller: Caller, ref: FileRef, number: int) -> StoredFile:
+    async def _find_upload(self, caller: Caller, ref: FileRef) -> StoredFile | None:
+        """The account's upload a ``file_token`` or ``object`` reference names, or None."""
         if ref.source == "file_token":
-            stored = await self.store.files.find(caller.account_id, token=ref.value)
-            what = f"file_token {ref.value!r}"
-        else:
-            stored = None
-            key = self.objects.store_key(ref.value)  # the bucket's key, less the store's prefix
-            if ref.bucket == self.objects.bucket and key is not None:
-                stored = await self.store.files.find(caller.account_id, key=key)
-            what = f"object {{bucket: {ref.bucket!r}, key: {ref.value!r}}}"
+            return await self.store.files.find(caller.account_id, token=ref.value)
+        key = self.objects.store_key(ref.value)  # the bucket's key, less the store's prefix
+        if ref.bucket == self.objects.bucket and key is not None:
+            return await self.store.files.find(caller.account_id, key=key)
+        return None
+
+    async def _arrived_upload(
+        self, stored: StoredFile | None, ref: FileRef, number: int
+    ) -> StoredFile:
+        """The upload, inspected if it was a pending STS one; 2019 when there is none."""
         if stored is None:
+            what = (
+                f"file_token {ref.value!r}"
+                if ref.source == "file_token"
+                else f"object {{bucket: {ref.bucket!r}, key: {ref.value!r}}}"
+            )
             raise FileNotFound(
                 f"image[{number}]: {what} does not name a file uploaded with this key's account"
                 + (

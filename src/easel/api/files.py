@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
@@ -15,18 +15,9 @@ from easel.storage import ObjectNotFound
 router = APIRouter()
 
 
-# Multipart framing around a 20 MB image stays well under this.
+# Multipart framing around a 20 MB image stays well under this. easel.api.limits refuses a
+# larger upload body (413 / 1004) before any route reads it.
 MAX_UPLOAD_REQUEST_BYTES = MAX_IMAGE_BYTES + 256 * 1024
-
-
-def refuse_oversized(request: Request) -> None:
-    """Refuse an upload by its Content-Length before its body is read and spooled."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_UPLOAD_REQUEST_BYTES:
-        raise InvalidParameter(
-            f"the upload is {int(length)} bytes; an image may be at most 20 MB.",
-            "Send a smaller image.",
-        )
 
 
 async def read_upload(file: UploadFile | None) -> bytes:
@@ -50,7 +41,6 @@ async def _upload(
 @router.post(
     "/upload",
     summary="Upload an image (multipart field 'file')",
-    dependencies=[Depends(refuse_oversized)],
 )
 async def upload(
     caller: CallerDep, runtime: RuntimeDep, file: Annotated[UploadFile | None, File()] = None
@@ -61,7 +51,6 @@ async def upload(
 @router.post(
     "/upload/sts",
     summary="Upload an image (multipart field 'file'; same as /upload)",
-    dependencies=[Depends(refuse_oversized)],
 )
 async def upload_sts(
     caller: CallerDep, runtime: RuntimeDep, file: Annotated[UploadFile | None, File()] = None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
-from easel.errors import MalformedBody
+from easel.api.tasks import json_body
 from easel.sts import UploadTokens
 
 router = APIRouter()
@@ -22,11 +21,6 @@ router = APIRouter()
 async def upload_sts_token(
     request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:  # e.g. 100000 levels of [[[…]]]
-        raise MalformedBody("the request body nests JSON too deeply.") from None
+    body = await json_body(request)  # any JSON value: a wrong one is 1004 naming the formats
     tokens = UploadTokens(runtime.settings, runtime.objects, runtime.store.files)
     return ok(await tokens.issue(caller, body))

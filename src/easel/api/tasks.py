@@ -14,14 +14,19 @@ from easel.errors import MalformedBody, TaskNotFound
 router = APIRouter()
 
 
-async def json_object(request: Request, what: str = "with a 'type'") -> dict[str, Any]:
-    """The request body as a JSON object, or 1003."""
+async def json_body(request: Request) -> Any:
+    """The request body decoded as JSON (any value), or 1003."""
     try:
-        body = json.loads(await request.body())
+        return json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:  # e.g. 100000 levels of [[[…]]]: the decoder refuses the depth
         raise MalformedBody("the request body nests JSON too deeply.") from None
+
+
+async def json_object(request: Request, what: str = "with a 'type'") -> dict[str, Any]:
+    """The request body as a JSON object, or 1003."""
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise MalformedBody(f"the request body must be a JSON object {what}.")
     return body

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from easel import v3
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
-from easel.api.files import read_upload, refuse_oversized
+from easel.api.files import read_upload
 from easel.api.tasks import json_object
 from easel.errors import InvalidParameter, NotAllowed, RouteNotSupported, TaskNotFound
-from easel.images import MAX_IMAGE_BYTES
 from easel.signing import upload_key
 
 router = APIRouter(prefix="/v3", tags=["v3"])
@@ -102,7 +101,6 @@ async def usage(
 @router.post(
     "/files",
     summary="v3: upload an image (multipart field 'file')",
-    dependencies=[Depends(refuse_oversized)],
 )
 async def upload(
     caller: CallerDep, runtime: RuntimeDep, file: Annotated[UploadFile | None, File()] = None
@@ -139,13 +137,9 @@ async def presigned_put(
             "this upload URL is invalid or has expired.",
             "Ask POST /v3/files/presign for a new one.",
         )
-    refuse_oversized(request)
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_IMAGE_BYTES:
-            raise InvalidParameter("an image may be at most 20 MB.", "Send a smaller image.")
-    await runtime.service.upload_as(account_id, token, bytes(data))
+    # The body is bounded before it is read (easel.api.limits: upload routes), and the
+    # image's own 20 MB limit is checked with its bytes (easel.images.inspect_image).
+    await runtime.service.upload_as(account_id, token, await request.body())
     return ok({"file_token": token})
 
 
