@@ -58,6 +58,7 @@ from throughput import (  # the sibling script, found through the line above
     _percentile,
     _process,
     _scratch_postgres,
+    serve_ping,
 )
 
 MODEL = "flux.1_kontext_pro"
@@ -69,32 +70,6 @@ LANES = 48  # connections per client process
 SEED_TASKS = 5  # per client, submitted before the clock starts, so polls have targets
 DRAIN_TIMEOUT_S = 600.0
 START_MARGIN_S = 3.0  # time for the client processes to start before the first request
-
-
-# --- the baseline app ---------------------------------------------------------------------------
-
-
-def serve_baseline(port: int) -> None:
-    """The bare app (run in the subprocess this script starts of itself)."""
-    import uvicorn
-    from fastapi import FastAPI
-
-    app = FastAPI()
-
-    @app.get("/ping")
-    async def ping() -> dict[str, bool]:
-        return {"ok": True}
-
-    # As `easel serve` runs (src/easel/cli.py), so the two compare alike.
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="info",
-        lifespan="on",
-        timeout_keep_alive=75,
-        http="h11",
-    )
 
 
 # --- one client process -------------------------------------------------------------------------
@@ -498,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-baseline-port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_baseline_port is not None:
-        serve_baseline(args.serve_baseline_port)
+        serve_ping(args.serve_baseline_port)  # the bare app, shared with throughput.py
         return 0
     if args.rate <= 0 or args.duration <= 0 or args.clients < 1 or args.polls_per_submit < 1:
         parser.error(

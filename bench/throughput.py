@@ -60,8 +60,16 @@ def serve_ping(port: int) -> None:
     async def ping() -> dict[str, bool]:
         return {"ok": True}
 
-    # The same settings as `easel serve` (src/easel/cli.py), so (a) and (b) compare alike.
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info", lifespan="on", http="h11")
+    # The same settings as `easel serve` (src/easel/cli.py), so the two compare alike.
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="info",
+        lifespan="on",
+        timeout_keep_alive=75,
+        http="h11",
+    )
 
 
 # --- processes ----------------------------------------------------------------------------------
