@@ -7,7 +7,7 @@ import uuid
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, event, func, select
 
 from easel.errors import NotEnoughCredit, TooManyUnfinishedTasks
 from easel.store import open_store
@@ -126,5 +126,56 @@ async def test_a_key_with_fewer_running_tasks_goes_first(database_url: str) -> N
         assert positions == {calm_id: 0, busy_ids[1]: 1, busy_ids[2]: 2}
         claimed = [await store.tasks.claim("w", models, 30) for _ in range(3)]
         assert [t.id for t in claimed if t is not None] == [calm_id, busy_ids[1], busy_ids[2]]
+    finally:
+        await store.close()
+
+
+async def test_a_poll_is_one_statement_with_the_attempts_in_order(database_url: str) -> None:
+    """Polling is the hot path: the task and its attempts come back in one statement, with
+    no transaction around it (on SQLite a BEGIN would show here as a statement too)."""
+    store = await open_store(database_url)
+    try:
+        caller = await store.accounts.authenticate(await store.accounts.create_key("p", 50))
+        task_id = await store.tasks.submit(caller, new_task(), max_unfinished=5, retry_after_s=1)
+        task = await store.tasks.claim("w", ["flux.1_kontext_pro"], 30)
+        assert task is not None
+        first = await store.tasks.start_attempt(task, "fast")
+        await store.tasks.end_attempt(first, "retryable", "busy")
+        second = await store.tasks.start_attempt(task, "slow")
+        await store.tasks.end_attempt(second, "success")
+        assert await store.tasks.complete(task, "outputs/x.png", "slow")
+
+        statements: list[str] = []
+
+        def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+            statements.append(statement)
+
+        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        try:
+            found = await store.tasks.view(task_id, caller.key_id)
+            missing = await store.tasks.view(task_id, "another key")
+        finally:
+            event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+        assert found is not None and missing is None
+        viewed, outlook = found
+        assert viewed.output_key == "outputs/x.png"
+        assert [(a.backend, a.outcome, a.error) for a in outlook.attempts] == [
+            ("fast", "retryable", "busy"),
+            ("slow", "success", None),
+        ]
+        assert len(statements) == 2, statements  # one per view
+    finally:
+        await store.close()
+
+
+async def test_a_poll_of_a_task_without_attempts_shows_none(database_url: str) -> None:
+    store = await open_store(database_url)
+    try:
+        caller = await store.accounts.authenticate(await store.accounts.create_key("q", 50))
+        task_id = await store.tasks.submit(caller, new_task(), max_unfinished=5, retry_after_s=1)
+        found = await store.tasks.view(task_id, caller.key_id)
+        assert found is not None
+        task, outlook = found
+        assert (task.status.value, outlook.attempts, outlook.position) == ("queued", [], 0)
     finally:
         await store.close()

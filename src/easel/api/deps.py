@@ -11,7 +11,9 @@ from easel.runtime import Runtime
 from easel.store.accounts import KEY_PREFIX, Caller, UnknownKey
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """The app's runtime. (Async, as every dependency here: FastAPI runs a plain ``def``
+    dependency in a worker thread, a thread hop per request.)"""
     runtime: Runtime = request.app.state.runtime
     return runtime
 

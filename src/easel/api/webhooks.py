@@ -35,7 +35,7 @@ class NewWebhook(BaseModel):
     events: list[str]
 
 
-def get_webhook_store(runtime: RuntimeDep) -> WebhookStore:
+async def get_webhook_store(runtime: RuntimeDep) -> WebhookStore:
     return WebhookStore(runtime.store.engine)
 
 

@@ -42,16 +42,31 @@ def create_engine(database_url: str) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        # Writers take the lock up front; readers (see read_only) share WAL snapshots.
+        # Writers take the lock up front; readers (see read_only) share WAL snapshots, or
+        # open no transaction at all.
         read_only = connection.get_execution_options().get(_READ_ONLY)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if read_only != _PER_STATEMENT:
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
 
-def read_only(engine: AsyncEngine) -> AsyncEngine:
-    """The same engine, for reads: on SQLite its transactions do not take the write lock."""
-    return engine.execution_options(**{_READ_ONLY: True})
+_PER_STATEMENT = "per-statement"
+
+
+def read_only(engine: AsyncEngine, *, snapshot: bool = True) -> AsyncEngine:
+    """The same engine, for reads: on SQLite its transactions do not take the write lock.
+
+    Without ``snapshot`` no transaction is opened: each statement reads the database as it
+    is when it runs. That saves a hop to aiosqlite's thread (SQLite) or a round trip each
+    for ``BEGIN`` and ``ROLLBACK`` (PostgreSQL) on every read, for the reads whose
+    statements need not agree with one another, such as a poll of a task.
+    """
+    if snapshot:
+        return engine.execution_options(**{_READ_ONLY: True})
+    if is_sqlite(engine):
+        return engine.execution_options(**{_READ_ONLY: _PER_STATEMENT})
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -124,7 +124,13 @@ class _Estimates:
         return slots
 
 
-async def _outlook(conn: AsyncConnection, task: Task, estimates: _Estimates) -> Outlook:
+async def _outlook(
+    conn: AsyncConnection,
+    task: Task,
+    estimates: _Estimates,
+    attempts_read: list[Attempt] | None = None,
+) -> Outlook:
+    """The rest of the task object; ``attempts_read`` when the caller read them already."""
     mean = position = slots = None
     if not task.is_final:
         # A running task's backend is known: its own pace first, else the model's.
@@ -135,7 +141,9 @@ async def _outlook(conn: AsyncConnection, task: Task, estimates: _Estimates) -> 
     if task.status is Status.QUEUED:
         position = await _position(conn, task)
         slots = await estimates.slots(conn)
-    return Outlook(mean, position, slots, await _attempts(conn, task.id))
+    if attempts_read is None:
+        attempts_read = await _attempts(conn, task.id)
+    return Outlook(mean, position, slots, attempts_read)
 
 
 async def _position(conn: AsyncConnection, task: Task) -> int:
@@ -178,16 +186,41 @@ async def _live_slots(conn: AsyncConnection, within_s: float = 30.0) -> int:
 
 # The statements of a poll, built once with bound parameters: building one and computing its
 # cache key each time cost more than SQLite took to run it.
-_TASK = select(tasks).where(tasks.c.id == bindparam("task_id"))
-_TASK_OF_KEY = _TASK.where(tasks.c.api_key_id == bindparam("key_id"))
 _ATTEMPTS = (
     select(attempts).where(attempts.c.task_id == bindparam("task_id")).order_by(attempts.c.id)
 )
+# A poll reads the task and its attempts in one statement (a row per attempt, the task's
+# columns repeated; one row with null attempt columns when there is none yet): each statement
+# is a round trip, and on SQLite four hops to aiosqlite's thread.
+_ATTEMPT_COLUMNS = ("backend", "claim", "started_at", "ended_at", "outcome", "error")
+_TASK_AND_ATTEMPTS = (
+    select(
+        tasks,
+        attempts.c.id.label("attempt_id"),
+        *(attempts.c[name].label(f"attempt_{name}") for name in _ATTEMPT_COLUMNS),
+    )
+    .select_from(tasks.outerjoin(attempts, attempts.c.task_id == tasks.c.id))
+    .where(tasks.c.id == bindparam("task_id"))
+    .order_by(attempts.c.id)
+)
+_TASK_AND_ATTEMPTS_OF_KEY = _TASK_AND_ATTEMPTS.where(tasks.c.api_key_id == bindparam("key_id"))
+
+
+def _attempt(row: Row[Any]) -> Attempt:
+    return Attempt(row.backend, row.claim, row.started_at, row.ended_at, row.outcome, row.error)
 
 
 async def _attempts(conn: AsyncConnection, task_id: str) -> list[Attempt]:
-    rows = await conn.execute(_ATTEMPTS, {"task_id": task_id})
-    return [Attempt(r.backend, r.claim, r.started_at, r.ended_at, r.outcome, r.error) for r in rows]
+    return [_attempt(row) for row in await conn.execute(_ATTEMPTS, {"task_id": task_id})]
+
+
+def _joined_attempts(rows: Sequence[Row[Any]]) -> list[Attempt]:
+    """The attempts of a ``_TASK_AND_ATTEMPTS`` result."""
+    return [
+        Attempt(*(row._mapping[f"attempt_{name}"] for name in _ATTEMPT_COLUMNS))
+        for row in rows
+        if row._mapping["attempt_id"] is not None
+    ]
 
 
 # Aliases of ``tasks`` for the queue-order subqueries, made once: making one builds a proxy of
@@ -262,7 +295,9 @@ def _fenced(task: Task) -> Any:
 class TaskStore:
     def __init__(self, engine: AsyncEngine, estimates_ttl_s: float = 2.0) -> None:
         self._engine = engine
-        self._reads = read_only(engine)
+        # Every read here is one statement, or statements that need not agree (a poll's
+        # task and its estimates): no transaction around them.
+        self._reads = read_only(engine, snapshot=False)
         self._estimates = _Estimates(estimates_ttl_s)
 
     # -- API side -------------------------------------------------------------------------
@@ -398,16 +433,16 @@ class TaskStore:
         """The task (of ``key_id``, if given) and its outlook, read on one connection (the hot
         path of polling and of live updates)."""
         query, params = (
-            (_TASK, {"task_id": task_id})
+            (_TASK_AND_ATTEMPTS, {"task_id": task_id})
             if key_id is None
-            else (_TASK_OF_KEY, {"task_id": task_id, "key_id": key_id})
+            else (_TASK_AND_ATTEMPTS_OF_KEY, {"task_id": task_id, "key_id": key_id})
         )
         async with self._reads.connect() as conn:
-            row = (await conn.execute(query, params)).first()
-            if row is None:
+            rows = (await conn.execute(query, params)).all()
+            if not rows:
                 return None
-            task = _task(row)
-            return task, await _outlook(conn, task, self._estimates)
+            task = _task(rows[0])
+            return task, await _outlook(conn, task, self._estimates, _joined_attempts(rows))
 
     async def live_models(self, within_s: float = 30.0) -> set[str]:
         """The models that workers with a recent heartbeat take."""
