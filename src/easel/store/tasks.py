@@ -91,6 +91,9 @@ class Outlook:
     attempts: list[Attempt]
 
 
+_Recalled = tuple[float | None] | None  # a remembered value (which may be None), or nothing
+
+
 class _Estimates:
     """Run-time means and live worker slots, remembered for ``ttl_s``.
 
@@ -104,15 +107,19 @@ class _Estimates:
         self._means: dict[tuple[str, str | None], tuple[float, float | None]] = {}
         self._slots: tuple[float, int] | None = None
 
+    def recall_mean(self, model_version: str, backend: str | None = None) -> _Recalled:
+        """The remembered mean, when it is fresh: ``(mean,)``; else None."""
+        hit = self._means.get((model_version, backend))
+        return (hit[1],) if hit is not None and hit[0] > time.monotonic() else None
+
     async def mean(
         self, conn: AsyncConnection, model_version: str, backend: str | None = None
     ) -> float | None:
-        now = time.monotonic()
-        hit = self._means.get((model_version, backend))
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        recalled = self.recall_mean(model_version, backend)
+        if recalled is not None:
+            return recalled[0]
         mean = await _mean_duration(conn, model_version, backend)
-        self._means[(model_version, backend)] = (now + self.ttl_s, mean)
+        self._means[(model_version, backend)] = (time.monotonic() + self.ttl_s, mean)
         return mean
 
     async def slots(self, conn: AsyncConnection) -> int:
@@ -282,6 +289,16 @@ async def _event(conn: AsyncConnection, task: Task, status: Status, progress: in
     )
 
 
+async def _end_attempt(
+    conn: AsyncConnection, attempt_id: int, outcome: str, error: str | None = None
+) -> None:
+    await conn.execute(
+        update(attempts)
+        .where(attempts.c.id == attempt_id)
+        .values(ended_at=time.time(), outcome=outcome, error=error)
+    )
+
+
 def _fenced(task: Task) -> Any:
     """The claim that is finishing ``task`` is still the current one."""
     return and_(
@@ -420,9 +437,13 @@ class TaskStore:
             return await _position(conn, task)
 
     async def mean_duration(self, model_version: str) -> float | None:
-        """Mean run time of the model's latest successful tasks, or None without data."""
+        """Mean run time of the model's latest successful tasks, or None without data
+        (remembered for a moment, as every estimate: see ``_Estimates``)."""
+        recalled = self._estimates.recall_mean(model_version)
+        if recalled is not None:
+            return recalled[0]
         async with self._reads.connect() as conn:
-            return await _mean_duration(conn, model_version)
+            return await self._estimates.mean(conn, model_version)
 
     async def outlook(self, task: Task) -> Outlook:
         """What the task object shows besides the row, read on one connection."""
@@ -569,15 +590,16 @@ class TaskStore:
 
     async def end_attempt(self, attempt_id: int, outcome: str, error: str | None = None) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(
-                update(attempts)
-                .where(attempts.c.id == attempt_id)
-                .values(ended_at=time.time(), outcome=outcome, error=error)
-            )
+            await _end_attempt(conn, attempt_id, outcome, error)
 
-    async def complete(self, task: Task, output_key: str, backend: str) -> bool:
-        """Success: settle the held credits. False when the claim was lost meanwhile."""
+    async def complete(
+        self, task: Task, output_key: str, backend: str, attempt_id: int | None = None
+    ) -> bool:
+        """Success: settle the held credits (and end ``attempt_id`` as a success). False
+        when the claim was lost meanwhile."""
         async with self._engine.begin() as conn:
+            if attempt_id is not None:
+                await _end_attempt(conn, attempt_id, "success")
             result = await conn.execute(
                 update(tasks)
                 .where(_fenced(task))

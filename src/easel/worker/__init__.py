@@ -82,6 +82,7 @@ class Worker:
         self.policy = OutboundPolicy.from_strings(settings.allow_outbound_cidrs)
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
+        self._full = False  # the last claims stopped at the slot limit, not an empty queue
         self._listener = QueueListener(store.engine, self.wake)
         self._last_housekeeping = -HOUSEKEEPING_S
 
@@ -123,7 +124,11 @@ class Worker:
             await self._shutdown()
 
     async def _claim_until_full(self, slots: int, stop: asyncio.Event) -> None:
-        while len(self._running) < slots and not stop.is_set():
+        self._full = False
+        while not stop.is_set():
+            if len(self._running) >= slots:
+                self._full = True
+                return
             task = await self.store.tasks.claim(self.id, self.models, self.settings.lease_s)
             if task is None:
                 return
@@ -147,7 +152,8 @@ class Worker:
 
     def _finished(self, runner: asyncio.Task[None]) -> None:
         self._running.discard(runner)
-        self._wake.set()
+        if self._full:  # tasks may be waiting for this slot; else the queue was empty
+            self._wake.set()
 
     async def _housekeeping(self, slots: int) -> None:
         """At most once a second: heartbeat, listen again if needed, reclaim lapsed leases."""
@@ -248,7 +254,7 @@ class Worker:
             await self.store.tasks.fail(task, Status.FAILED, exc.code, exc.message)
             return
         try:
-            image, backend = await self._generate(task, images, control)
+            image, backend, attempt = await self._generate(task, images, control)
         except JobCancelled:
             if control.cancel_requested:
                 await self.store.tasks.fail(task, Status.CANCELLED, None, None)
@@ -259,17 +265,21 @@ class Worker:
         except (BackendError, _NoBackend) as exc:
             await self.store.tasks.fail(task, Status.FAILED, 1001, str(exc))
             return
+        # The successful attempt is recorded with the task's completion, in one transaction,
+        # or here when the task ends otherwise.
         if control.cancel_requested:  # the backend finished before its next checkpoint
+            await self.store.tasks.end_attempt(attempt, "success")
             await self.store.tasks.fail(task, Status.CANCELLED, None, None)
             return
         key = f"outputs/{task.id}.{'jpg' if image.format == 'jpeg' else 'png'}"
         try:
             await self._store_output(key, image.data)
         except ObjectStoreError as exc:
+            await self.store.tasks.end_attempt(attempt, "success")
             message = f"the output image could not be stored: {exc.strerror}"
             await self.store.tasks.fail(task, Status.FAILED, 1001, message)
             return
-        await self.store.tasks.complete(task, key, backend)
+        await self.store.tasks.complete(task, key, backend, attempt)
 
     async def _store_output(self, key: str, data: bytes) -> None:
         """Write the output, trying again a few times: the image is paid for and in hand,
@@ -288,8 +298,9 @@ class Worker:
 
     async def _generate(
         self, task: Task, images: tuple[InputImage, ...], control: _Control
-    ) -> tuple[GeneratedImage, str]:
-        """Run the model's backends in order until one succeeds; record every attempt."""
+    ) -> tuple[GeneratedImage, str, int]:
+        """Run the model's backends in order until one succeeds; record every attempt.
+        Returns the image, the backend and its attempt, which is left for the caller to end."""
         tasks_, problems = self.store.tasks, []
         for leg in self.router.chain(task.model_version):
             backend = leg.backend
@@ -314,8 +325,7 @@ class Worker:
                 reason = "cancelled by the client" if control.cancel_requested else "claim lost"
                 await tasks_.end_attempt(attempt, "cancelled", reason)
                 raise
-            await tasks_.end_attempt(attempt, "success")
-            return image, backend.name
+            return image, backend.name, attempt
         raise _NoBackend("no backend could run the task: " + "; ".join(problems or ["none"]))
 
 
