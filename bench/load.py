@@ -380,7 +380,7 @@ def bench_easel(
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     command = [str(EASEL), "serve", "--config", str(config), "--host", "127.0.0.1"]
-    command += ["--port", str(port)]
+    command += ["--port", str(port), "--processes", str(args.processes)]
     with _server(command, workdir / "easel.log", f"{base}/healthz"):
         seeds = {key: _seed(base, key, SEED_TASKS) for key in keys}
         start_at = time.time() + START_MARGIN_S
@@ -469,6 +469,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also load Easel on PostgreSQL: a scratch database is made beside this "
         "postgresql+asyncpg:// URL and dropped after",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="easel serve --processes: API processes (more than one: the worker runs apart)",
     )
     parser.add_argument("--serve-baseline-port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

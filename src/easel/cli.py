@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 import uvicorn
@@ -35,6 +38,9 @@ ConfigOption = Annotated[
 err = Console(stderr=True)
 T = TypeVar("T")
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 
 def _settings(config: Path | None) -> Settings:
     try:
@@ -54,14 +60,52 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="API only.")] = False,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="API processes sharing the port. With more than one, the worker runs as "
+            "a process of its own beside them (unless --no-worker).",
+        ),
+    ] = 1,
 ) -> None:
-    """Run the API (and, unless --no-worker, an in-process worker)."""
+    """Run the API (and, unless --no-worker, a worker: in the same process, or with
+    --processes N > 1 as a process of its own)."""
     from easel.api.app import create_app
 
     settings = _settings(config)
     _logging(settings)
+    if processes == 1:
+        _serve(create_app(settings, run_worker=not no_worker), settings, host, port)
+        return
+    # Each API process builds its app from the environment (uvicorn spawns them), and one
+    # worker process runs the tasks: one CPU-bound worker, not one per API process.
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config.resolve())
+    worker = None
+    if not no_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "easel", "worker"])
+    try:
+        _serve("easel.api.app:api_from_environment", settings, host, port, processes)
+    finally:
+        if worker is not None:
+            worker.terminate()  # SIGTERM: the worker puts running tasks back in the queue
+            try:
+                worker.wait(timeout=WORKER_STOP_S)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+WORKER_STOP_S = 30.0
+
+
+def _serve(
+    app_: FastAPI | str, settings: Settings, host: str, port: int, processes: int = 1
+) -> None:
     uvicorn.run(
-        create_app(settings, run_worker=not no_worker),
+        app_,
+        factory=isinstance(app_, str),
+        workers=processes if processes > 1 else None,
         host=host,
         port=port,
         log_level="info",

@@ -24,7 +24,7 @@ from easel.api import (
 )
 from easel.api.envelope import TraceIdMiddleware, install_error_handlers
 from easel.api.limits import RequestLimits
-from easel.config import Settings
+from easel.config import Settings, load_settings
 from easel.runtime import log_served, open_runtime
 from easel.web import router as playground
 from easel.webhooks import Dispatcher
@@ -85,3 +85,13 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(playground)  # the web playground at /
     return app
+
+
+def api_from_environment() -> FastAPI:
+    """The API alone, configured from ``$EASEL_CONFIG`` and ``EASEL_*``: the app factory of
+    each process of ``easel serve --processes N``."""
+    from easel import logs
+
+    settings = load_settings()
+    logs.configure(settings.log_format)
+    return create_app(settings, run_worker=False)

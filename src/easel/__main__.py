@@ -1,0 +1,5 @@
+"""``python -m easel``: the ``easel`` command."""
+
+from easel.cli import app
+
+app()
