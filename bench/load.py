@@ -11,8 +11,10 @@ fewer requests, so queueing shows in the latencies), then stopping by itself.
     ``--delay``, 64×64 images; SQLite and a local object store in a temporary directory; or
     PostgreSQL with ``--postgres URL``, a scratch database made beside URL and dropped after):
     one ``POST /task`` for every ``--polls-per-submit`` ``GET /task/{id}`` of a task the same
-    client submitted. Each client has its own key with enough credits, ``max_unfinished_tasks``
-    is high and the per-key rate limit is off, so submits are not refused.
+    key submitted. Requests take turns among ``--keys`` keys (accounts), each with enough
+    credits; ``max_unfinished_tasks`` is high and the per-key rate limit is off, so submits
+    are not refused. ``--processes N`` runs ``easel serve --processes N`` (N API processes
+    and the worker apart).
 
 It prints the sustained requests/s, p50/p99 of each request kind, errors by status and the
 ratios to the baseline at the same rate, then waits for every submitted task and checks that
@@ -25,7 +27,8 @@ figure is not the load generator's own slowness. One client process kept up with
 
 Usage::
 
-    .venv/bin/python bench/load.py [--rate 500] [--duration 20] [--clients 1] [--postgres URL]
+    .venv/bin/python bench/load.py [--rate 500] [--duration 20] [--clients 1] [--keys 25]
+        [--processes 1] [--postgres URL]
 """
 
 from __future__ import annotations
@@ -53,7 +56,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (  # the sibling script, found through the line above
     EASEL,
     _cpus,
-    _create_key,
     _free_port,
     _percentile,
     _process,
@@ -80,12 +82,12 @@ class Plan:
     """What one client process sends."""
 
     base_url: str
-    key: str | None  # None: the baseline (GET /ping only)
+    keys: tuple[str, ...]  # request n is made with key n % len(keys); none: the baseline
     rate: float  # requests per second of this client
     duration_s: float
     start_at: float  # wall-clock time of the first request (all clients start together)
     polls_per_submit: int
-    task_ids: tuple[str, ...] = ()  # seeded tasks to poll from the start
+    task_ids: tuple[tuple[str, ...], ...] = ()  # per key, seeded tasks to poll from the start
 
 
 @dataclass(slots=True)
@@ -95,7 +97,7 @@ class Outcome:
     latencies: dict[str, list[float]] = field(default_factory=dict)  # kind -> seconds
     statuses: dict[str, Counter[str]] = field(default_factory=dict)  # kind -> status -> n
     client: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # Idempotency-Key prefix
-    submitted: list[str] = field(default_factory=list)  # ids of accepted POST /task
+    submitted: list[tuple[int, str]] = field(default_factory=list)  # (key index, task id)
     unsure: list[int] = field(default_factory=list)  # submits that got no answer
     lags: list[float] = field(default_factory=list)  # queued for a lane - scheduled time
     first_sent: float = 0.0
@@ -120,20 +122,21 @@ async def _drive(plan: Plan) -> Outcome:
     fell far behind 500/s that way here); lanes keep the client cheap. A request waiting
     for a free lane is waiting on the server, so latency counts from the due time."""
     out = Outcome()
-    ids = list(plan.task_ids)
-    headers = {"Authorization": f"Bearer {plan.key}"} if plan.key else {}
+    ids = [list(seeded) for seeded in plan.task_ids]
+    auth = [{"Authorization": f"Bearer {key}"} for key in plan.keys]
     due_requests: asyncio.Queue[tuple[str, float, int] | None] = asyncio.Queue()
 
     async def lane() -> None:
         async with httpx.AsyncClient(
             base_url=plan.base_url,
-            headers=headers,
             limits=httpx.Limits(max_connections=1),
             timeout=REQUEST_TIMEOUT_S,
         ) as http:
             while (item := await due_requests.get()) is not None:
                 kind, due, number = item
-                status = await _send(http, kind, number, ids, out)
+                which = number % len(auth) if auth else 0
+                mine = (ids[which], auth[which], which) if auth else None
+                status = await _send(http, kind, number, mine, out)
                 done = time.perf_counter()
                 out.record(kind, status, done - due)
                 out.last_done = max(out.last_done, done)
@@ -150,7 +153,7 @@ async def _drive(plan: Plan) -> Outcome:
         if pause > 0:
             await asyncio.sleep(pause)
         out.lags.append(time.perf_counter() - due)
-        if plan.key is None:
+        if not plan.keys:
             kind = "GET /ping"
         else:
             kind = "POST /task" if number % every == every - 1 else "GET /task"
@@ -177,18 +180,25 @@ def _submission(number: int, client: str) -> tuple[dict[str, str], dict[str, str
 
 
 async def _send(
-    http: httpx.AsyncClient, kind: str, number: int, ids: list[str], out: Outcome
+    http: httpx.AsyncClient,
+    kind: str,
+    number: int,
+    key: tuple[list[str], dict[str, str], int] | None,
+    out: Outcome,
 ) -> str:
-    """One request; its HTTP status, or the transport error's name."""
+    """One request (with ``key``: its tasks, its header and its index); its HTTP status, or
+    the transport error's name."""
     try:
-        if kind == "POST /task":
+        if kind == "POST /task" and key is not None:
+            ids, auth, which = key
             body, headers = _submission(number, out.client)
-            response = await http.post(f"{API}/task", json=body, headers=headers)
+            response = await http.post(f"{API}/task", json=body, headers={**auth, **headers})
             if response.status_code == 200:
                 ids.append(response.json()["data"]["task_id"])
-                out.submitted.append(ids[-1])
-        elif kind == "GET /task":
-            response = await http.get(f"{API}/task/{random.choice(ids)}")
+                out.submitted.append((which, ids[-1]))
+        elif kind == "GET /task" and key is not None:
+            ids, auth, _ = key
+            response = await http.get(f"{API}/task/{random.choice(ids)}", headers=auth)
         else:
             response = await http.get("/ping")
     except httpx.HTTPError as exc:
@@ -250,18 +260,34 @@ def _seed(base_url: str, key: str, count: int) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def _settle_unsure(base_url: str, key: str, out: Outcome) -> list[str]:
+def _settle_unsure(base_url: str, keys: tuple[str, ...], out: Outcome) -> list[tuple[int, str]]:
     """Send again, with the same Idempotency-Key, each submit that got no answer: the
-    server returns the task it made of it, or makes it now, so every task is accounted for."""
-    headers = {"Authorization": f"Bearer {key}"}
-    ids = []
-    with httpx.Client(base_url=base_url, headers=headers, timeout=60.0) as http:
+    server returns the task it made of it, or makes it now, so every task is accounted for.
+    Returns (key index, task id) pairs."""
+    settled = []
+    with httpx.Client(base_url=base_url, timeout=60.0) as http:
         for number in out.unsure:
+            which = number % len(keys)
             body, idempotency = _submission(number, out.client)
-            response = http.post(f"{API}/task", json=body, headers=idempotency)
+            auth = {"Authorization": f"Bearer {keys[which]}"}
+            response = http.post(f"{API}/task", json=body, headers={**auth, **idempotency})
             response.raise_for_status()
-            ids.append(response.json()["data"]["task_id"])
-    return ids
+            settled.append((which, response.json()["data"]["task_id"]))
+    return settled
+
+
+def _create_keys(database_url: str, count: int, credits: int) -> list[str]:
+    """``count`` keys of ``credits`` each, made in the database (as ``easel keys create``)."""
+    from easel.store import open_store
+
+    async def create() -> list[str]:
+        store = await open_store(database_url)
+        try:
+            return [await store.accounts.create_key("load", credits) for _ in range(count)]
+        finally:
+            await store.close()
+
+    return asyncio.run(create())
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,10 +399,12 @@ def bench_easel(
     args: argparse.Namespace, workdir: Path, database_url: str | None, label: str
 ) -> Run:
     config = _config(workdir, database_url, args.delay)
+    url = database_url or f"sqlite+aiosqlite:///{workdir / 'easel.db'}"
     per_client = args.rate / args.clients
-    submits = per_client * args.duration / (args.polls_per_submit + 1) + SEED_TASKS
+    submits = args.rate * args.duration / (args.polls_per_submit + 1) / args.keys + SEED_TASKS
     grant = int(submits * 1.5 + 20) * PRICE
-    keys = [_create_key(config, grant) for _ in range(args.clients)]
+    keys = _create_keys(url, args.keys, grant)
+    mine = [tuple(keys[client :: args.clients]) for client in range(args.clients)]
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     command = [str(EASEL), "serve", "--config", str(config), "--host", "127.0.0.1"]
@@ -385,15 +413,22 @@ def bench_easel(
         seeds = {key: _seed(base, key, SEED_TASKS) for key in keys}
         start_at = time.time() + START_MARGIN_S
         plans = [
-            Plan(base, key, per_client, args.duration, start_at, args.polls_per_submit, seeds[key])
-            for key in keys
+            Plan(
+                base,
+                client_keys,
+                per_client,
+                args.duration,
+                start_at,
+                args.polls_per_submit,
+                tuple(seeds[key] for key in client_keys),
+            )
+            for client_keys in mine
         ]
         outcomes = run_clients(plans)
-        ids = {
-            key: [*seeds[key], *out.submitted, *_settle_unsure(base, key, out)]
-            for key, out in zip(keys, outcomes, strict=True)
-        }
-        url = database_url or f"sqlite+aiosqlite:///{workdir / 'easel.db'}"
+        ids = {key: list(seeds[key]) for key in keys}
+        for client_keys, out in zip(mine, outcomes, strict=True):
+            for which, task_id in [*out.submitted, *_settle_unsure(base, client_keys, out)]:
+                ids[client_keys[which]].append(task_id)
         audit = asyncio.run(_audit(base, url, dict.fromkeys(keys, grant), ids))
     return Run(label, outcomes, args.rate, audit)
 
@@ -406,7 +441,7 @@ def bench_baseline(args: argparse.Namespace, workdir: Path) -> Run:
         start_at = time.time() + START_MARGIN_S
         per_client = args.rate / args.clients
         plans = [
-            Plan(base, None, per_client, args.duration, start_at, args.polls_per_submit)
+            Plan(base, (), per_client, args.duration, start_at, args.polls_per_submit)
             for _ in range(args.clients)
         ]
         return Run("baseline GET /ping", run_clients(plans), args.rate)
@@ -471,6 +506,13 @@ def main(argv: list[str] | None = None) -> int:
         "postgresql+asyncpg:// URL and dropped after",
     )
     parser.add_argument(
+        "--keys",
+        type=int,
+        default=25,
+        help="API keys (accounts) the requests take turns with (25 at 500/s: 20 requests/s "
+        "each, the default per-key limit)",
+    )
+    parser.add_argument(
         "--processes",
         type=int,
         default=1,
@@ -481,16 +523,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_baseline_port is not None:
         serve_ping(args.serve_baseline_port)  # the bare app, shared with throughput.py
         return 0
-    if args.rate <= 0 or args.duration <= 0 or args.clients < 1 or args.polls_per_submit < 1:
+    if args.rate <= 0 or args.duration <= 0 or min(args.clients, args.polls_per_submit) < 1:
         parser.error(
             "--rate and --duration must be positive, --clients and --polls-per-submit at least 1"
         )
+    if args.keys < args.clients:
+        parser.error("--keys must be at least --clients (each client needs a key)")
 
     print("Easel load benchmark (figures are noisy when other work shares the machine)")
     print(f"  machine:  {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}")
     print(
         f"  load:     {args.rate:.0f} requests/s open-loop for {args.duration:.0f} s from "
-        f"{args.clients} client process(es); 1 POST /task per {args.polls_per_submit} GET /task; "
+        f"{args.clients} client process(es), {args.keys} key(s); 1 POST /task per "
+        f"{args.polls_per_submit} GET /task; easel serve --processes {args.processes}; "
         f"placeholder delay_s={args.delay}, model={MODEL}"
     )
     with tempfile.TemporaryDirectory(prefix="easel-load-") as tmp:
