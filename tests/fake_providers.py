@@ -29,7 +29,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fakes import image_bytes
@@ -238,6 +238,7 @@ class FakeBfl:
     submit_attempts: int = 0
     polls: list[int] = field(default_factory=list)  # the port each poll arrived on
     download_headers: list[dict[str, str]] = field(default_factory=list)
+    stream_sample: bool = False  # send the sample chunked, without a Content-Length
     _polls_of: Counter[str] = field(default_factory=Counter, init=False, repr=False)
 
     def app(self) -> Starlette:
@@ -290,6 +291,10 @@ class FakeBfl:
 
     async def download(self, request: Request) -> Response:
         self.download_headers.append(dict(request.headers))
+        if self.stream_sample:
+            chunk = 1024 * 1024
+            parts = (self.sample[i : i + chunk] for i in range(0, len(self.sample), chunk))
+            return StreamingResponse(iter(parts), media_type="image/png")
         return Response(self.sample, media_type="image/png")
 
 

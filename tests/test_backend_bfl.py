@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from easel.backends._remote import MAX_RESULT_BYTES
 from easel.backends.base import (
     BackendFailed,
     BackendRejected,
@@ -114,6 +115,27 @@ async def test_result_is_downloaded_without_the_api_key(fake: FakeBfl, base_url:
 
     (headers,) = fake.download_headers
     assert "x-key" not in headers
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+async def test_a_result_over_the_size_limit_fails_the_attempt_unread(
+    fake: FakeBfl, base_url: str, chunked: bool
+) -> None:
+    fake.sample = image_bytes("PNG") + bytes(MAX_RESULT_BYTES)
+    fake.stream_sample = chunked
+
+    with pytest.raises(BackendFailed, match="larger than 50 MB; it was not downloaded"):
+        await backend(base_url).generate(job(), Control())
+
+
+async def test_a_result_at_the_size_limit_is_read(fake: FakeBfl, base_url: str) -> None:
+    png = image_bytes("PNG")
+    fake.sample = png + bytes(MAX_RESULT_BYTES - len(png))  # trailing bytes: still a PNG
+    fake.stream_sample = True
+
+    image = await backend(base_url).generate(job(), Control())
+
+    assert len(image.data) == MAX_RESULT_BYTES
 
 
 async def test_the_returned_polling_url_is_used_even_on_another_host(

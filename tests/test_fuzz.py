@@ -190,7 +190,7 @@ async def _new_keys(database_url: str, count: int) -> list[str]:
     try:
         return [await store.accounts.create_key(f"fuzz{i}", 1_000_000) for i in range(count)]
     finally:
-        await store.engine.dispose()
+        await store.close()
 
 
 _real_getaddrinfo = socket.getaddrinfo

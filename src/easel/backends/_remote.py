@@ -197,21 +197,43 @@ def png_or_jpeg(image: InputImage) -> tuple[bytes, str]:
     return out.getvalue(), "png"
 
 
+MAX_RESULT_BYTES = 50 * 1024 * 1024  # a provider's result image; a larger one is not read
+
+
 async def download_image(client: httpx.AsyncClient, url: str, provider: str) -> GeneratedImage:
-    """GET a result URL (often a signed, expiring link) once; no provider key is sent."""
+    """GET a result URL (often a signed, expiring link) once; no provider key is sent. At
+    most ``MAX_RESULT_BYTES`` are read: a bigger answer fails the attempt unread."""
     try:
-        response = await client.get(url, follow_redirects=True)
+        async with client.stream("GET", url, follow_redirects=True) as response:
+            body = await _read_capped(response, provider)
     except httpx.TransportError as exc:
         raise unreachable(provider, url, exc) from exc
     status = response.status_code
     if status == 429 or status >= 500:
-        raise http_error(status, response.text, provider=provider)
+        raise http_error(status, body.decode("utf-8", "replace"), provider=provider)
     if status >= 400:
         raise BackendFailed(
             f"could not download the result image from {provider} (HTTP {status} at "
             f"{response.url.host}); a signed result URL may have expired"
         )
-    return to_generated_image(response.content, provider)
+    return to_generated_image(body, provider)
+
+
+async def _read_capped(response: httpx.Response, provider: str) -> bytes:
+    too_large = BackendFailed(
+        f"the result image from {provider} is larger than {MAX_RESULT_BYTES // 2**20} MB; "
+        "it was not downloaded"
+    )
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_RESULT_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_RESULT_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class RemoteBackend:
