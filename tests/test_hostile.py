@@ -808,6 +808,30 @@ async def test_a_key_over_its_rate_gets_429_1007_with_retry_after(tmp_path: Path
         assert_error(await api.client.get("/v2/openapi/user/balance", headers=bad), 401, 1002)
 
 
+async def test_unknown_keys_from_one_address_are_refused_once_over_the_rate(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(
+        f"sqlite+aiosqlite:///{tmp_path / 'guess.db'}", rate_limit_per_s=0.01, rate_limit_burst=2
+    )
+    async with running_api(settings, run_worker=False) as api:
+        balance = "/v2/openapi/user/balance"
+        assert (await api.client.get(balance)).status_code == 200  # this key is known here now
+        other = await other_key(api)  # a good key this process has not seen yet
+        guess = {"Authorization": "Bearer tsk_guess"}
+        for _ in range(2):
+            assert_error(await api.client.get(balance, headers=guess), 401, 1002)
+        refused = await api.client.get(balance, headers=guess)
+        assert_error(refused, 429, 1007)
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert "unknown API keys" in refused.json()["message"]
+        # A key accepted here a moment ago goes on working; an unseen one waits as well.
+        assert (await api.client.get(balance)).status_code == 200
+        assert_error(await api.client.get(balance, headers=other), 429, 1007)
+        # A malformed header costs no lookup: refused as before, and not counted.
+        assert_error(await api.client.get(balance, headers={"Authorization": "Basic x"}), 401, 1002)
+
+
 def test_a_websocket_watch_counts_against_the_rate(tmp_path: Path) -> None:
     settings = settings_for(
         f"sqlite+aiosqlite:///{tmp_path / 'ws.db'}", rate_limit_per_s=0.01, rate_limit_burst=1
@@ -843,6 +867,16 @@ def test_the_token_bucket_allows_a_burst_then_the_rate() -> None:
     assert [limiter.take("k"), limiter.take("k")] == [0, 1]
     clock.now += 60  # refilled, but never beyond the burst
     assert [limiter.take("k") for _ in range(4)] == [0, 0, 0, 1]
+
+
+def test_waiting_looks_at_a_bucket_without_taking_from_it() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate_per_s=2, burst=1, clock=clock)
+    assert limiter.wait("k") == 0  # no bucket yet: a full one
+    assert limiter.take("k") == 0
+    assert [limiter.wait("k"), limiter.wait("k")] == [1, 1]
+    clock.now += 0.5
+    assert [limiter.wait("k"), limiter.take("k")] == [0, 0]
 
 
 def test_the_retry_after_is_the_whole_seconds_until_the_next_token() -> None:

@@ -58,6 +58,14 @@ class RateLimiter:
             return 0
         return max(1, math.ceil((1 - bucket.tokens) / self.rate_per_s))
 
+    def wait(self, key: str) -> int:
+        """The whole seconds until ``key`` has a token (0: it has one now); takes none."""
+        bucket = self._buckets.get(key)
+        if not self.enabled or bucket is None:
+            return 0
+        tokens = min(self.burst, bucket.tokens + (self._clock() - bucket.at) * self.rate_per_s)
+        return 0 if tokens >= 1 else max(1, math.ceil((1 - tokens) / self.rate_per_s))
+
     def _prune(self, now: float) -> None:
         full_after = self.burst / self.rate_per_s
         self._buckets = {

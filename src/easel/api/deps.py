@@ -18,9 +18,15 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-async def authenticate(runtime: Runtime, header: str) -> Caller:
+async def authenticate(runtime: Runtime, header: str, address: str | None = None) -> Caller:
     """The caller named by an ``Authorization: Bearer tsk_…`` header, or 1002; 1007 when
-    the key is over its requests per second (every authenticated request counts)."""
+    the key is over its requests per second (every authenticated request counts).
+
+    Unknown keys from one client ``address`` count against a bucket of the same size: once
+    it is empty, that address's keys are refused with 1007 before they are looked up, except
+    keys this process accepted within the last seconds. Guessing keys costs time, and a
+    flood of them costs no queries.
+    """
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX):
@@ -29,13 +35,26 @@ async def authenticate(runtime: Runtime, header: str) -> Caller:
             if not header
             else "Authentication failed: the Authorization header is not 'Bearer tsk_…'."
         )
-    try:
-        caller = await runtime.store.accounts.authenticate(key)
-    except UnknownKey:
-        raise AuthenticationFailed("Authentication failed: unknown or revoked API key.") from None
-    wait_s = runtime.limiter.take(caller.key_id)
+    limiter = runtime.limiter
+    caller = runtime.store.accounts.remembered(key)
+    if caller is None:
+        guessing = f"unknown keys from {address}" if address else None
+        if guessing is not None and (wait_s := limiter.wait(guessing)):
+            raise RateLimited(
+                f"too many requests with unknown API keys came from {address}.",
+                wait_s,
+                f"Wait {wait_s} s (the Retry-After header) and check the key you send.",
+            )
+        try:
+            caller = await runtime.store.accounts.authenticate(key)
+        except UnknownKey:
+            if guessing is not None:
+                limiter.take(guessing)
+            raise AuthenticationFailed(
+                "Authentication failed: unknown or revoked API key."
+            ) from None
+    wait_s = limiter.take(caller.key_id)
     if wait_s:
-        limiter = runtime.limiter
         raise RateLimited(
             f"this API key made more than {limiter.rate_per_s:g} requests per second "
             f"(bursts up to {limiter.burst}).",
@@ -47,7 +66,8 @@ async def authenticate(runtime: Runtime, header: str) -> Caller:
 
 
 async def get_caller(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]) -> Caller:
-    return await authenticate(runtime, request.headers.get("authorization", ""))
+    address = request.client.host if request.client else None
+    return await authenticate(runtime, request.headers.get("authorization", ""), address)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -70,7 +70,8 @@ def _since(value: str) -> float:
 async def _accept(websocket: WebSocket) -> tuple[Runtime, Caller] | None:
     runtime: Runtime = websocket.app.state.runtime
     try:
-        caller = await authenticate(runtime, websocket.headers.get("authorization", ""))
+        address = websocket.client.host if websocket.client else None
+        caller = await authenticate(runtime, websocket.headers.get("authorization", ""), address)
     except EaselError as exc:
         await websocket.close(code=1008, reason=f"{exc.code}: {exc.message}")
         return None

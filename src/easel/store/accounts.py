@@ -119,6 +119,11 @@ class AccountStore:
                 await record_move(conn, account_id, None, "grant", credits, 0)
         return key
 
+    def remembered(self, key: str) -> Caller | None:
+        """The caller of a key accepted here within ``auth_cache_s``, without a query."""
+        cached = self._callers.get(hash_key(key))
+        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+
     async def authenticate(self, key: str) -> Caller:
         digest = hash_key(key)
         cached = self._callers.get(digest)
