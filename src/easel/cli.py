@@ -54,6 +54,9 @@ def _logging(settings: Settings) -> None:
     logs.configure(settings.log_format)
 
 
+WORKER_STOP_S = 30.0  # how long easel serve --processes N gives its worker to stop
+
+
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -94,9 +97,6 @@ def serve(
                 worker.wait(timeout=WORKER_STOP_S)
             except subprocess.TimeoutExpired:
                 worker.kill()
-
-
-WORKER_STOP_S = 30.0
 
 
 def _serve(
