@@ -158,23 +158,30 @@ def _too_large(url: str, max_bytes: int) -> InvalidParameter:
     )
 
 
-async def _read_body(response: httpx.Response, url: str, max_bytes: int) -> bytes:
-    if not response.is_success:
-        reason = f"the server answered HTTP {response.status_code} {response.reason_phrase}"
-        raise FileNotFound(f"could not download {url}: {reason.strip()}.")
+async def read_at_most(response: httpx.Response, max_bytes: int, too_large: Exception) -> bytes:
+    """The body of a streamed ``response``; ``too_large`` is raised, the rest unread, as
+    soon as it declares or delivers more than ``max_bytes``."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(url, max_bytes)
+        raise too_large
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > max_bytes:
-            raise _too_large(url, max_bytes)
+            raise too_large
         chunks.append(chunk)
-    if size == 0:
-        raise EmptyImage(f"the image at {url} is empty.")
     return b"".join(chunks)
+
+
+async def _read_body(response: httpx.Response, url: str, max_bytes: int) -> bytes:
+    if not response.is_success:
+        reason = f"the server answered HTTP {response.status_code} {response.reason_phrase}"
+        raise FileNotFound(f"could not download {url}: {reason.strip()}.")
+    body = await read_at_most(response, max_bytes, _too_large(url, max_bytes))
+    if not body:
+        raise EmptyImage(f"the image at {url} is empty.")
+    return body
 
 
 async def _open(

@@ -34,6 +34,7 @@ from easel.backends.base import (
     JobCancelled,
     JobControl,
 )
+from easel.fetch import read_at_most
 
 T = TypeVar("T")
 
@@ -205,7 +206,11 @@ async def download_image(client: httpx.AsyncClient, url: str, provider: str) -> 
     most ``MAX_RESULT_BYTES`` are read: a bigger answer fails the attempt unread."""
     try:
         async with client.stream("GET", url, follow_redirects=True) as response:
-            body = await _read_capped(response, provider)
+            too_large = BackendFailed(
+                f"the result image from {provider} is larger than "
+                f"{MAX_RESULT_BYTES // 2**20} MB; it was not downloaded"
+            )
+            body = await read_at_most(response, MAX_RESULT_BYTES, too_large)
     except httpx.TransportError as exc:
         raise unreachable(provider, url, exc) from exc
     status = response.status_code
@@ -217,23 +222,6 @@ async def download_image(client: httpx.AsyncClient, url: str, provider: str) -> 
             f"{response.url.host}); a signed result URL may have expired"
         )
     return to_generated_image(body, provider)
-
-
-async def _read_capped(response: httpx.Response, provider: str) -> bytes:
-    too_large = BackendFailed(
-        f"the result image from {provider} is larger than {MAX_RESULT_BYTES // 2**20} MB; "
-        "it was not downloaded"
-    )
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_RESULT_BYTES:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_RESULT_BYTES:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class RemoteBackend:
