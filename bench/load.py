@@ -55,15 +55,16 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (  # the sibling script, found through the line above
     EASEL,
+    MODEL,
     _cpus,
     _free_port,
     _percentile,
     _process,
     _scratch_postgres,
     serve_ping,
+    write_config,
 )
 
-MODEL = "flux.1_kontext_pro"
 PRICE = 5  # credits per flux.1_kontext_pro task
 API = "/v2/openapi"
 REQUEST_TIMEOUT_S = 10.0
@@ -224,28 +225,13 @@ def run_clients(plans: list[Plan]) -> list[Outcome]:
 
 
 def _config(workdir: Path, database_url: str | None, delay_s: float) -> Path:
-    workdir.mkdir(parents=True, exist_ok=True)
-    database_url = database_url or f"sqlite+aiosqlite:///{workdir / 'easel.db'}"
-    lines = [
-        f'database_url = "{database_url}"',
-        f'storage_url = "file://{workdir / "objects"}"',
+    settings = [
         "max_unfinished_tasks = 1000000",
         "worker_concurrency = 8",
         "rate_limit_per_s = 0",  # 0: no per-key request limit; measure the server
-        "",
-        "[backends.dry]",
-        'kind = "placeholder"',
-        f"delay_s = {delay_s}",
-        "width = 64",
-        "height = 64",
-        "",
-        f'[models."{MODEL}"]',
-        'backends = ["dry"]',
-        "",
     ]
-    path = workdir / "easel.toml"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    placeholder = [f"delay_s = {delay_s}", "width = 64", "height = 64"]
+    return write_config(workdir, database_url, settings, placeholder)
 
 
 def _seed(base_url: str, key: str, count: int) -> tuple[str, ...]:

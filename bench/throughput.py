@@ -185,21 +185,31 @@ class TaskResult:
 
 
 def _config(workdir: Path, worker_concurrency: int | None, database_url: str | None) -> Path:
+    settings = [
+        "max_unfinished_tasks = 100000",
+        "rate_limit_per_s = 0",  # one key, many clients: measure the server, not the limit
+    ]
+    if worker_concurrency is not None:
+        settings.append(f"worker_concurrency = {worker_concurrency}")
+    return write_config(workdir, database_url, settings, ["delay_s = 0"])
+
+
+def write_config(
+    workdir: Path, database_url: str | None, settings: list[str], placeholder: list[str]
+) -> Path:
+    """``workdir/easel.toml``: the database (SQLite in ``workdir`` unless ``database_url``),
+    a file store in ``workdir``, ``settings``, and the placeholder backend (with its
+    ``placeholder`` options) serving MODEL."""
     workdir.mkdir(parents=True, exist_ok=True)
     database_url = database_url or f"sqlite+aiosqlite:///{workdir / 'easel.db'}"
     lines = [
         f'database_url = "{database_url}"',
         f'storage_url = "file://{workdir / "objects"}"',
-        "max_unfinished_tasks = 100000",
-        "rate_limit_per_s = 0",  # one key, many clients: measure the server, not the limit
-    ]
-    if worker_concurrency is not None:
-        lines.append(f"worker_concurrency = {worker_concurrency}")
-    lines += [
+        *settings,
         "",
         "[backends.dry]",
         'kind = "placeholder"',
-        "delay_s = 0",
+        *placeholder,
         "",
         f'[models."{MODEL}"]',
         'backends = ["dry"]',
