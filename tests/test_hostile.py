@@ -762,7 +762,8 @@ async def test_the_database_holds_a_hash_of_each_key_never_the_key(database_url:
 async def test_logs_name_a_key_by_its_prefix_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)  # SQLAlchemy logs every statement and its parameters too
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")  # every statement, its parameters
     settings = settings_for(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}")
     async with running_api(settings, run_worker=False) as api:
         accounts = api.runtime.store.accounts

@@ -11,7 +11,15 @@ from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from easel.store import sqlite
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+BUSY_TIMEOUT_S = 30.0  # how long a SQLite statement waits for another writer's lock
+# Connections kept open per SQLite engine. SQLAlchemy returns a connection to its pool a few
+# loop turns after the transaction ends, so under load more are checked out than there are
+# statements running; one opened beyond the pool is closed again on return, and a fresh one
+# parses the schema before its first statement. An open SQLite connection costs memory only.
+SQLITE_POOL_SIZE = 32
 _READ_ONLY = "easel_read_only"
 
 
@@ -26,16 +34,23 @@ def create_engine(database_url: str) -> AsyncEngine:
         return create_async_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    database, uri = url.database or ":memory:", bool(url.query.get("uri"))
+
+    async def _connect() -> sqlite.Connection:
+        return await sqlite.connect(database, timeout_s=BUSY_TIMEOUT_S, uri=uri)
+
+    engine = create_async_engine(
+        url, async_creator=_connect, pool_size=SQLITE_POOL_SIZE, max_overflow=SQLITE_POOL_SIZE
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy, not the driver, open transactions, so BEGIN IMMEDIATE takes the
-        # write lock up front: the single writer serialises claims and credit moves.
-        dbapi_connection.isolation_level = None
+        # SQLAlchemy, not the driver, opens transactions (easel.store.sqlite connects with
+        # isolation_level None), so BEGIN IMMEDIATE takes the write lock up front: the single
+        # writer serialises claims and credit moves. A locked database is waited for there
+        # too, without blocking the event loop.
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
