@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.store.db import read_only
@@ -48,6 +48,18 @@ class UnknownKey(LookupError):
     """No active key with that value."""
 
 
+# A credit move's statements, built once with bound parameters (every task makes two moves).
+_INSERT_LEDGER_ROW = insert(ledger)
+_MOVE = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account_id"))
+    .values(
+        balance=accounts.c.balance + bindparam("balance_delta"),
+        frozen=accounts.c.frozen + bindparam("frozen_delta"),
+    )
+)
+
+
 async def write_ledger_row(
     conn: AsyncConnection,
     account_id: str,
@@ -58,14 +70,15 @@ async def write_ledger_row(
 ) -> None:
     """The ledger row of a move already applied to the account in this transaction."""
     await conn.execute(
-        insert(ledger).values(
-            account_id=account_id,
-            task_id=task_id,
-            kind=kind,
-            balance_delta=balance,
-            frozen_delta=frozen,
-            created_at=time.time(),
-        )
+        _INSERT_LEDGER_ROW,
+        {
+            "account_id": account_id,
+            "task_id": task_id,
+            "kind": kind,
+            "balance_delta": balance,
+            "frozen_delta": frozen,
+            "created_at": time.time(),
+        },
     )
 
 
@@ -78,11 +91,8 @@ async def record_move(
     frozen: int,
 ) -> None:
     """Apply one credit move to the account and write its ledger row (same transaction)."""
-    await conn.execute(
-        update(accounts)
-        .where(accounts.c.id == account_id)
-        .values(balance=accounts.c.balance + balance, frozen=accounts.c.frozen + frozen)
-    )
+    move = {"account_id": account_id, "balance_delta": balance, "frozen_delta": frozen}
+    await conn.execute(_MOVE, move)
     await write_ledger_row(conn, account_id, task_id, kind, balance, frozen)
 
 

@@ -59,9 +59,15 @@ def create_engine(database_url: str) -> AsyncEngine:
     def _on_begin(connection: Connection) -> None:
         # Writers take the lock up front; readers (see read_only) share WAL snapshots, or
         # open no transaction at all.
+        # Sent on the DBAPI cursor: SQLAlchemy's own execution path (compiled-statement cache,
+        # result set-up, events) cost a write transaction more than all of SQLite's work.
         read_only = connection.get_execution_options().get(_READ_ONLY)
         if read_only != _PER_STATEMENT:
-            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            finally:
+                cursor.close()
 
     return engine
 

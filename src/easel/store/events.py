@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.store import webhooks
@@ -33,6 +33,17 @@ class Event:
         return "finalized" if self.status in FINAL else "update"
 
 
+# An event's statements, built once with bound parameters: building a statement and its cache
+# key each time cost more than running it (see tasks._TASK_AND_ATTEMPTS).
+_NEXT_SEQ = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account_id"))
+    .values(event_seq=accounts.c.event_seq + 1)
+    .returning(accounts.c.event_seq)
+)
+_INSERT = insert(events)
+
+
 async def append(
     conn: AsyncConnection,
     *,
@@ -42,25 +53,19 @@ async def append(
     status: Status,
     progress: int,
 ) -> int:
-    seq = (
-        await conn.execute(
-            update(accounts)
-            .where(accounts.c.id == account_id)
-            .values(event_seq=accounts.c.event_seq + 1)
-            .returning(accounts.c.event_seq)
-        )
-    ).scalar_one()
+    seq = (await conn.execute(_NEXT_SEQ, {"account_id": account_id})).scalar_one()
     now = time.time()
     await conn.execute(
-        insert(events).values(
-            account_id=account_id,
-            seq=seq,
-            api_key_id=api_key_id,
-            task_id=task_id,
-            status=status.value,
-            progress=progress,
-            created_at=now,
-        )
+        _INSERT,
+        {
+            "account_id": account_id,
+            "seq": seq,
+            "api_key_id": api_key_id,
+            "task_id": task_id,
+            "status": status.value,
+            "progress": progress,
+            "created_at": now,
+        },
     )
     # The webhook outbox: deliveries commit (or roll back) with the event itself.
     await webhooks.enqueue(

@@ -154,18 +154,8 @@ async def _outlook(
 
 
 async def _position(conn: AsyncConnection, task: Task) -> int:
-    mine = _running_of(task.api_key_id)  # in the same statement: one round trip less
-    other = _OTHER
-    theirs = _running_of(other.c.api_key_id)
-    ahead = await conn.scalar(
-        select(func.count())
-        .select_from(other)
-        .where(
-            other.c.status == Status.QUEUED.value,
-            tuple_(theirs, other.c.created_at, other.c.id) < tuple_(mine, task.created_at, task.id),
-        )
-    )
-    return int(ahead or 0)
+    params = {"key_id": task.api_key_id, "created_at": task.created_at, "task_id": task.id}
+    return int(await conn.scalar(_AHEAD, params) or 0)
 
 
 async def _mean_duration(
@@ -247,6 +237,19 @@ def _running_of(api_key_id: Any) -> Any:
     )
 
 
+# How many queued tasks go before a given one, in claim order (see ``TaskStore.claim``): its
+# key's running tasks, then age. One statement: one round trip.
+_AHEAD = (
+    select(func.count())
+    .select_from(_OTHER)
+    .where(
+        _OTHER.c.status == Status.QUEUED.value,
+        tuple_(_running_of(_OTHER.c.api_key_id), _OTHER.c.created_at, _OTHER.c.id)
+        < tuple_(_running_of(bindparam("key_id")), bindparam("created_at"), bindparam("task_id")),
+    )
+)
+
+
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 
 
@@ -292,11 +295,8 @@ async def _event(conn: AsyncConnection, task: Task, status: Status, progress: in
 async def _end_attempt(
     conn: AsyncConnection, attempt_id: int, outcome: str, error: str | None = None
 ) -> None:
-    await conn.execute(
-        update(attempts)
-        .where(attempts.c.id == attempt_id)
-        .values(ended_at=time.time(), outcome=outcome, error=error)
-    )
+    ending = {"end_at": time.time(), "end_outcome": outcome, "end_error": error}
+    await conn.execute(_END_ATTEMPT, {"attempt_id": attempt_id, **ending})
 
 
 def _fenced(task: Task) -> Any:
@@ -307,6 +307,89 @@ def _fenced(task: Task) -> Any:
         tasks.c.worker_id == task.worker_id,
         tasks.c.attempts == task.attempts,
     )
+
+
+# The worker's statements for every task, built once with bound parameters; ``_FENCE`` is
+# ``_fenced`` with the task's values given by ``_fence``.
+_FENCE = and_(
+    tasks.c.id == bindparam("fence_id"),
+    tasks.c.status == Status.RUNNING.value,
+    tasks.c.worker_id == bindparam("fence_worker"),
+    tasks.c.attempts == bindparam("fence_attempts"),
+)
+
+
+def _fence(task: Task) -> dict[str, Any]:
+    return {"fence_id": task.id, "fence_worker": task.worker_id, "fence_attempts": task.attempts}
+
+
+_CLAIM = (
+    update(tasks)
+    .where(
+        tasks.c.id
+        == select(tasks.c.id)
+        .where(
+            tasks.c.status == Status.QUEUED.value,
+            tasks.c.model_version.in_(bindparam("models", expanding=True)),
+        )
+        .order_by(_running_of(tasks.c.api_key_id), tasks.c.created_at, tasks.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery(),
+        tasks.c.status == Status.QUEUED.value,
+    )
+    .values(
+        status=Status.RUNNING.value,
+        attempts=tasks.c.attempts + 1,
+        worker_id=bindparam("claimed_by"),
+        lease_until=bindparam("claimed_until"),
+        started_at=bindparam("claimed_at"),
+        progress=0,
+    )
+    .returning(*tasks.c)
+)
+_SET_BACKEND = update(tasks).where(_FENCE).values(backend=bindparam("set_backend"))
+_INSERT_ATTEMPT = insert(attempts)
+_END_ATTEMPT = (
+    update(attempts)
+    .where(attempts.c.id == bindparam("attempt_id"))
+    .values(
+        ended_at=bindparam("end_at"), outcome=bindparam("end_outcome"), error=bindparam("end_error")
+    )
+)
+_COMPLETE = (
+    update(tasks)
+    .where(_FENCE)
+    .values(
+        status=Status.SUCCESS.value,
+        progress=100,
+        output_key=bindparam("done_output_key"),
+        backend=bindparam("done_backend"),
+        consumed_credit=bindparam("done_price"),
+        lease_until=None,
+        finished_at=bindparam("done_at"),
+    )
+)
+
+
+# A submit's statements, built once with bound parameters.
+_LOCK_ACCOUNT = (
+    select(accounts.c.id).where(accounts.c.id == bindparam("account_id")).with_for_update()
+)
+_UNFINISHED_OF_KEY = (
+    select(func.count())
+    .select_from(tasks)
+    .where(tasks.c.api_key_id == bindparam("key_id"), tasks.c.status.in_(_UNFINISHED))
+)
+_HOLD = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account_id"), accounts.c.balance >= bindparam("price"))
+    .values(
+        balance=accounts.c.balance - bindparam("price"),
+        frozen=accounts.c.frozen + bindparam("price"),
+    )
+)
+_INSERT_TASK = insert(tasks)
 
 
 class TaskStore:
@@ -338,31 +421,19 @@ class TaskStore:
         async with self._engine.begin() as conn:
             # Lock the account row: one submit per account at a time, on every replica, so
             # the unfinished-task count below cannot be raced (SQLite: BEGIN IMMEDIATE).
-            await conn.execute(
-                select(accounts.c.id).where(accounts.c.id == caller.account_id).with_for_update()
-            )
+            await conn.execute(_LOCK_ACCOUNT, {"account_id": caller.account_id})
             if idempotency is not None:
                 replay = await _replay(conn, caller, idempotency, now)
                 if replay is not None:
                     return replay
-            unfinished = await conn.scalar(
-                select(func.count())
-                .select_from(tasks)
-                .where(tasks.c.api_key_id == caller.key_id, tasks.c.status.in_(_UNFINISHED))
-            )
+            unfinished = await conn.scalar(_UNFINISHED_OF_KEY, {"key_id": caller.key_id})
             if (unfinished or 0) >= max_unfinished:
                 raise TooManyUnfinishedTasks(
                     f"This key already has {unfinished} unfinished tasks; the limit is "
                     f"{max_unfinished}.",
                     retry_after_s=retry_after_s,
                 )
-            held = await conn.execute(
-                update(accounts)
-                .where(accounts.c.id == caller.account_id, accounts.c.balance >= new.price)
-                .values(
-                    balance=accounts.c.balance - new.price, frozen=accounts.c.frozen + new.price
-                )
-            )
+            held = await conn.execute(_HOLD, {"account_id": caller.account_id, "price": new.price})
             if held.rowcount != 1:
                 balance = await conn.scalar(
                     select(accounts.c.balance).where(accounts.c.id == caller.account_id)
@@ -371,24 +442,23 @@ class TaskStore:
                     f"{new.model_version} costs {new.price} credits; the balance is {balance}."
                 )
             await write_ledger_row(conn, caller.account_id, new.id, "hold", -new.price, new.price)
-            await conn.execute(
-                insert(tasks).values(
-                    id=new.id,
-                    account_id=caller.account_id,
-                    api_key_id=caller.key_id,
-                    type=new.type,
-                    status=Status.QUEUED.value,
-                    model_version=new.model_version,
-                    input=new.input,
-                    prompt=new.prompt,
-                    refs=[r.to_json() for r in new.refs],
-                    price=new.price,
-                    consumed_credit=0,
-                    progress=0,
-                    attempts=0,
-                    created_at=now,
-                )
-            )
+            row = {
+                "id": new.id,
+                "account_id": caller.account_id,
+                "api_key_id": caller.key_id,
+                "type": new.type,
+                "status": Status.QUEUED.value,
+                "model_version": new.model_version,
+                "input": new.input,
+                "prompt": new.prompt,
+                "refs": [r.to_json() for r in new.refs],
+                "price": new.price,
+                "consumed_credit": 0,
+                "progress": 0,
+                "attempts": 0,
+                "created_at": now,
+            }
+            await conn.execute(_INSERT_TASK, row)
             await events.append(
                 conn,
                 account_id=caller.account_id,
@@ -502,30 +572,14 @@ class TaskStore:
         if not models:
             return None
         now = time.time()
-        next_id = (
-            select(tasks.c.id)
-            .where(tasks.c.status == Status.QUEUED.value, tasks.c.model_version.in_(models))
-            .order_by(_running_of(tasks.c.api_key_id), tasks.c.created_at, tasks.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
+        claim = {
+            "models": list(models),
+            "claimed_by": worker_id,
+            "claimed_until": now + lease_s,
+            "claimed_at": now,
+        }
         async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    update(tasks)
-                    .where(tasks.c.id == next_id, tasks.c.status == Status.QUEUED.value)
-                    .values(
-                        status=Status.RUNNING.value,
-                        attempts=tasks.c.attempts + 1,
-                        worker_id=worker_id,
-                        lease_until=now + lease_s,
-                        started_at=now,
-                        progress=0,
-                    )
-                    .returning(*tasks.c)
-                )
-            ).first()
+            row = (await conn.execute(_CLAIM, claim)).first()
             if row is None:
                 return None
             task = _task(row)
@@ -579,13 +633,15 @@ class TaskStore:
 
     async def start_attempt(self, task: Task, backend: str) -> int:
         """Record that ``backend`` starts running ``task``; returns the attempt's id."""
+        attempt = {
+            "task_id": task.id,
+            "claim": task.attempts,
+            "backend": backend,
+            "started_at": time.time(),
+        }
         async with self._engine.begin() as conn:
-            await conn.execute(update(tasks).where(_fenced(task)).values(backend=backend))
-            result = await conn.execute(
-                insert(attempts).values(
-                    task_id=task.id, claim=task.attempts, backend=backend, started_at=time.time()
-                )
-            )
+            await conn.execute(_SET_BACKEND, {**_fence(task), "set_backend": backend})
+            result = await conn.execute(_INSERT_ATTEMPT, attempt)
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     async def end_attempt(self, attempt_id: int, outcome: str, error: str | None = None) -> None:
@@ -600,19 +656,13 @@ class TaskStore:
         async with self._engine.begin() as conn:
             if attempt_id is not None:
                 await _end_attempt(conn, attempt_id, "success")
-            result = await conn.execute(
-                update(tasks)
-                .where(_fenced(task))
-                .values(
-                    status=Status.SUCCESS.value,
-                    progress=100,
-                    output_key=output_key,
-                    backend=backend,
-                    consumed_credit=task.price,
-                    lease_until=None,
-                    finished_at=time.time(),
-                )
-            )
+            done = {
+                "done_output_key": output_key,
+                "done_backend": backend,
+                "done_price": task.price,
+                "done_at": time.time(),
+            }
+            result = await conn.execute(_COMPLETE, {**_fence(task), **done})
             if result.rowcount != 1:
                 return False
             await record_move(conn, task.account_id, task.id, "settle", 0, -task.price)

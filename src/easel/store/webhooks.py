@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -88,6 +88,15 @@ class Due:
     window_attempts: int
 
 
+# FOR KEY SHARE: a webhook being deleted is either waited for or, once gone, not seen. Built
+# once: every event runs it.
+_HOOKS_OF_KEY = (
+    select(webhooks.c.id, webhooks.c.events)
+    .where(webhooks.c.api_key_id == bindparam("key_id"))
+    .with_for_update(read=True, key_share=True)
+)
+
+
 async def enqueue(
     conn: AsyncConnection,
     *,
@@ -101,12 +110,7 @@ async def enqueue(
 ) -> int:
     """Queue the event numbered ``seq`` for the key's matching webhooks (in its transaction)."""
     event_type = f"task.{status.value}"
-    # FOR KEY SHARE: a webhook being deleted is either waited for or, once gone, not seen.
-    hooks = await conn.execute(
-        select(webhooks.c.id, webhooks.c.events)
-        .where(webhooks.c.api_key_id == api_key_id)
-        .with_for_update(read=True, key_share=True)
-    )
+    hooks = await conn.execute(_HOOKS_OF_KEY, {"key_id": api_key_id})
     targets = [hook.id for hook in hooks if event_type in hook.events]
     if not targets or await _previous_status(conn, account_id, task_id, seq) == status.value:
         return 0
