@@ -20,7 +20,7 @@ from rich.table import Table
 from easel import logs
 from easel.cli_client import register as register_caller_commands
 from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
-from easel.runtime import log_served, open_runtime
+from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.store import Store, open_store
 from easel.store.accounts import UnknownKey
 
@@ -138,6 +138,7 @@ def worker(
 async def _run_worker(settings: Settings, models: list[str] | None) -> None:
     runtime = await open_runtime(settings)
     log_served(runtime.router)
+    freeze_startup_objects()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

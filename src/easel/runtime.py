@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, field
 
@@ -60,6 +61,14 @@ def log_served(router: Router) -> None:
         log.info("serving %d model_version(s): %s", len(served), ", ".join(served))
     else:
         log.warning(HOW_TO_ENABLE)
+
+
+def freeze_startup_objects() -> None:
+    """Take the objects made while starting (modules, routes, schemas, built statements) out
+    of the garbage collector's sight, as they live as long as the process. Otherwise every
+    full collection walks them all (60 ms here), and every request in flight waits."""
+    gc.collect()
+    gc.freeze()
 
 
 async def open_runtime(settings: Settings) -> Runtime:

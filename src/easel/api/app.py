@@ -25,7 +25,7 @@ from easel.api import (
 from easel.api.envelope import TraceIdMiddleware, install_error_handlers
 from easel.api.limits import RequestLimits
 from easel.config import Settings, load_settings
-from easel.runtime import log_served, open_runtime
+from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.web import router as playground
 from easel.webhooks import Dispatcher
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
             worker_task = asyncio.create_task(worker.run(stop))
         dispatcher_task = asyncio.create_task(Dispatcher.for_runtime(runtime).run(stop))
         janitor_task = asyncio.create_task(runtime.janitor().run(stop))
+        freeze_startup_objects()
         try:
             yield
         finally:
