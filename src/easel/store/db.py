@@ -79,9 +79,9 @@ def read_only(engine: AsyncEngine, *, snapshot: bool = True) -> AsyncEngine:
     """The same engine, for reads: on SQLite its transactions do not take the write lock.
 
     Without ``snapshot`` no transaction is opened: each statement reads the database as it
-    is when it runs. That saves a hop to aiosqlite's thread (SQLite) or a round trip each
-    for ``BEGIN`` and ``ROLLBACK`` (PostgreSQL) on every read, for the reads whose
-    statements need not agree with one another, such as a poll of a task.
+    is when it runs. That saves two statements (SQLite) or a round trip each for ``BEGIN``
+    and ``ROLLBACK`` (PostgreSQL) on every read, for the reads whose statements need not
+    agree with one another, such as a poll of a task.
     """
     if snapshot:
         return engine.execution_options(**{_READ_ONLY: True})

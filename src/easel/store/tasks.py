@@ -187,8 +187,8 @@ _ATTEMPTS = (
     select(attempts).where(attempts.c.task_id == bindparam("task_id")).order_by(attempts.c.id)
 )
 # A poll reads the task and its attempts in one statement (a row per attempt, the task's
-# columns repeated; one row with null attempt columns when there is none yet): each statement
-# is a round trip, and on SQLite four hops to aiosqlite's thread.
+# columns repeated; one row with null attempt columns when there is none yet): on PostgreSQL
+# each statement is a round trip, and on either database a pass through SQLAlchemy.
 _ATTEMPT_COLUMNS = ("backend", "claim", "started_at", "ended_at", "outcome", "error")
 _TASK_AND_ATTEMPTS = (
     select(
