@@ -112,23 +112,6 @@ class Cursor:
         self._cursor.arraysize = value
 
 
-class _Opened:
-    """What ``Connection.cursor()`` returns: awaitable, or an async context manager, as in
-    aiosqlite."""
-
-    def __init__(self, cursor: Cursor) -> None:
-        self._cursor = cursor
-
-    def __await__(self) -> Any:
-        return self._cursor.__aenter__().__await__()
-
-    async def __aenter__(self) -> Cursor:
-        return self._cursor
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._cursor.__aexit__(*exc)
-
-
 class Connection:
     """An aiosqlite-style connection over a :class:`sqlite3.Connection` in autocommit mode
     (SQLAlchemy's events, not the driver, open transactions)."""
@@ -142,12 +125,12 @@ class Connection:
             raise ValueError("no active connection")  # what aiosqlite raises; see the dialect
         return self._connection
 
-    def cursor(self) -> _Opened:
-        return _Opened(Cursor(self._open().cursor(), self._timeout_s))
+    def cursor(self) -> Cursor:
+        """A cursor, entered with ``async with`` as SQLAlchemy's dialect does."""
+        return Cursor(self._open().cursor(), self._timeout_s)
 
     async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
-        cursor = Cursor(self._open().cursor(), self._timeout_s)
-        return await cursor.execute(sql, parameters)
+        return await self.cursor().execute(sql, parameters)
 
     async def commit(self) -> None:
         connection = self._open()
@@ -162,10 +145,6 @@ class Connection:
     @property
     def isolation_level(self) -> str | None:
         return self._open().isolation_level
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._open().in_transaction
 
     async def close(self) -> None:
         self.stop()

@@ -310,7 +310,9 @@ def _fenced(task: Task) -> Any:
 
 
 # The worker's statements for every task, built once with bound parameters; ``_FENCE`` is
-# ``_fenced`` with the task's values given by ``_fence``.
+# ``_fenced`` with the task's values given by ``_fence``. (Binding values into a copy of
+# ``_FENCE`` with ``params()`` would make the two one, but SQLAlchemy 2.1 deprecates that
+# on anything but a whole statement.)
 _FENCE = and_(
     tasks.c.id == bindparam("fence_id"),
     tasks.c.status == Status.RUNNING.value,
