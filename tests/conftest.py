@@ -15,6 +15,8 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from loopback import Peer, running
+
 # The tripo3d SDK starts geo-IP lookups on import unless this is set; set it before any test
 # module imports it.
 os.environ.setdefault("TRIPO_DISABLE_GEO_DETECTION", "1")
@@ -123,3 +125,20 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_database")
     await reset_schema(url)
     return url
+
+
+# -- other hosts: Linux answers on all of 127.0.0.0/8 -----------------------------------------
+
+
+@pytest.fixture
+def outsider() -> Iterator[Peer]:
+    """A server on 127.0.0.2: a host that is not the provider (tests allow it by policy)."""
+    with running(Peer("127.0.0.2")) as peer:
+        yield peer
+
+
+@pytest.fixture
+def internal() -> Iterator[Peer]:
+    """A server on 127.0.0.3: an internal service the address rules must keep out of reach."""
+    with running(Peer("127.0.0.3")) as peer:
+        yield peer

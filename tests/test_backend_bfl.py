@@ -138,16 +138,6 @@ async def test_a_result_at_the_size_limit_is_read(fake: FakeBfl, base_url: str) 
     assert len(image.data) == MAX_RESULT_BYTES
 
 
-async def test_the_returned_polling_url_is_used_even_on_another_host(
-    fake: FakeBfl, base_url: str
-) -> None:
-    with serve_app(fake.app()) as regional:
-        fake.polling_base = regional
-        await backend(base_url).generate(job(), Control())
-
-    assert set(fake.polls) == {int(regional.rsplit(":", 1)[1])}
-
-
 async def test_progress_from_the_answers_is_reported(fake: FakeBfl, base_url: str) -> None:
     fake.statuses = [
         {"status": "Pending", "progress": 0.25},

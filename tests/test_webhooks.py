@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from apptools import ALL_MODELS, Api, running_api, settings_for
-from easel.fetch import OutboundPolicy
+from easel.outbound import OutboundPolicy
 from easel.runtime import Runtime, open_runtime
 from easel.store import events
 from easel.store.accounts import Caller

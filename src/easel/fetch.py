@@ -1,19 +1,15 @@
-"""Fetching reference images from a File's ``url``, safely (no SSRF).
+"""Reference images from a File's ``url``, and the URL checks a client's URLs get at submit.
 
-The rules, applied to the URL a client sends and again to every redirect target:
+The address rules are :mod:`easel.outbound`'s, applied to the URL a client sends (at submit,
+by :func:`check_url`, so a bad URL is refused before any credit moves) and again, by the
+guarded transport, to every connection the download makes, redirect hops included:
 
-* Only ``http`` and ``https`` URLs with a host are fetched.
-* The host is resolved with the event loop's ``getaddrinfo``; if it does not resolve, or ANY
-  of its addresses is not a public (global) unicast address, the URL is refused with 1004.
-  Refused are loopback, private (RFC 1918, ``fc00::/7``), link-local (``169.254/16`` with the
-  cloud metadata address, ``fe80::/10``), site-local, unspecified, multicast, reserved and
-  shared (``100.64/10``) addresses; an IPv6 address embedding an IPv4 one (IPv4-mapped,
-  6to4, NAT64) is judged by the IPv4 address. The operator's ``allow_cidrs`` override this.
-* The connection goes to the checked address itself, never to the name again (no DNS
-  rebinding): the URL's host is replaced by the IP literal, the original ``Host`` header is
-  sent and, for https, the real name is used for SNI and the certificate check. Proxies from
-  the environment are ignored.
-* Redirects are followed by hand, at most ``max_redirects`` of them, each one checked anew.
+* Only ``http`` and ``https`` URLs with a host are fetched; a host that does not resolve or
+  resolves to ANY address outside the public internet (per the IANA special-purpose
+  registries) is refused with 1004. The operator's ``allow_outbound_cidrs`` override this.
+* The connection goes to the checked address itself (no DNS rebinding); proxies from the
+  environment are ignored.
+* Redirects are followed, at most ``max_redirects`` of them, each one checked anew.
 * The body is streamed with a hard cap (and refused early when ``Content-Length`` is too big):
   too big → 1004; empty → 2003.
 * A timeout (connect, read or the whole download), a connection error, a non-2xx answer or too
@@ -23,72 +19,24 @@ The rules, applied to the URL a client sends and again to every redirect target:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
 from easel.errors import EmptyImage, FileNotFound, InvalidParameter
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from easel.outbound import (
+    GuardedTransport,
+    OutboundPolicy,
+    OutboundRefused,
+    Resolver,
+    guarded_client,
+    resolve,
+)
 
 _SCHEMES = frozenset({"http", "https"})
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _MB = 1024 * 1024
 _USE_UPLOAD = "Use a publicly reachable http(s) URL, or upload the image with "
 _USE_UPLOAD += "'POST /v2/openapi/upload' and send its image_token."
 _HEADERS = {"Accept": "image/png, image/jpeg, image/*;q=0.8", "User-Agent": "easel-fetch"}
-
-
-@dataclass(frozen=True, slots=True)
-class OutboundPolicy:
-    """Which addresses the server may fetch from: public ones, plus ``allow_cidrs``."""
-
-    allow_cidrs: tuple[IPNetwork, ...] = ()
-
-    @classmethod
-    def from_strings(cls, cidrs: Sequence[str]) -> OutboundPolicy:
-        """Build from CIDR strings such as ``"127.0.0.0/8"`` (ValueError when malformed)."""
-        return cls(tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs))
-
-    def address_allowed(self, address: IPAddress) -> bool:
-        """True for a public unicast address or one inside an allowed network."""
-        if any(address.version == net.version and address in net for net in self.allow_cidrs):
-            return True
-        embedded = _embedded_ipv4(address)
-        if embedded is not None:
-            return self.address_allowed(embedded)
-        return _is_public(address)
-
-
-def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
-    if isinstance(address, ipaddress.IPv4Address):
-        return None
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
-
-
-def _is_public(address: IPAddress) -> bool:
-    site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
-    return address.is_global and not (
-        site_local
-        or address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_reserved
-    )
 
 
 def _parse(url: str, what: str) -> httpx.URL:
@@ -104,21 +52,18 @@ def _parse(url: str, what: str) -> httpx.URL:
     return parsed
 
 
-def _unresolved(what: str, host: str) -> str:
-    return f"{what} has host {host!r}, which does not resolve."
-
-
-async def _resolve(parsed: httpx.URL, policy: OutboundPolicy, what: str) -> list[IPAddress]:
+async def check_url(url: str, policy: OutboundPolicy, resolver: Resolver = resolve) -> None:
+    """Refuse (1004) a URL the server must not fetch: see the module's rules."""
+    what = f"url {url!r}"
+    parsed = _parse(url, what)
     host = parsed.raw_host.decode("ascii")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = await resolver(host, port)
     except (OSError, UnicodeError) as exc:
-        raise InvalidParameter(_unresolved(what, host), _USE_UPLOAD) from exc
-    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
-    if not addresses:
-        raise InvalidParameter(_unresolved(what, host), _USE_UPLOAD)
+        raise InvalidParameter(
+            f"{what} has host {host!r}, which does not resolve.", _USE_UPLOAD
+        ) from exc
     for address in addresses:
         if not policy.address_allowed(address):
             raise InvalidParameter(
@@ -126,26 +71,6 @@ async def _resolve(parsed: httpx.URL, policy: OutboundPolicy, what: str) -> list
                 "this server does not fetch from private or internal networks.",
                 _USE_UPLOAD,
             )
-    return addresses
-
-
-async def check_url(url: str, policy: OutboundPolicy) -> None:
-    """Refuse (1004) a URL the server must not fetch: see the module's rules."""
-    await checked_addresses(url, policy)
-
-
-async def checked_addresses(url: str, policy: OutboundPolicy) -> tuple[httpx.URL, list[IPAddress]]:
-    """``url`` parsed, with the addresses it resolves to, all allowed; else 1004."""
-    parsed = _parse(url, f"url {url!r}")
-    return parsed, await _resolve(parsed, policy, f"url {url!r}")
-
-
-def pinned(parsed: httpx.URL, address: IPAddress) -> tuple[httpx.URL, str, dict[str, Any]]:
-    """Where to connect for ``parsed`` at the checked ``address`` (no DNS rebinding): the URL
-    with the IP literal as host, the original ``Host`` header value and, for https, the
-    request extensions that keep the real name for SNI and the certificate check."""
-    sni = {"sni_hostname": parsed.raw_host.decode("ascii")} if parsed.scheme == "https" else {}
-    return parsed.copy_with(host=str(address)), parsed.netloc.decode("ascii"), sni
 
 
 def _limit_text(max_bytes: int) -> str:
@@ -162,7 +87,7 @@ async def read_at_most(response: httpx.Response, max_bytes: int, too_large: Exce
     """The body of a streamed ``response``; ``too_large`` is raised, the rest unread, as
     soon as it declares or delivers more than ``max_bytes``."""
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise too_large
     chunks: list[bytes] = []
     size = 0
@@ -174,50 +99,22 @@ async def read_at_most(response: httpx.Response, max_bytes: int, too_large: Exce
     return b"".join(chunks)
 
 
-async def _read_body(response: httpx.Response, url: str, max_bytes: int) -> bytes:
-    if not response.is_success:
-        reason = f"the server answered HTTP {response.status_code} {response.reason_phrase}"
-        raise FileNotFound(f"could not download {url}: {reason.strip()}.")
-    body = await read_at_most(response, max_bytes, _too_large(url, max_bytes))
+async def _download(client: httpx.AsyncClient, url: str, max_bytes: int) -> bytes:
+    async with client.stream("GET", url, headers=_HEADERS) as response:
+        if not response.is_success:
+            reason = f"the server answered HTTP {response.status_code} {response.reason_phrase}"
+            raise FileNotFound(f"could not download {url}: {reason.strip()}.")
+        body = await read_at_most(response, max_bytes, _too_large(url, max_bytes))
     if not body:
         raise EmptyImage(f"the image at {url} is empty.")
     return body
 
 
-async def _open(
-    client: httpx.AsyncClient, parsed: httpx.URL, addresses: list[IPAddress]
-) -> httpx.Response:
-    """Send the GET to the checked addresses in turn (the next only when connecting fails)."""
-    error: httpx.ConnectError | None = None
-    for address in addresses:
-        target, host, extensions = pinned(parsed, address)
-        headers = {**_HEADERS, "Host": host}
-        request = client.build_request("GET", target, headers=headers, extensions=extensions)
-        try:
-            return await client.send(request, stream=True)
-        except httpx.ConnectError as exc:
-            error = exc
-    assert error is not None
-    raise error
-
-
-async def _follow(
-    client: httpx.AsyncClient, url: str, policy: OutboundPolicy, max_bytes: int, max_redirects: int
-) -> bytes:
-    what = f"url {url!r}"
-    current = _parse(url, what)
-    for _ in range(max_redirects + 1):
-        response = await _open(client, current, await _resolve(current, policy, what))
-        try:
-            location = response.headers.get("location")
-            if response.status_code not in _REDIRECTS or location is None:
-                return await _read_body(response, url, max_bytes)
-        finally:
-            await response.aclose()
-        target = str(current.join(location))
-        what = f"url {url!r} redirects to {target!r}, which"
-        current = _parse(target, what)
-    raise FileNotFound(f"could not download {url}: more than {max_redirects} redirects.")
+def _refused(url: str, refusal: OutboundRefused) -> InvalidParameter:
+    where = f"url {url!r}"
+    if refusal.url != url:
+        where += f" redirects to {refusal.url!r}, which"
+    return InvalidParameter(f"{where} is refused: {refusal.reason}.", _USE_UPLOAD)
 
 
 async def fetch_image(
@@ -227,16 +124,23 @@ async def fetch_image(
     timeout_s: float = 20.0,
     max_bytes: int = 20 * 1024 * 1024,
     max_redirects: int = 5,
+    resolver: Resolver = resolve,
 ) -> bytes:
     """Download the image at ``url`` under the module's rules and return its bytes."""
+    _parse(url, f"url {url!r}")
+    transport = GuardedTransport(policy, resolver=resolver)
+    client = guarded_client(
+        transport, timeout_s=timeout_s, follow_redirects=True, max_redirects=max_redirects
+    )
     try:
-        async with (
-            asyncio.timeout(timeout_s),
-            httpx.AsyncClient(
-                follow_redirects=False, trust_env=False, timeout=httpx.Timeout(timeout_s)
-            ) as client,
-        ):
-            return await _follow(client, url, policy, max_bytes, max_redirects)
+        async with asyncio.timeout(timeout_s), client:
+            return await _download(client, url, max_bytes)
+    except OutboundRefused as refusal:
+        raise _refused(url, refusal) from None
+    except httpx.TooManyRedirects as exc:
+        raise FileNotFound(
+            f"could not download {url}: more than {max_redirects} redirects."
+        ) from exc
     except (httpx.TimeoutException, TimeoutError) as exc:
         raise FileNotFound(f"could not download {url}: no answer within {timeout_s:g} s.") from exc
     except httpx.HTTPError as exc:

@@ -13,6 +13,7 @@ from easel import catalog
 from easel.backends.base import ImageBackend
 from easel.backends.registry import create_backend
 from easel.config import Settings
+from easel.outbound import OutboundPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,10 @@ class Router:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Router:
-        backends = {name: create_backend(name, table) for name, table in settings.backends.items()}
+        outbound = OutboundPolicy.from_strings(settings.allow_outbound_cidrs)
+        backends = {
+            name: create_backend(name, table, outbound) for name, table in settings.backends.items()
+        }
         chains = {
             version: [
                 Leg(backends[name], table.provider_model.get(name), attempt_timeout(backends[name]))

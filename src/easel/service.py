@@ -17,8 +17,9 @@ from typing import Any
 from easel import catalog, eta
 from easel.config import Settings
 from easel.errors import FileNotFound, ImageTypeNotSupported, InvalidParameter
-from easel.fetch import OutboundPolicy, check_url
+from easel.fetch import check_url
 from easel.images import inspect_image
+from easel.outbound import OutboundPolicy
 from easel.requests import TASK_TYPE, FileRef, GenerateImageRequest, parse_generate_image
 from easel.routing import Router
 from easel.signing import UrlSigner

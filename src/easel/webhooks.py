@@ -16,8 +16,9 @@ rendered in the event's transaction (the renderer reads other rows and signs out
 and a rendering stored then would carry an output URL long expired by a retry hours later.
 So each attempt has a freshly signed URL; body and signature may differ between attempts.
 
-**Address rules.** The target is checked by ``easel.fetch`` at every attempt, and the
-request goes to the checked address itself (no DNS rebinding); no redirects are followed.
+**Address rules.** Every attempt goes through the guarded client of :mod:`easel.outbound`:
+the target is checked at every attempt and the request goes to the checked address itself
+(no DNS rebinding); no redirects are followed.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from standardwebhooks import Webhook
 
-from easel.errors import EaselError
-from easel.fetch import OutboundPolicy, checked_addresses, pinned
+from easel.outbound import GuardedTransport, OutboundPolicy, OutboundRefused, guarded_client
 from easel.store import TRANSIENT_ERRORS
 from easel.store.webhooks import Due, LoggedAttempt, WebhookStore
 from easel.tasks import Status
@@ -104,26 +104,11 @@ def task_renderer(runtime: Runtime) -> Render:
     return render
 
 
-async def post_pinned(
-    client: httpx.AsyncClient, url: str, policy: OutboundPolicy, headers: dict[str, str], body: str
-) -> int:
-    """POST ``body`` to ``url`` at its checked addresses in turn; the answer's status code."""
-    parsed, addresses = await checked_addresses(url, policy)
-    error: httpx.ConnectError | None = None
-    for address in addresses:
-        target, host, extensions = pinned(parsed, address)
-        request = client.build_request(
-            "POST", target, content=body, headers={**headers, "Host": host}, extensions=extensions
-        )
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.ConnectError as exc:
-            error = exc
-            continue
-        await response.aclose()  # the answer's body is of no interest
+async def post(client: httpx.AsyncClient, url: str, headers: dict[str, str], body: str) -> int:
+    """POST ``body`` to ``url`` through the guarded client; the answer's status code (its
+    body is of no interest and is not read)."""
+    async with client.stream("POST", url, content=body, headers=headers) as response:
         return response.status_code
-    assert error is not None
-    raise error
 
 
 class Dispatcher:
@@ -157,9 +142,8 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then let attempts under way finish (briefly)."""
-        async with httpx.AsyncClient(
-            follow_redirects=False, trust_env=False, timeout=httpx.Timeout(self.timeout_s)
-        ) as client:
+        transport = GuardedTransport(self.policy)
+        async with guarded_client(transport, timeout_s=self.timeout_s) as client:
             try:
                 while not stop.is_set():
                     await self._claim_and_send(client)
@@ -235,9 +219,9 @@ class Dispatcher:
             body = json.dumps(payload, separators=(",", ":"))
             headers = signed_headers(due.secret, due.id, int(now), body)
             async with asyncio.timeout(self.timeout_s):
-                code = await post_pinned(client, due.url, self.policy, headers, body)
-        except EaselError as exc:  # the target is refused by the address rules now
-            return None, exc.message
+                code = await post(client, due.url, headers, body)
+        except OutboundRefused as exc:  # the target is refused by the address rules now
+            return None, f"not sent: {exc.reason}"
         except (TimeoutError, httpx.TimeoutException):
             return None, f"no answer within {self.timeout_s:g} s"
         except httpx.HTTPError as exc:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.errors import InvalidParameter, TaskNotFound
-from easel.fetch import checked_addresses
+from easel.fetch import check_url
 from easel.runtime import Runtime
 from easel.store.accounts import Caller
 from easel.store.webhooks import EVENT_TYPES, Delivery, Webhook, WebhookStore
@@ -88,7 +88,7 @@ def _event_types(events: list[str]) -> list[str]:
 async def _checked_url(runtime: Runtime, url: str) -> str:
     """The URL, if the server may send to it under the outbound address rules (else 1004)."""
     try:
-        await checked_addresses(url, runtime.service.policy)
+        await check_url(url, runtime.service.policy)
     except InvalidParameter as exc:
         raise InvalidParameter(exc.message, _PRIVATE_HINT) from exc
     return url

@@ -25,14 +25,17 @@ from easel.backends._remote import (
     RemoteOptions,
     RetryPolicy,
     model_for,
+    refused,
 )
 from easel.backends.base import (
+    BackendError,
     BackendUnavailable,
     GeneratedImage,
     Job,
     JobCancelled,
     JobControl,
 )
+from easel.outbound import OutboundPolicy, OutboundRefused, find_refusal, guarded_client
 
 C = TypeVar("C")  # a vendor SDK's client
 R = TypeVar("R")  # the SDK's answer to one request
@@ -82,6 +85,11 @@ class SdkBackend(RemoteBackend, ABC, Generic[C, R]):
         try:
             async with asyncio.timeout(timeout_s):
                 return await self._request(client, model, job)
+        except (BackendError, OutboundRefused) as exc:  # an SDK may wrap what its transport
+            refusal = find_refusal(exc)  # raises: look inside
+            if refusal is None:
+                raise
+            raise refused(self.provider, refusal.url, refusal.reason) from exc
         except TimeoutError:
             raise BackendUnavailable(
                 f"{self.provider} at {self.options.base_url} timed out: no complete answer "
@@ -106,25 +114,33 @@ class PollingBackend(RemoteBackend):
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         poll_interval_s: float | None = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
-        super().__init__(name, options, retry=retry)
+        super().__init__(name, options, retry=retry, outbound=outbound)
         if poll_interval_s is not None:
             self.poll_interval_s = poll_interval_s
 
     @asynccontextmanager
     async def session(self, what: str) -> AsyncIterator[httpx.AsyncClient]:
-        """An HTTP client for one job, under the concurrency limit and ``timeout_s`` in all;
-        past that, BackendUnavailable: "``what`` did not finish within … s"."""
+        """A guarded HTTP client for one job (:meth:`transport`: the address rules on every
+        URL a provider names, the key only to trusted hosts), under the concurrency limit and
+        ``timeout_s`` in all; past that, BackendUnavailable: "``what`` did not finish within
+        … s". A URL the rules refuse fails the job (BackendFailed), unfetched."""
         timeout_s = self.options.timeout_s
+        request_timeout_s = min(REQUEST_TIMEOUT_S, timeout_s)
         try:
             async with (
                 self._slots,
                 asyncio.timeout(timeout_s),
-                httpx.AsyncClient(timeout=min(REQUEST_TIMEOUT_S, timeout_s)) as client,
+                guarded_client(
+                    self.transport(), timeout_s=request_timeout_s, follow_redirects=True
+                ) as client,
             ):
                 yield client
         except TimeoutError:
             raise BackendUnavailable(f"{what} did not finish within {timeout_s:g} s") from None
+        except OutboundRefused as refusal:
+            raise refused(self.provider, refusal.url, refusal.reason) from None
 
     async def poll(
         self,

@@ -35,6 +35,7 @@ from easel.backends.base import (
     JobControl,
 )
 from easel.fetch import read_at_most
+from easel.outbound import CredentialScope, GuardedTransport, OutboundPolicy
 
 T = TypeVar("T")
 
@@ -47,11 +48,17 @@ _DETAIL_CHARS = 300
 
 
 class RemoteOptions(BaseModel):
-    """Settings every remote kind takes; a kind subclasses it to set its own defaults."""
+    """Settings every remote kind takes; a kind subclasses it to set its own defaults.
+
+    ``trusted_hosts`` are the hosts, besides ``base_url``'s own origin, that may receive the
+    API key over https: exact names or ``*.domain``. A kind's default is its provider's
+    documented domains; a polling or result URL anywhere else is fetched without the key.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     base_url: str
     api_key_env: str
+    trusted_hosts: tuple[str, ...] = ()
     timeout_s: float = Field(default=120, gt=0)
     max_concurrency: int = Field(default=4, ge=1)
 
@@ -98,6 +105,13 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy = D
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
+def shorten(text: str, limit: int = _DETAIL_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters: what a provider said is quoted in
+    a task's error, and a provider decides how long it is."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def error_detail(body_text: str) -> str:
     """The provider's own message from an error body (OpenAI, Gemini, BFL shapes), shortened."""
     text = body_text.strip()
@@ -114,8 +128,7 @@ def error_detail(body_text: str) -> str:
             text = error
         elif isinstance(body.get("detail"), str):
             text = body["detail"]
-    text = " ".join(text.split())
-    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+    return shorten(text)
 
 
 def http_error(
@@ -147,7 +160,16 @@ def http_error(
 def unreachable(provider: str, base_url: str, exc: BaseException) -> BackendUnavailable:
     """A timeout or a refused connection: the provider may answer on another attempt."""
     kind = "timed out" if "timeout" in type(exc).__name__.lower() else "could not be reached"
-    return BackendUnavailable(f"{provider} at {base_url} {kind}: {exc or type(exc).__name__}")
+    said = shorten(str(exc) or type(exc).__name__)
+    return BackendUnavailable(f"{provider} at {shorten(base_url, 200)} {kind}: {said}")
+
+
+def refused(provider: str, url: str, reason: str) -> BackendFailed:
+    """A provider's answer pointed the worker at an address the outbound rules refuse."""
+    return BackendFailed(
+        f"{provider} pointed the worker at {shorten(url, 200)}, which was not fetched: "
+        f"{reason}. If that host is yours, allow its network in allow_outbound_cidrs"
+    )
 
 
 def to_generated_image(data: bytes, provider: str) -> GeneratedImage:
@@ -229,14 +251,33 @@ class RemoteBackend:
 
     kind: str = "remote"
     provider: str = "the provider"
+    credential_headers: tuple[str, ...] = ()  # the headers that carry the API key
 
     def __init__(
-        self, name: str, options: RemoteOptions, *, retry: RetryPolicy = DEFAULT_RETRY
+        self,
+        name: str,
+        options: RemoteOptions,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         self.name = name
         self.options = options
         self.retry = retry
+        self.outbound = outbound or OutboundPolicy()
         self._slots = asyncio.Semaphore(options.max_concurrency)
+
+    @property
+    def origin(self) -> str:
+        """The configured URL of the provider's API: exempt from the address rules (the
+        operator chose it) and always trusted with the key."""
+        return self.options.base_url
+
+    def transport(self) -> GuardedTransport:
+        """A guarded transport for this backend's requests: the address rules on every URL
+        but the configured origin, the key only where :class:`CredentialScope` allows."""
+        scope = CredentialScope.of(self.origin, self.credential_headers, self.options.trusted_hosts)
+        return GuardedTransport(self.outbound, trusted_origin=self.origin, credentials=scope)
 
     def unavailable_reason(self) -> str | None:
         return missing_key_reason(self.options)

@@ -10,10 +10,14 @@ endpoint is ``POST {base_url}/v1/{endpoint}``, ``endpoint`` being the job's
 
 The answer is ``{"id", "polling_url"}``. The backend polls that URL as given (it may name a
 regional host) until ``status`` is ``Ready``, then downloads ``result.sample`` at once, since
-the signed link expires in minutes. ``Request Moderated`` / ``Content Moderated`` end in
-:class:`BackendRejected`; ``Error``, ``Failed`` and ``Task not found`` in
-:class:`BackendFailed`. HTTP 429 and 5xx are retried with bounded back-off; 402 means the
-BFL account is out of credits.
+the signed link expires in minutes. Both URLs come from the provider's answer, so both go
+through the guarded client: the address rules apply on every hop, and ``x-key`` goes only to
+``base_url``'s origin and https hosts in ``trusted_hosts`` (default: ``bfl.ai`` and every
+name under it, where BFL's regional polling hosts live).
+
+``Request Moderated`` / ``Content Moderated`` end in :class:`BackendRejected`; ``Error``,
+``Failed`` and ``Task not found`` in :class:`BackendFailed`. HTTP 429 and 5xx are retried
+with bounded back-off; 402 means the BFL account is out of credits.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from easel.backends._remote import (
     download_image,
     http_error,
     png_or_jpeg,
+    shorten,
     unreachable,
     with_retries,
 )
@@ -42,6 +47,7 @@ from easel.backends.base import (
     JobCancelled,
     JobControl,
 )
+from easel.outbound import OutboundPolicy
 
 PROVIDER = "Black Forest Labs"
 DEFAULT_ENDPOINTS = {"flux.1_kontext_pro": "flux-kontext-pro", "flux.1_dev": "flux-dev"}
@@ -54,6 +60,7 @@ _FAILED = ("Error", "Failed", "Task not found")
 class Options(RemoteOptions):
     base_url: str = "https://api.bfl.ai"
     api_key_env: str = "BFL_API_KEY"
+    trusted_hosts: tuple[str, ...] = ("bfl.ai", "*.bfl.ai")
     timeout_s: float = Field(default=300, gt=0)
 
 
@@ -113,14 +120,17 @@ def interpret(answer: dict[str, Any]) -> str | None:
         raise BackendRejected(f"Black Forest Labs moderated the task ({status})")
     if status in _FAILED:
         details = answer.get("details") or answer.get("result")
-        said = f": {details}" if details else ""
+        said = f": {shorten(str(details))}" if details else ""
         raise BackendFailed(f"Black Forest Labs could not generate the image ({status}){said}")
-    raise BackendFailed(f"Black Forest Labs answered an unknown task status {status!r}")
+    raise BackendFailed(
+        f"Black Forest Labs answered an unknown task status {shorten(repr(status), 80)}"
+    )
 
 
 class BflBackend(PollingBackend):
     kind = "bfl"
     provider = PROVIDER
+    credential_headers = ("x-key",)
     options: Options
     poll_interval_s = 1.0
 
@@ -136,7 +146,8 @@ class BflBackend(PollingBackend):
             submitted = await self._json(client, "POST", url, endpoint, headers, body)
             polling_url = submitted.get("polling_url")
             if not isinstance(polling_url, str) or not polling_url:
-                raise BackendFailed(f"Black Forest Labs gave no polling_url: {submitted}")
+                said = shorten(str(submitted))
+                raise BackendFailed(f"Black Forest Labs gave no polling_url: {said}")
             sample = await self.poll(
                 lambda: self._json(client, "GET", polling_url, endpoint, headers),
                 _progress,
@@ -175,10 +186,10 @@ class BflBackend(PollingBackend):
             answer = None
         if not isinstance(answer, dict):
             raise BackendFailed(
-                f"Black Forest Labs answered {url} with something not a JSON object"
+                f"Black Forest Labs answered {shorten(url, 200)} with something not a JSON object"
             )
         return answer
 
 
-def create(name: str, options: Options) -> BflBackend:
-    return BflBackend(name, options)
+def create(name: str, options: Options, outbound: OutboundPolicy) -> BflBackend:
+    return BflBackend(name, options, outbound=outbound)

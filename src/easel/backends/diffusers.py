@@ -51,6 +51,7 @@ from easel.backends.base import (
     JobCancelled,
     JobControl,
 )
+from easel.outbound import OutboundPolicy
 
 INSTALL_HINT = "pip install 'easel[local]'"
 _REQUIRED = ("torch", "diffusers", "transformers")
@@ -387,5 +388,6 @@ def _translate(exc: Exception, name: str) -> Exception:
     return BackendFailed(f"diffusers backend {name!r} failed: {type(exc).__name__}: {exc}")
 
 
-def create(name: str, options: Options) -> DiffusersBackend:
+def create(name: str, options: Options, outbound: OutboundPolicy) -> DiffusersBackend:
+    del outbound  # runs locally: opens no connection
     return DiffusersBackend(name, options)

@@ -28,6 +28,7 @@ from easel.backends.base import (
     Job,
 )
 from easel.images import MIME_TYPES
+from easel.outbound import OutboundPolicy
 
 if TYPE_CHECKING:
     from google.genai import Client
@@ -59,6 +60,7 @@ _QUOTE_CHARS = 200
 class Options(RemoteOptions):
     base_url: str = "https://generativelanguage.googleapis.com"
     api_key_env: str = "GEMINI_API_KEY"
+    trusted_hosts: tuple[str, ...] = ("generativelanguage.googleapis.com",)
 
 
 def _reason(value: object) -> str:
@@ -131,6 +133,7 @@ class GeminiBackend(SdkBackend["Client", "GenerateContentResponse"]):
 
     kind = "gemini"
     provider = "Gemini"
+    credential_headers = ("x-goog-api-key",)
     default_models = DEFAULT_MODELS
     options: Options
 
@@ -147,6 +150,8 @@ class GeminiBackend(SdkBackend["Client", "GenerateContentResponse"]):
                 base_url=self.options.base_url,
                 api_version=_API_VERSION,
                 timeout=int(self.options.timeout_s * 1000),  # milliseconds
+                # the guarded transport; with it the SDK also uses httpx, never aiohttp
+                async_client_args={"transport": self.transport()},
             ),
         )
 
@@ -170,5 +175,5 @@ class GeminiBackend(SdkBackend["Client", "GenerateContentResponse"]):
         client.close()
 
 
-def create(name: str, options: Options) -> GeminiBackend:
-    return GeminiBackend(name, options)
+def create(name: str, options: Options, outbound: OutboundPolicy) -> GeminiBackend:
+    return GeminiBackend(name, options, outbound=outbound)

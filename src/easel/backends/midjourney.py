@@ -15,7 +15,9 @@ operator runs and configures: the REST shape of the open-source novicezk/midjour
   ``progress`` such as ``"45%"`` is reported.
 
 ``base_url`` is the root that holds ``/mj/``. Unset, ``MJ_PROXY_URL`` is used; with neither the
-backend stays unavailable and says which to set.
+backend stays unavailable and says which to set. The proxy is the operator's own, so it may
+live on a private address; the image URLs it answers with may not (they go through the
+guarded client, and ``mj-api-secret`` goes to the proxy's own origin only).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import base64
 import os
 import re
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import Field
@@ -35,6 +38,7 @@ from easel.backends._remote import (
     http_error,
     png_or_jpeg,
     read_api_key,
+    shorten,
     unreachable,
     with_retries,
 )
@@ -47,6 +51,7 @@ from easel.backends.base import (
     JobCancelled,
     JobControl,
 )
+from easel.outbound import OutboundPolicy
 
 PROVIDER = "the Midjourney proxy"
 URL_ENV = "MJ_PROXY_URL"
@@ -80,16 +85,19 @@ def _data_urls(job: Job) -> list[str]:
 
 def task_id_from(answer: dict[str, Any]) -> str:
     """The task id from a submit answer, or the error its ``code`` stands for."""
-    code, said = answer.get("code"), answer.get("description") or "no description"
+    code = answer.get("code")
+    said = shorten(str(answer.get("description") or "no description"))
     if code in (_SUBMITTED, _QUEUED, _EXISTED) and isinstance(answer.get("result"), str | int):
         return str(answer["result"])
     if code == _BANNED:
         word = (answer.get("properties") or {}).get("bannedWord")
-        hint = f" (banned word: {word})" if word else ""
+        hint = f" (banned word: {shorten(str(word), 80)})" if word else ""
         raise BackendRejected(f"Midjourney refuses this prompt{hint}: {said}")
     if code == _QUEUE_FULL:
         raise BackendUnavailable(f"the Midjourney proxy's queue is full (code 23): {said}")
-    raise BackendFailed(f"the Midjourney proxy refused the task (code {code}): {said}")
+    raise BackendFailed(
+        f"the Midjourney proxy refused the task (code {shorten(repr(code), 40)}): {said}"
+    )
 
 
 def interpret(task: dict[str, Any]) -> str | None:
@@ -102,17 +110,20 @@ def interpret(task: dict[str, Any]) -> str | None:
         if not isinstance(url, str) or not url:
             raise BackendFailed("the Midjourney proxy said SUCCESS but gave no imageUrl")
         return url
-    reason = task.get("failReason") or "no reason given"
+    reason = shorten(str(task.get("failReason") or "no reason given"))
     if status == "FAILURE" and _BANNED_WORDING.search(reason):
         raise BackendRejected(f"Midjourney refused the task: {reason}")
     if status in ("FAILURE", "CANCEL", "MODAL"):
         raise BackendFailed(f"Midjourney task ended {status}: {reason}")
-    raise BackendFailed(f"the Midjourney proxy answered an unknown task status {status!r}")
+    raise BackendFailed(
+        f"the Midjourney proxy answered an unknown task status {shorten(repr(status), 80)}"
+    )
 
 
 class MidjourneyProxyBackend(PollingBackend):
     kind = "midjourney-proxy"
     provider = PROVIDER
+    credential_headers = ("mj-api-secret",)
     options: Options
     poll_interval_s = 2.0
 
@@ -120,6 +131,10 @@ class MidjourneyProxyBackend(PollingBackend):
     def root(self) -> str:
         """The proxy root that holds ``/mj/``: ``base_url``, else ``$MJ_PROXY_URL``."""
         return (self.options.base_url or os.environ.get(URL_ENV, "")).strip().rstrip("/")
+
+    @property
+    def origin(self) -> str:
+        return self.root
 
     def unavailable_reason(self) -> str | None:
         """Only the URL is required: the proxy's ``mj-api-secret`` is optional."""
@@ -164,7 +179,7 @@ class MidjourneyProxyBackend(PollingBackend):
         job: Job,
     ) -> str:
         """``GET /mj/task/{id}/fetch`` every ``poll_interval_s`` until a terminal status."""
-        path = f"/mj/task/{task_id}/fetch"
+        path = f"/mj/task/{quote(task_id, safe='')}/fetch"  # the proxy's id, as one segment
 
         async def fetch() -> dict[str, Any]:
             task = await with_retries(lambda: self._json(client, "GET", path, headers), self.retry)
@@ -204,5 +219,5 @@ class MidjourneyProxyBackend(PollingBackend):
             raise BackendFailed(f"the Midjourney proxy answered {path} with no JSON") from None
 
 
-def create(name: str, options: Options) -> MidjourneyProxyBackend:
-    return MidjourneyProxyBackend(name, options)
+def create(name: str, options: Options, outbound: OutboundPolicy) -> MidjourneyProxyBackend:
+    return MidjourneyProxyBackend(name, options, outbound=outbound)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from easel.backends._flows import SdkBackend
 from easel.backends._remote import (
     RemoteOptions,
     http_error,
     missing_sdk,
+    shorten,
     to_generated_image,
     unreachable,
 )
@@ -29,6 +30,7 @@ from easel.backends.base import (
     Job,
 )
 from easel.images import MIME_TYPES
+from easel.outbound import OutboundPolicy, guarded_client
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -47,6 +49,7 @@ _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 class Options(RemoteOptions):
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str = "OPENAI_API_KEY"
+    trusted_hosts: tuple[str, ...] = ("api.openai.com",)
 
 
 def _references(job: Job) -> list[tuple[str, bytes, str]]:
@@ -74,7 +77,7 @@ def _translate(exc: Exception, model: str, base_url: str) -> BackendError:
         return http_error(exc.status_code, exc.response.text, provider="OpenAI", model=model)
     if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is a subclass
         return unreachable("OpenAI", base_url, exc)
-    return BackendFailed(f"OpenAI answered something unexpected: {exc}")
+    return BackendFailed(f"OpenAI answered something unexpected: {shorten(str(exc))}")
 
 
 def _decode(response: ImagesResponse) -> GeneratedImage:
@@ -94,6 +97,7 @@ class OpenAIBackend(SdkBackend["AsyncOpenAI", "ImagesResponse"]):
 
     kind = "openai"
     provider = "OpenAI"
+    credential_headers = ("authorization",)
     default_models = DEFAULT_MODELS
     options: Options
 
@@ -107,6 +111,14 @@ class OpenAIBackend(SdkBackend["AsyncOpenAI", "ImagesResponse"]):
             base_url=self.options.base_url,
             timeout=self.options.timeout_s,
             max_retries=0,
+            # httpx's client on the guarded transport: the SDK, built on httpx2, takes an
+            # httpx client too (openai._httpx2.is_legacy_httpx_async_client), untyped
+            http_client=cast(
+                "Any",
+                guarded_client(
+                    self.transport(), timeout_s=self.options.timeout_s, follow_redirects=True
+                ),
+            ),
         )
 
     async def _request(self, client: AsyncOpenAI, model: str, job: Job) -> ImagesResponse:
@@ -128,5 +140,5 @@ class OpenAIBackend(SdkBackend["AsyncOpenAI", "ImagesResponse"]):
         await client.close()
 
 
-def create(name: str, options: Options) -> OpenAIBackend:
-    return OpenAIBackend(name, options)
+def create(name: str, options: Options, outbound: OutboundPolicy) -> OpenAIBackend:
+    return OpenAIBackend(name, options, outbound=outbound)

@@ -26,6 +26,7 @@ from easel.backends.base import (
     JobCancelled,
     JobControl,
 )
+from easel.outbound import OutboundPolicy
 
 _STEP_S = 0.05
 
@@ -118,5 +119,6 @@ class PlaceholderBackend:
         return None
 
 
-def create(name: str, options: Options) -> PlaceholderBackend:
+def create(name: str, options: Options, outbound: OutboundPolicy) -> PlaceholderBackend:
+    del outbound  # draws locally: opens no connection
     return PlaceholderBackend(name, options)

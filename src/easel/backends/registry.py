@@ -1,8 +1,9 @@
 """Backends are found by ``kind`` in this explicit registry and imported lazily.
 
 Each kind's module defines ``Options`` (a pydantic model of its settings, extra keys
-forbidden) and ``create(name, options) -> ImageBackend``. Importing a module never imports
-its vendor SDK or torch; that happens when the backend first runs.
+forbidden) and ``create(name, options, outbound) -> ImageBackend``, ``outbound`` being the
+address rules every connection it opens on a provider's say-so must follow. Importing a
+module never imports its vendor SDK or torch; that happens when the backend first runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from easel.backends.base import ImageBackend
 from easel.config import BackendTable, ConfigError
+from easel.outbound import OutboundPolicy
 
 KINDS: dict[str, str] = {
     "placeholder": "easel.backends.placeholder",
@@ -25,7 +27,9 @@ KINDS: dict[str, str] = {
 }
 
 
-def create_backend(name: str, table: BackendTable) -> ImageBackend:
+def create_backend(
+    name: str, table: BackendTable, outbound: OutboundPolicy | None = None
+) -> ImageBackend:
     module_name = KINDS.get(table.kind)
     if module_name is None:
         raise ConfigError(
@@ -42,4 +46,4 @@ def create_backend(name: str, table: BackendTable) -> ImageBackend:
             for e in exc.errors()
         )
         raise ConfigError(f"[backends.{name}] (kind {table.kind!r}): {problems}") from None
-    return cast(ImageBackend, module.create(name, options))
+    return cast(ImageBackend, module.create(name, options, outbound or OutboundPolicy()))

@@ -29,7 +29,7 @@ from easel.backends.base import (
 from easel.catalog import CATALOG
 from easel.config import Settings
 from easel.errors import EaselError
-from easel.fetch import OutboundPolicy
+from easel.outbound import OutboundPolicy
 from easel.routing import Router
 from easel.storage import ObjectStore, ObjectStoreError
 from easel.store import TRANSIENT_ERRORS, Store

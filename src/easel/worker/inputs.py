@@ -6,8 +6,9 @@ from easel import templates
 from easel.backends.base import InputImage
 from easel.catalog import ModelSpec
 from easel.errors import FileNotFound, ImageTypeNotSupported
-from easel.fetch import OutboundPolicy, fetch_image
+from easel.fetch import fetch_image
 from easel.images import inspect_image
+from easel.outbound import OutboundPolicy
 from easel.storage import ObjectNotFound, ObjectStore
 from easel.tasks import Reference
 
