@@ -1,16 +1,17 @@
-"""Specification of ``inspect_image``: format from the bytes, size bounds, decompression bombs."""
+"""Specification of ``inspect_image``: format from the bytes, size bounds, decompression bombs,
+pixels that decode."""
 
 from __future__ import annotations
 
+import asyncio
 import io
-import struct
-import zlib
 
 import pytest
 from PIL import Image
 
+from badimages import UNDECODABLE, garbage_idat_png, short_idat_png
 from easel.errors import EmptyImage, ImageTypeNotSupported, InvalidParameter
-from easel.images import MAX_IMAGE_BYTES, MIME_TYPES, inspect_image
+from easel.images import DECODE_THREADS, MAX_IMAGE_BYTES, MIME_TYPES, check_image, inspect_image
 
 
 def encode(fmt: str, width: int = 64, height: int = 48, mode: str = "RGB") -> bytes:
@@ -18,16 +19,6 @@ def encode(fmt: str, width: int = 64, height: int = 48, mode: str = "RGB") -> by
     buffer = io.BytesIO()
     Image.new(mode, (width, height), (200, 80, 40)).save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose IHDR is rewritten to declare ``width`` x ``height`` (with a valid CRC)."""
-    data = bytearray(encode("PNG", 1, 1))
-    assert data[12:16] == b"IHDR"  # 8-byte signature, then length (4) and chunk type (4)
-    ihdr = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
-    return bytes(data)
 
 
 # --- format -----------------------------------------------------------------------------------
@@ -115,9 +106,47 @@ def test_a_side_outside_20_to_6000_px_is_refused_with_1004(
     assert "20–6000 px" in caught.value.message
 
 
-def test_only_the_header_is_read_so_a_declared_6000x6000_png_is_accepted() -> None:
-    info = inspect_image(png_declaring(6000, 6000))
+def test_the_largest_image_allowed_decodes_and_is_accepted() -> None:
+    """6000×6000, the most pixels allowed: decoded in full (about 0.2 s, 108 MB), accepted."""
+    info = inspect_image(encode("PNG", 6000, 6000))
     assert (info.format, info.width, info.height) == ("png", 6000, 6000)
+
+
+# --- pixels -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "fmt"), UNDECODABLE.values(), ids=UNDECODABLE.keys())
+def test_a_valid_header_over_pixels_that_do_not_decode_is_refused_with_1004(
+    data: bytes, fmt: str
+) -> None:
+    """The header is right (Pillow opens it and reports format and size), the pixels are not:
+    refused where the image enters, never passed on to fail the task that uses it."""
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.format == fmt  # what a header-only check saw, and accepted
+    with pytest.raises(InvalidParameter) as caught:
+        inspect_image(data, what="file")
+    assert caught.value.code == 1004
+    assert caught.value.message.startswith(f"file is a truncated or corrupt {fmt} image")
+    assert "cannot be decoded" in caught.value.message
+    assert "re-export" in caught.value.suggestion
+
+
+def test_a_6000x6000_header_over_one_pixel_of_data_is_refused_with_1004() -> None:
+    """Within the bounds by its header; the pixel data holds one pixel."""
+    with pytest.raises(InvalidParameter, match="cannot be decoded"):
+        inspect_image(short_idat_png(6000, 6000), what="file")
+
+
+async def test_check_image_gives_the_same_verdicts_from_its_decoding_threads() -> None:
+    """What the server calls: the same answers, decoded off the event loop, a bounded
+    number at a time (each decode holds up to 144 MB)."""
+    jpeg = encode("JPEG", 64, 48)
+    many = [check_image(jpeg, what="file") for _ in range(3 * DECODE_THREADS)]
+    assert set(await asyncio.gather(*many)) == {inspect_image(jpeg)}
+    with pytest.raises(InvalidParameter, match="file is a truncated or corrupt PNG image"):
+        await check_image(garbage_idat_png(), what="file")
+    with pytest.raises(EmptyImage):
+        await check_image(b"", what="file")
 
 
 @pytest.mark.parametrize(
@@ -132,7 +161,7 @@ def test_only_the_header_is_read_so_a_declared_6000x6000_png_is_accepted() -> No
 def test_a_decompression_bomb_header_is_refused_with_1004_without_decoding(
     width: int, height: int, named: str
 ) -> None:
-    bomb = png_declaring(width, height)
+    bomb = short_idat_png(width, height)
     assert len(bomb) < 100  # the claim is in the header, the pixels are not there
     with pytest.raises(InvalidParameter) as caught:
         inspect_image(bomb, what="file")

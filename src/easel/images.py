@@ -1,9 +1,13 @@
-"""Image inspection: the real format from the bytes, size bounds, decompression bombs."""
+"""Image inspection: the real format from the bytes, size bounds, decompression bombs, and a
+full decode of the pixels, so an image that cannot be read is refused where it enters."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -13,6 +17,10 @@ from easel.errors import EmptyImage, ImageTypeNotSupported, InvalidParameter
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MIN_SIDE, MAX_SIDE = 20, 6000
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
+# Decodes running at once in one process. A decode holds the whole first frame, at most
+# MAX_PIXELS × 4 bytes (144 MB), so this bounds the memory that images in flight can take.
+DECODE_THREADS = 2
+_decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="easel-decode")
 
 # Pillow's names → the protocol's format names.
 _FORMATS = {
@@ -31,12 +39,21 @@ class ImageInfo:
     height: int
 
 
+async def check_image(data: bytes, *, what: str = "image") -> ImageInfo:
+    """:func:`inspect_image` on a decoding thread: a full decode takes up to about a second
+    of CPU, which must not stall the event loop, and at most ``DECODE_THREADS`` run at once
+    (the rest wait their turn), which bounds their memory."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_decoders, functools.partial(inspect_image, data, what=what))
+
+
 def inspect_image(data: bytes, *, what: str = "image") -> ImageInfo:
-    """Identify ``data`` from its bytes and check the protocol's bounds.
+    """Identify ``data`` from its bytes, check the protocol's bounds and decode its pixels.
 
     Empty → 2003; not PNG/JPEG/WebP → 2004; over 20 MB, a side outside 20–6000 px or more
-    pixels than 6000×6000 (a decompression bomb) → 1004; truncated → 1004. Only the header
-    is decoded, plus the cheap completeness check of :func:`_check_complete`.
+    pixels than 6000×6000 (a decompression bomb) → 1004, from the header, before any pixel
+    is decoded; pixels that do not decode (truncated, or a valid header over a corrupt
+    payload) → 1004, from :func:`_decode`.
     """
     if not data:
         raise EmptyImage(f"{what} is empty.")
@@ -70,33 +87,33 @@ def inspect_image(data: bytes, *, what: str = "image") -> ImageInfo:
             f"{what} is {width}×{height} px; each side must be {MIN_SIDE}–{MAX_SIDE} px.",
             "Resize the image (at least 256 px per side works best).",
         )
-    _check_complete(data, fmt, what)
+    _decode(data, fmt, what)
     return ImageInfo(fmt, width, height)
 
 
-def _check_complete(data: bytes, fmt: str, what: str) -> None:
-    """Refuse (1004) an image whose data stops short, without decoding it in full.
+def _decode(data: bytes, fmt: str, what: str) -> None:
+    """Refuse (1004) an image whose pixels do not decode.
 
-    A truncated file passes the header check but fails every later decode; caught here,
-    it is refused at upload instead of failing the task that uses it. PNG: every chunk's
-    length and CRC up to IEND (no pixels decoded). JPEG: a decode at 1/8 scale, which reads
-    the whole entropy-coded stream cheaply. WebP: the RIFF header's length.
+    A header can be valid over a payload that is not (cut short, zeroed, garbage with correct
+    CRCs): such a file would be accepted and then fail every task that uses it, so it is
+    decoded here, once, as every backend will decode it. The header check before bounds
+    what this allocates: the first frame, at most ``MAX_PIXELS``, under Pillow's own
+    decompression-bomb limit. PNG: every chunk's CRC (``verify``), then the pixels. WebP:
+    the pixels. JPEG: the whole entropy-coded stream, with the inverse DCT at 1/8 scale
+    (``draft``), so every coefficient is read in 1/64 of the memory.
     """
     try:
-        if fmt == "webp":
-            complete = len(data) >= 8 + int.from_bytes(data[4:8], "little")
-        else:
+        if fmt == "png":
             with Image.open(io.BytesIO(data)) as image:
-                if fmt == "png":
-                    image.verify()
-                else:
-                    image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
-                    image.load()
-            complete = True
-    except (OSError, ValueError, SyntaxError, EOFError):
-        complete = False
-    if not complete:
+                image.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            if fmt == "jpeg":
+                image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except Exception as exc:  # Pillow's decoders raise many types on bad data
+        reason = str(exc).strip()[:120] or type(exc).__name__
         raise InvalidParameter(
-            f"{what} is a truncated or corrupt {fmt.upper()} image.",
+            f"{what} is a truncated or corrupt {fmt.upper()} image: its pixels cannot be "
+            f"decoded ({reason}).",
             "Send the whole file: re-export the image and check that it opens in a viewer.",
-        )
+        ) from None

@@ -18,7 +18,7 @@ from easel import catalog, eta
 from easel.config import Settings
 from easel.errors import FileNotFound, ImageTypeNotSupported, InvalidParameter
 from easel.fetch import check_url
-from easel.images import inspect_image
+from easel.images import check_image
 from easel.outbound import OutboundPolicy
 from easel.requests import TASK_TYPE, FileRef, GenerateImageRequest, parse_generate_image
 from easel.routing import Router
@@ -282,7 +282,7 @@ class TaskService:
 
     async def upload_as(self, account_id: str, token: str, data: bytes) -> None:
         """Store an image under a token chosen before (a presigned upload's)."""
-        info = inspect_image(data, what="the uploaded file")
+        info = await check_image(data, what="the uploaded file")
         if await self.store.files.find(account_id, token=token) is not None:
             raise InvalidParameter(
                 f"file_token {token} already holds an upload.",

@@ -42,7 +42,7 @@ import httpx
 
 from easel.config import Settings
 from easel.errors import FileNotFound, InvalidParameter, NotAllowed, UnknownServerError
-from easel.images import inspect_image
+from easel.images import check_image
 from easel.storage import ObjectNotFound, ObjectStore
 from easel.store.accounts import Caller
 from easel.store.files import PENDING_SIZE, FileStore, StoredFile
@@ -415,8 +415,8 @@ def is_pending(stored: StoredFile) -> bool:
 async def inspect_arrived(objects: ObjectStore, stored: StoredFile, what: str) -> StoredFile:
     """The pending file as it arrived: its real format, size and dimensions.
 
-    Not there yet → 2019; not an image or out of bounds → the error of
-    :func:`easel.images.inspect_image`.
+    Not there yet → 2019; not an image, out of bounds or pixels that do not decode → the
+    error of :func:`easel.images.check_image`.
     """
     try:
         data = await objects.get(stored.key)
@@ -426,7 +426,7 @@ async def inspect_arrived(objects: ObjectStore, stored: StoredFile, what: str) -
             "Upload the file with the credentials of POST /v2/openapi/upload/sts/token first "
             "(they expire), then send the task again.",
         ) from None
-    info = inspect_image(data, what=what)
+    info = await check_image(data, what=what)
     return StoredFile(
         stored.token, stored.account_id, stored.key, info.format, len(data), info.width, info.height
     )

@@ -7,7 +7,7 @@ from easel.backends.base import InputImage
 from easel.catalog import ModelSpec
 from easel.errors import FileNotFound, ImageTypeNotSupported
 from easel.fetch import fetch_image
-from easel.images import inspect_image
+from easel.images import check_image
 from easel.outbound import OutboundPolicy
 from easel.storage import ObjectNotFound, ObjectStore
 from easel.tasks import Reference
@@ -38,7 +38,7 @@ async def resolve(
     images = []
     for number, ref in enumerate(refs, start=1):
         data = await _bytes_of(ref, objects, policy, timeout_s)
-        info = inspect_image(data, what=f"image[{number}]")
+        info = await check_image(data, what=f"image[{number}]")
         if ref.source == "url" and info.format not in ("png", "jpeg"):
             raise ImageTypeNotSupported(
                 f"image[{number}] ({ref.value}) is {info.format}; url inputs must be JPEG or PNG."
