@@ -15,7 +15,7 @@ import time
 
 from easel.config import Settings
 from easel.storage import ObjectStore
-from easel.store import TRANSIENT_ERRORS, Store
+from easel.store import Store, is_outage
 from easel.store.webhooks import WebhookStore
 
 log = logging.getLogger("easel.janitor")
@@ -70,7 +70,10 @@ class Janitor:
             try:
                 await self.sweep()
                 await self.prune()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("janitor pass failed (%s); trying again later", exc)
+            except Exception as exc:
+                if not is_outage(exc):  # a bug: show it; the next pass may still do the rest
+                    log.exception("janitor pass failed; trying again later")
+                else:
+                    log.warning("janitor pass failed (%s); trying again later", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.janitor_interval_s)

@@ -39,7 +39,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from easel.outbound import GuardedTransport, OutboundPolicy, OutboundRefused, guarded_client
-from easel.store import TRANSIENT_ERRORS
+from easel.store import is_outage
 from easel.store.webhooks import Due, LoggedAttempt, WebhookStore
 from easel.tasks import Status
 
@@ -158,13 +158,13 @@ class Dispatcher:
             return
         try:
             claimed = await self.store.claim(self.clock(), self.lease_s, room)
-        except TRANSIENT_ERRORS as exc:  # the database is away: say so once, try again
-            if not self._outage:
+        except Exception as exc:
+            if not is_outage(exc):  # a bug: show it, keep delivering what can be delivered
+                log.exception("could not claim webhook deliveries")
+                return
+            if not self._outage:  # the database is away: say so once, try again
                 log.warning("cannot claim webhook deliveries (%s); retrying", exc)
             self._outage = True
-            return
-        except Exception:  # a bug: show it, keep delivering what can be delivered
-            log.exception("could not claim webhook deliveries")
             return
         if self._outage:
             log.info("webhook deliveries resume: the database is back")

@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,7 +25,7 @@ from easel.errors import (
     TooManyUnfinishedTasks,
     UnknownServerError,
 )
-from easel.store.outage import OUTAGE_ERRORS, is_outage
+from easel.store.outage import OUTAGE_CARRIERS, is_outage
 
 TRACE_HEADER = "X-Tripo-Trace-ID"
 _UNPARSABLE_BODY = "There was an error parsing the body"  # FastAPI, for UTF-8 and depth errors
@@ -109,27 +108,26 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(InvalidParameter(str(exc.detail)))
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """The database or the object store is away (easel.store.outage decides): 503, so
+        clients retry, and a one-line warning. Anything else is a bug: 500 and a traceback."""
         trace = request.scope.get("state", {}).get("trace_id")
-        log.exception("unhandled error (trace %s)", trace)
-        return error_response(UnknownServerError(f"unexpected server error (trace {trace})"))
-
-    async def on_outage(request: Request, exc: Exception) -> JSONResponse:
-        """The database or the disk is away: 503, so clients retry, not a traceback."""
-        if not is_outage(exc):
-            return await on_unexpected(request, exc)
-        trace = request.scope.get("state", {}).get("trace_id")
-        log.warning("storage unavailable (trace %s): %s: %s", trace, type(exc).__name__, exc)
-        return error_response(
-            ServiceUnavailable(
-                f"the server's database or object store is unavailable for now (trace {trace})."
+        if is_outage(exc):
+            log.warning("storage unavailable (trace %s): %s: %s", trace, type(exc).__name__, exc)
+            return error_response(
+                ServiceUnavailable(
+                    f"the server's database or object store is unavailable for now (trace {trace})."
+                )
             )
-        )
+        log.error("unhandled error (trace %s)", trace, exc_info=exc)
+        return error_response(UnknownServerError(f"unexpected server error (trace {trace})"))
 
     app.add_exception_handler(EaselError, _with_request_id(on_easel_error))
     app.add_exception_handler(RequestValidationError, _with_request_id(on_validation_error))
     app.add_exception_handler(StarletteHTTPException, _with_request_id(on_http_error))
-    for outage in (*OUTAGE_ERRORS, DBAPIError):  # handled here, not re-raised to the server
-        app.add_exception_handler(outage, _with_request_id(on_outage))
+    # A handler per type answers without re-raising to the server (the handler of Exception
+    # does re-raise): registered for the types that may be, or carry, an outage.
+    for carrier in OUTAGE_CARRIERS:
+        app.add_exception_handler(carrier, _with_request_id(on_unexpected))
     app.add_exception_handler(Exception, _with_request_id(on_unexpected))
 
 

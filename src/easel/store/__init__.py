@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from easel.store.accounts import AccountStore
@@ -13,14 +12,12 @@ from easel.store.db import create_engine, migrate, read_only
 from easel.store.events import EventStore
 from easel.store.files import FileStore, SecretStore
 from easel.store.metrics import MetricsStore
-from easel.store.outage import OUTAGE_ERRORS
+from easel.store.outage import is_outage, outages_suppressed
 from easel.store.tasks import TaskStore
 
-__all__ = ["TRANSIENT_ERRORS", "Store", "open_store"]
-
-# Errors of an unreachable database or object store. Work interrupted by them is retried
-# (a lapsed lease is reclaimed), never failed: nothing is lost while a server restarts.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, *OUTAGE_ERRORS)
+# Which errors are outages (retried later) and which are bugs (fail loudly) is decided in
+# one place, easel.store.outage, for the API, the worker, the janitor and the dispatcher.
+__all__ = ["Store", "is_outage", "open_store", "outages_suppressed"]
 
 
 @dataclass(frozen=True, slots=True)

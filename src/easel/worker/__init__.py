@@ -15,12 +15,11 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Collection
+from collections.abc import Collection
 
 from easel.backends.base import (
     BackendError,
     BackendRejected,
-    BackendUnavailable,
     GeneratedImage,
     InputImage,
     Job,
@@ -32,9 +31,10 @@ from easel.errors import EaselError
 from easel.outbound import OutboundPolicy
 from easel.routing import Router
 from easel.storage import ObjectStore, ObjectStoreError
-from easel.store import TRANSIENT_ERRORS, Store
+from easel.store import Store, is_outage, outages_suppressed
 from easel.store.notify import QueueListener
 from easel.tasks import Status, Task
+from easel.worker.attempts import first_line, outcome_of, run_attempt
 from easel.worker.inputs import resolve
 
 log = logging.getLogger("easel.worker")
@@ -109,8 +109,10 @@ class Worker:
                 await self._housekeeping(slots)
                 try:
                     await self._claim_until_full(slots, stop)
-                except TRANSIENT_ERRORS as exc:
-                    if not backoff:
+                except Exception as exc:
+                    if not is_outage(exc):
+                        log.exception("claiming tasks failed; retrying with back-off")
+                    elif not backoff:
                         log.warning("cannot claim tasks (%s); retrying with back-off", exc)
                     backoff = min(
                         OUTAGE_BACKOFF_MAX_S, max(backoff * 2, self.settings.poll_interval_s)
@@ -167,10 +169,11 @@ class Worker:
             reclaimed = await self.store.tasks.reclaim_lapsed(self.settings.max_attempts)
             if reclaimed:
                 log.warning("reclaimed %d task(s) whose worker stopped responding", reclaimed)
-        except TRANSIENT_ERRORS as exc:  # the database may be restarting; try again next round
-            log.warning("housekeeping failed (%s); trying again in %g s", exc, HOUSEKEEPING_S)
-        except Exception:
-            log.exception("housekeeping failed")
+        except Exception as exc:
+            if not is_outage(exc):
+                log.exception("housekeeping failed")
+            else:  # the database may be restarting; try again next round
+                log.warning("housekeeping failed (%s); trying again in %g s", exc, HOUSEKEEPING_S)
 
     async def _register(self, slots: int, stop: asyncio.Event) -> bool:
         """Announce this worker, waiting (with back-off) while the database is away; False
@@ -180,7 +183,9 @@ class Worker:
             try:
                 await self.store.tasks.register_worker(self.id, self.models, slots)
                 return True
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 log.warning("cannot register with the database (%s); retrying", exc)
             await self._sleep(stop, backoff)
             backoff = min(OUTAGE_BACKOFF_MAX_S, backoff * 2)
@@ -209,17 +214,22 @@ class Worker:
         try:
             await self._execute(task, control)
         except asyncio.CancelledError:
-            with contextlib.suppress(*TRANSIENT_ERRORS):  # else its lease lapses: reclaimed
+            with outages_suppressed():  # else its lease lapses: reclaimed
                 await self.store.tasks.release(task)  # shutdown: back to the queue, not lost
             raise
-        except TRANSIENT_ERRORS as exc:
-            # The database or the object store is away: stop renewing the lease, so the
-            # task is reclaimed and run again (bounded by max_attempts) once it is back.
-            log.warning("task %s interrupted (%s); it will be reclaimed", task.id, exc)
-        except Exception as exc:  # a bug must still end the task, with a refund
+        except Exception as exc:
+            if is_outage(exc):
+                # The database or the object store is away: stop renewing the lease, so the
+                # task is reclaimed and run again (bounded by max_attempts) once it is back.
+                log.warning("task %s interrupted (%s); it will be reclaimed", task.id, exc)
+                return
+            # Anything else is a bug: re-running the task would meet it again. It ends now,
+            # with a refund; the traceback is in the log.
             log.exception("task %s failed unexpectedly", task.id)
-            with contextlib.suppress(*TRANSIENT_ERRORS):
-                await self.store.tasks.fail(task, Status.FAILED, 1001, f"internal error: {exc}")
+            with outages_suppressed():
+                await self.store.tasks.fail(
+                    task, Status.FAILED, 1001, f"internal error: {first_line(exc)}"
+                )
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -233,8 +243,11 @@ class Worker:
                 beat = await self.store.tasks.heartbeat(
                     task, self.settings.lease_s, int(control.fraction * 99)
                 )
-            except Exception:
-                log.warning("heartbeat of task %s failed; retrying", task.id)
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.exception("heartbeat of task %s failed; retrying", task.id)
+                else:
+                    log.warning("heartbeat of task %s failed (%s); retrying", task.id, exc)
                 continue
             if beat.cancel and not control.cancel_requested:
                 log.info("task %s: cancel requested; stopping at the next checkpoint", task.id)
@@ -312,9 +325,9 @@ class Worker:
                 continue
             job = Job(task.id, task.model_version, task.prompt, images, leg.provider_model)
             try:
-                image = await _within(leg.timeout_s, backend.generate(job, control), backend.name)
+                image = await run_attempt(backend, job, control, leg.timeout_s)
             except BackendError as exc:
-                outcome = _outcome(exc)
+                outcome = outcome_of(exc)
                 await tasks_.end_attempt(attempt, outcome, str(exc))
                 if outcome != "retryable":
                     raise
@@ -327,26 +340,3 @@ class Worker:
                 raise
             return image, backend.name, attempt
         raise _NoBackend("no backend could run the task: " + "; ".join(problems or ["none"]))
-
-
-async def _within(
-    timeout_s: float | None, attempt: Awaitable[GeneratedImage], backend: str
-) -> GeneratedImage:
-    """Await one backend attempt; past ``timeout_s`` it is cancelled and counts as a
-    retryable failure, so the next backend of the chain runs the task."""
-    limit = asyncio.timeout(timeout_s)
-    try:
-        async with limit:
-            return await attempt
-    except TimeoutError:
-        if not limit.expired():
-            raise  # the backend's own timeout, not ours
-        raise BackendUnavailable(
-            f"backend {backend!r} did not finish within {timeout_s:g} s"
-        ) from None
-
-
-def _outcome(exc: BackendError) -> str:
-    if isinstance(exc, BackendRejected):
-        return "rejected"
-    return "retryable" if exc.retryable else "failed"

@@ -1,0 +1,79 @@
+"""One backend attempt, and what its errors mean for the task.
+
+A ``BackendError`` says what happened (retryable, failed, rejected); a backend that overruns
+its ``timeout_s`` is cut off and counts as retryable; any other exception a backend lets out
+is turned into a ``BackendError`` here, so no backend error ever reaches the worker's outage
+path (easel.store.outage) and re-queues the task as if the database were down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+from easel.backends.base import (
+    BackendError,
+    BackendFailed,
+    BackendRejected,
+    BackendUnavailable,
+    GeneratedImage,
+    ImageBackend,
+    Job,
+    JobCancelled,
+    JobControl,
+)
+from easel.store import is_outage
+
+log = logging.getLogger("easel.worker")
+
+
+async def run_attempt(
+    backend: ImageBackend, job: Job, control: JobControl, timeout_s: float | None
+) -> GeneratedImage:
+    """Run one backend attempt. An exception a backend should not let out (a bug, or its
+    library failing on the inputs, such as Pillow's OSError on a reference) is logged with
+    its traceback and becomes a backend error, so the task falls back or ends with a refund
+    now, instead of passing for a database outage and being re-queued. A network error
+    counts as the provider being away: the next backend of the chain may run the task."""
+    try:
+        return await _within(timeout_s, backend.generate(job, control), backend.name)
+    except (BackendError, JobCancelled):
+        raise
+    except Exception as exc:
+        message = f"backend {backend.name!r} failed unexpectedly: {first_line(exc)}"
+        if is_outage(exc):
+            log.warning("task %s: %s", job.task_id, message)
+            raise BackendUnavailable(message) from exc
+        log.error("task %s: %s", job.task_id, message, exc_info=exc)
+        raise BackendFailed(message) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The exception's type and first line, bounded: enough for the client to report, and
+    no SQL statement or parameters (SQLAlchemy puts them on the following lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+async def _within(
+    timeout_s: float | None, attempt: Awaitable[GeneratedImage], backend: str
+) -> GeneratedImage:
+    """Await one backend attempt; past ``timeout_s`` it is cancelled and counts as a
+    retryable failure, so the next backend of the chain runs the task."""
+    limit = asyncio.timeout(timeout_s)
+    try:
+        async with limit:
+            return await attempt
+    except TimeoutError:
+        if not limit.expired():
+            raise  # the backend's own timeout, not ours
+        raise BackendUnavailable(
+            f"backend {backend!r} did not finish within {timeout_s:g} s"
+        ) from None
+
+
+def outcome_of(exc: BackendError) -> str:
+    if isinstance(exc, BackendRejected):
+        return "rejected"
+    return "retryable" if exc.retryable else "failed"
