@@ -192,8 +192,11 @@ class Dispatcher:
             log.info("webhook %s attempt %d: %s (%s)", due.id, logged.number, error, status)
         try:
             await self.store.finish(due, logged, status, next_at)
-        except Exception:  # unrecorded: the lease lapses and the delivery is sent again
-            log.exception("could not record webhook delivery %s", due.id)
+        except Exception as exc:  # unrecorded: the lease lapses and the delivery is sent again
+            if not is_outage(exc):
+                log.exception("could not record webhook delivery %s", due.id)
+            else:
+                log.warning("could not record webhook delivery %s (%s)", due.id, exc)
 
     def _next(self, due: Due, started: float, error: str | None) -> tuple[str, float | None]:
         """The delivery's next state: delivered, pending (with its due time) or dead."""
