@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from easel import logs
@@ -22,7 +23,7 @@ from easel.cli_client import register as register_caller_commands
 from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.store import Store, open_store
-from easel.store.accounts import UnknownKey
+from easel.store.accounts import MAX_CREDITS, InvalidAccount, UnknownKey
 
 app = typer.Typer(help="Easel: a Tripo v2 generate_image task server.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
@@ -164,6 +165,13 @@ def _on_store(settings: Settings, call: Callable[[Store], Awaitable[T]]) -> T:
     except UnknownKey:
         err.print("[red]error:[/red] no such key (or it is already revoked).")
         raise typer.Exit(1) from None
+    except InvalidAccount as exc:
+        err.print(
+            f"[red]error:[/red] {escape(str(exc))}; nothing was changed.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
 
 
 @app.command("demo-weights")
@@ -190,8 +198,12 @@ def demo_weights(
 @keys_app.command("create")
 def keys_create(
     config: ConfigOption = None,
-    credits: Annotated[int, typer.Option(min=0, help="Credits to grant.")] = 0,
-    name: Annotated[str, typer.Option(help="A name for the account.")] = "default",
+    credits: Annotated[
+        int, typer.Option(min=0, max=MAX_CREDITS, help="Credits to grant (at most 2^53 - 1).")
+    ] = 0,
+    name: Annotated[
+        str, typer.Option(help="A name for the account (1 to 200 characters).")
+    ] = "default",
 ) -> None:
     """Create an account and an API key; the key is the last line printed."""
     key = _on_store(_settings(config), lambda store: store.accounts.create_key(name, credits))
@@ -209,7 +221,9 @@ def keys_revoke(key: str, config: ConfigOption = None) -> None:
 @credits_app.command("grant")
 def credits_grant(
     key: str,
-    amount: Annotated[int, typer.Argument(min=1, help="Credits to add.")],
+    amount: Annotated[
+        int, typer.Argument(min=1, max=MAX_CREDITS, help="Credits to add (at most 2^53 - 1).")
+    ],
     config: ConfigOption = None,
 ) -> None:
     """Add credits to the account of KEY."""

@@ -15,6 +15,13 @@ from easel.store.db import read_only
 from easel.store.tables import accounts, api_keys, ledger
 
 KEY_PREFIX = "tsk_"
+# The most credits an account may hold (balance and frozen together), and so the largest
+# amount one grant may add: 2^53 - 1. Every figure a client reads back is then exact in a
+# JSON number parsed as a double (JavaScript, the playground, many JSON libraries), and no
+# sum the database makes of them (a move applied to a balance, SUM over the ledger) comes
+# near 2^63, past which SQLite silently turns an INTEGER column's value into a REAL.
+MAX_CREDITS = 2**53 - 1
+MAX_NAME_CHARS = 200  # accounts.name is varchar(200)
 
 
 def hash_key(key: str) -> str:
@@ -48,6 +55,33 @@ class UnknownKey(LookupError):
     """No active key with that value."""
 
 
+class InvalidAccount(ValueError):
+    """An amount or account name the ledger refuses; nothing was written."""
+
+
+def _check_amount(credits: int, *, least: int) -> None:
+    if not least <= credits <= MAX_CREDITS:
+        raise InvalidAccount(
+            f"credits must be a whole number from {least} to {MAX_CREDITS} (2^53 - 1), "
+            f"not {credits}"
+        )
+
+
+def _check_name(name: str) -> None:
+    """A name of 1 to MAX_NAME_CHARS characters of valid text, without control characters
+    (PostgreSQL refuses NUL and text that is not valid UTF-8; a name is shown in a terminal)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise InvalidAccount("the account name is not valid text") from None
+    if not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise InvalidAccount(
+            f"the account name must have 1 to {MAX_NAME_CHARS} characters, not {len(name)}"
+        )
+    if any(ord(char) < 32 or 127 <= ord(char) < 160 for char in name):
+        raise InvalidAccount("the account name may not contain control characters")
+
+
 # A credit move's statements, built once with bound parameters (every task makes two moves).
 _INSERT_LEDGER_ROW = insert(ledger)
 _MOVE = (
@@ -58,6 +92,16 @@ _MOVE = (
         frozen=accounts.c.frozen + bindparam("frozen_delta"),
     )
 )
+
+# Holds, settles and refunds never raise balance + frozen; only a grant does, so only a
+# grant checks the maximum.
+_balance_and_frozen = accounts.c.balance + accounts.c.frozen
+_GRANT = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account_id"), _balance_and_frozen <= bindparam("room"))
+    .values(balance=accounts.c.balance + bindparam("credits"))
+)
+_HELD = select(_balance_and_frozen).where(accounts.c.id == bindparam("account_id"))
 
 
 async def write_ledger_row(
@@ -107,7 +151,10 @@ class AccountStore:
         self._callers: dict[str, tuple[float, Caller]] = {}
 
     async def create_key(self, name: str, credits: int) -> str:
-        """A new account with one key and ``credits`` granted; returns the key (shown once)."""
+        """A new account with one key and ``credits`` granted; returns the key (shown once).
+        Raises :class:`InvalidAccount` for a name or amount out of bounds."""
+        _check_name(name)
+        _check_amount(credits, least=0)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         account_id, now = str(uuid.uuid4()), time.time()
         async with self._engine.begin() as conn:
@@ -178,9 +225,23 @@ class AccountStore:
                 raise UnknownKey(key[:10])
 
     async def grant(self, key: str, credits: int) -> Balance:
+        """Add ``credits`` (1 to MAX_CREDITS); refused with :class:`InvalidAccount`, and
+        nothing written, if the account would then hold more than MAX_CREDITS."""
+        _check_amount(credits, least=1)
         async with self._engine.begin() as conn:
             account_id = await self._account_of(conn, key)
-            await record_move(conn, account_id, None, "grant", credits, 0)
+            # One conditional statement: concurrent grants cannot pass the maximum together.
+            granted = await conn.execute(
+                _GRANT,
+                {"account_id": account_id, "credits": credits, "room": MAX_CREDITS - credits},
+            )
+            if granted.rowcount == 0:
+                held = (await conn.execute(_HELD, {"account_id": account_id})).scalar_one()
+                raise InvalidAccount(
+                    f"granting {credits} credits would take the account past the maximum of "
+                    f"{MAX_CREDITS} credits (it holds {held}, frozen included)"
+                )
+            await write_ledger_row(conn, account_id, None, "grant", credits, 0)
         return await self.balance(account_id)
 
     async def balance(self, account_id: str) -> Balance:
