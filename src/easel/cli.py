@@ -24,6 +24,7 @@ from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.store import Store, open_store
 from easel.store.accounts import MAX_CREDITS, InvalidAccount, UnknownKey
+from easel.worker import WorkerCannotRegister
 
 app = typer.Typer(help="Easel: a Tripo v2 generate_image task server.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
@@ -133,7 +134,11 @@ def worker(
     settings = _settings(config)
     _logging(settings)
     chosen = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    asyncio.run(_run_worker(settings, chosen))
+    try:
+        asyncio.run(_run_worker(settings, chosen))
+    except WorkerCannotRegister as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 async def _run_worker(settings: Settings, models: list[str] | None) -> None:
@@ -144,9 +149,12 @@ async def _run_worker(settings: Settings, models: list[str] | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    janitor = asyncio.create_task(runtime.janitor().run(stop))
     try:
-        await asyncio.gather(runtime.new_worker(models).run(stop), runtime.janitor().run(stop))
+        await runtime.new_worker(models).run(stop)
     finally:
+        stop.set()  # the worker may have stopped by itself (it could not register)
+        await janitor
         await runtime.close()
 
 

@@ -61,6 +61,8 @@ class Settings(BaseModel):
     lease_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
+    # How long a starting worker waits for an unreachable database before it exits non-zero.
+    worker_register_timeout_s: float = Field(default=300.0, gt=0)
     fetch_timeout_s: float = Field(default=20.0, gt=0)
     queue_timeout_s: float = Field(default=3600.0, gt=0)  # queued longer: expired, refunded
     output_retention_s: float = Field(default=7 * 86400.0, gt=0)  # then output is deleted

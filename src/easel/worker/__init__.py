@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Collection
 
 from easel.backends.base import (
@@ -35,7 +32,15 @@ from easel.store import Store, is_outage, outages_suppressed
 from easel.store.notify import QueueListener
 from easel.tasks import Status, Task
 from easel.worker.attempts import first_line, outcome_of, run_attempt
+from easel.worker.identity import (
+    WorkerCannotRegister,
+    check_worker_id,
+    new_worker_id,
+    register,
+)
 from easel.worker.inputs import resolve
+
+__all__ = ["Worker", "WorkerCannotRegister"]
 
 log = logging.getLogger("easel.worker")
 HOUSEKEEPING_S = 1.0
@@ -78,7 +83,7 @@ class Worker:
     ) -> None:
         self.store, self.objects, self.router, self.settings = store, objects, router, settings
         self.wanted = list(models) if models is not None else list(router.chains)
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.id = check_worker_id(worker_id) if worker_id is not None else new_worker_id()
         self.policy = OutboundPolicy.from_strings(settings.allow_outbound_cidrs)
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
@@ -176,20 +181,20 @@ class Worker:
                 log.warning("housekeeping failed (%s); trying again in %g s", exc, HOUSEKEEPING_S)
 
     async def _register(self, slots: int, stop: asyncio.Event) -> bool:
-        """Announce this worker, waiting (with back-off) while the database is away; False
-        if ``stop`` came first."""
-        backoff = self.settings.poll_interval_s
-        while not stop.is_set():
-            try:
-                await self.store.tasks.register_worker(self.id, self.models, slots)
-                return True
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                log.warning("cannot register with the database (%s); retrying", exc)
-            await self._sleep(stop, backoff)
-            backoff = min(OUTAGE_BACKOFF_MAX_S, backoff * 2)
-        return False
+        """Announce this worker; False if ``stop`` came first. Raises
+        :class:`WorkerCannotRegister` when it cannot (see :func:`identity.register`)."""
+
+        async def sleep(seconds: float) -> bool:
+            await self._sleep(stop, seconds)
+            return stop.is_set()
+
+        return await register(
+            self.id,
+            lambda: self.store.tasks.register_worker(self.id, self.models, slots),
+            sleep,
+            patience_s=self.settings.worker_register_timeout_s,
+            first_wait_s=self.settings.poll_interval_s,
+        )
 
     async def _sleep(self, stop: asyncio.Event, timeout_s: float) -> None:
         self._wake.clear()
