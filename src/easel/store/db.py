@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from easel.store import sqlite
 
+log = logging.getLogger("easel.store")
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_S = 30.0  # how long a SQLite statement waits for another writer's lock
 # Connections kept open per SQLite engine. SQLAlchemy returns a connection to its pool a few
@@ -98,10 +100,35 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration (idempotent; safe at every start)."""
+    """Bring the schema to the newest migration (idempotent; safe at every start).
+
+    Processes that start together (``easel serve --processes N``, replicas rolled out at
+    once) migrate one after another: each holds the database's migration lock for its
+    transaction, so the next one finds the schema already at head. Without it, two of them
+    created the same tables on an empty PostgreSQL database and all but one failed. On
+    PostgreSQL the lock is a transaction-scoped advisory lock; on SQLite the migration's
+    ``BEGIN IMMEDIATE`` already takes the database's single write lock (waiting up to
+    ``BUSY_TIMEOUT_S``), which serialises it the same way.
+    """
 
     def _upgrade(connection: Connection) -> None:
         command.upgrade(alembic_config(connection), "head")
 
     async with engine.begin() as connection:
+        if not is_sqlite(engine):
+            await _take_migration_lock(connection)
         await connection.run_sync(_upgrade)
+
+
+# The advisory lock key of migrations (any 64-bit number other code does not use): "easel"
+# in ASCII, then 1.
+MIGRATION_LOCK = 0x65617365_6C000001
+
+
+async def _take_migration_lock(connection: AsyncConnection) -> None:
+    """Hold PostgreSQL's migration lock until this transaction ends (commit or rollback)."""
+    key = {"key": MIGRATION_LOCK}
+    taken = await connection.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), key)
+    if not taken:
+        log.info("another process is migrating the database; waiting for it")
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), key)
