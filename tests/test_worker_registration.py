@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from apptools import Api, running_api, settings_for
 from conftest import reset_schema
-from easel.store import Store
+from easel.store import Store, open_store
 from easel.worker import Worker
 from easel.worker.identity import WORKER_ID_MAX, WorkerCannotRegister, new_worker_id
 from processes import (
@@ -121,6 +121,29 @@ async def test_a_worker_that_cannot_register_stops_at_once_and_says_why(
     assert "'refused-worker' cannot register" in message
     assert "workers refused by the test" in message
     assert "\n" not in message  # one line for the log, no SQL dump
+
+
+async def test_an_in_process_worker_that_cannot_register_shows_in_readyz(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``easel serve`` with its worker inside: the API stays up (it serves reads) but says it
+    is not ready, and why, instead of accepting tasks that nothing will run."""
+    store = await open_store(database_url)
+    try:
+        await refuse_new_workers(store)
+    finally:
+        await store.close()
+    async with running_api(settings_for(database_url)) as api:
+        for _ in range(400):  # up to 20 s
+            ready = await api.client.get("/readyz")
+            if ready.status_code != 200:
+                break
+            await asyncio.sleep(0.05)
+    assert ready.status_code == 503
+    worker = ready.json()["checks"]["worker"]
+    assert "cannot register" in worker and "workers refused by the test" in worker, worker
+    assert "this process runs no tasks" in worker
+    assert any("workers refused by the test" in r.getMessage() for r in caplog.records)
 
 
 @pytest.fixture

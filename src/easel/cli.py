@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +22,7 @@ from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.store import Store, open_store
 from easel.store.accounts import MAX_CREDITS, InvalidAccount, UnknownKey
+from easel.supervise import SupervisedRun, announce_registered
 from easel.worker import WorkerCannotRegister
 
 app = typer.Typer(help="Easel: a Tripo v2 generate_image task server.", no_args_is_help=True)
@@ -56,9 +55,6 @@ def _logging(settings: Settings) -> None:
     logs.configure(settings.log_format)
 
 
-WORKER_STOP_S = 30.0  # how long easel serve --processes N gives its worker to stop
-
-
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -87,24 +83,25 @@ def serve(
     # worker process runs the tasks: one CPU-bound worker, not one per API process.
     if config is not None:
         os.environ[CONFIG_ENV] = str(config.resolve())
-    worker = None
-    if not no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "easel", "worker"])
-    try:
-        _serve("easel.api.app:api_from_environment", settings, host, port, processes)
-    finally:
-        if worker is not None:
-            worker.terminate()  # SIGTERM: the worker puts running tasks back in the queue
-            try:
-                worker.wait(timeout=WORKER_STOP_S)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+    # The parent supervises them all: see easel.supervise.
+    supervised = SupervisedRun(worker=not no_worker)
+    _serve("easel.api.app:api_from_environment", settings, host, port, processes, supervised)
+    if supervised.gave_up is not None:
+        err.print(
+            f"[red]error:[/red] {escape(supervised.gave_up)}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(1)
 
 
 def _serve(
-    app_: FastAPI | str, settings: Settings, host: str, port: int, processes: int = 1
+    app_: FastAPI | str,
+    settings: Settings,
+    host: str,
+    port: int,
+    processes: int = 1,
+    run: Callable[..., None] = uvicorn.run,
 ) -> None:
-    uvicorn.run(
+    run(
         app_,
         factory=isinstance(app_, str),
         workers=processes if processes > 1 else None,
@@ -151,7 +148,7 @@ async def _run_worker(settings: Settings, models: list[str] | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     janitor = asyncio.create_task(runtime.janitor().run(stop))
     try:
-        await runtime.new_worker(models).run(stop)
+        await runtime.new_worker(models).run(stop, on_registered=announce_registered)
     finally:
         stop.set()  # the worker may have stopped by itself (it could not register)
         await janitor

@@ -38,6 +38,8 @@ class Runtime:
     service: TaskService
     signer: UrlSigner
     limiter: RateLimiter = field(init=False)  # requests per second per key, this process
+    # Parts of this process that stopped by themselves, and why (shown by /readyz).
+    problems: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
+from easel.supervise import supervised_checks
 
 router = APIRouter()
 health = APIRouter()
@@ -25,7 +26,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@health.get("/readyz", summary="Readiness: pings the database and the object store")
+@health.get(
+    "/readyz",
+    summary="Readiness: pings the database and the object store; names a dead worker or "
+    "API process",
+)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
@@ -38,6 +43,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         checks["object_store"] = "ok"
     except Exception as exc:
         checks["object_store"] = f"error: {exc}"
+    checks.update(supervised_checks())  # easel serve --processes N: the sibling processes
+    checks.update(runtime.problems)  # e.g. an in-process worker that stopped
     healthy = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ok" if healthy else "unavailable", "checks": checks},

@@ -26,6 +26,7 @@ from easel.api.envelope import TraceIdMiddleware, install_error_handlers
 from easel.api.limits import RequestLimits
 from easel.config import Settings, load_settings
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
+from easel.supervise import wait_for_worker, watch_in_process_worker
 from easel.web import router as playground
 from easel.webhooks import Dispatcher
 
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
             worker = runtime.new_worker()
             runtime.service.on_submit = worker.wake
             worker_task = asyncio.create_task(worker.run(stop))
+            watch_in_process_worker(worker_task, runtime.problems)
         dispatcher_task = asyncio.create_task(Dispatcher.for_runtime(runtime).run(stop))
         janitor_task = asyncio.create_task(runtime.janitor().run(stop))
         freeze_startup_objects()
@@ -54,7 +56,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         finally:
             stop.set()
             if worker_task is not None:
-                await worker_task
+                await wait_for_worker(worker_task)
             await dispatcher_task
             await janitor_task
             await runtime.close()

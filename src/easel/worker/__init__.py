@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from easel.backends.base import (
     BackendError,
@@ -101,14 +101,19 @@ class Worker:
         """A task was queued in this process: look now instead of at the next poll."""
         self._wake.set()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Claim and run tasks until ``stop`` is set; then release what is still running."""
+    async def run(
+        self, stop: asyncio.Event, on_registered: Callable[[], None] | None = None
+    ) -> None:
+        """Claim and run tasks until ``stop`` is set; then release what is still running.
+        ``on_registered`` is called once the worker has announced itself."""
         slots = self.settings.worker_concurrency
         await self._warm_up()
         backoff = 0.0  # > 0 while the database is away
         try:
             if not await self._register(slots, stop):
                 return
+            if on_registered is not None:
+                on_registered()
             log.info("worker %s takes %s", self.id, ", ".join(self.models) or "no model")
             while not stop.is_set():
                 await self._housekeeping(slots)
