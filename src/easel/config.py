@@ -80,6 +80,11 @@ class Settings(BaseModel):
     rate_limit_per_s: float = Field(default=20.0, ge=0)
     rate_limit_burst: int = Field(default=40, ge=1)
     max_header_bytes: int = Field(default=16 * 1024, ge=4096)
+    # Event streams (easel.streams): at most max_streams_per_key open per key in each API
+    # process; each re-checks its key every stream_check_s (ended once it is revoked) and
+    # is charged one request per check.
+    max_streams_per_key: int = Field(default=20, ge=1)
+    stream_check_s: float = Field(default=5.0, gt=0)
     # POST /upload/sts/token (with an s3:// storage_url): temporary credentials from STS
     # AssumeRole, signed with the AWS_* credentials of the environment. The role must allow
     # s3:PutObject on <prefix>/uploads/*; each token narrows it to one new key.

@@ -8,6 +8,8 @@ state; a limit that holds across replicas belongs in the proxy in front of them.
 
 A bucket that has refilled completely is the same as no bucket, so buckets are dropped once
 full when there are many; memory stays bounded by the keys active in the last few seconds.
+``charge`` counts what is never refused (an open event stream, ``easel.streams``): it may
+leave a bucket in debt, which the key's next requests wait off.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ class RateLimiter:
             return 0
         return max(1, math.ceil((1 - bucket.tokens) / self.rate_per_s))
 
+    def charge(self, key: str) -> None:
+        """Count a request of ``key`` that is not refused (an open event stream's lifetime):
+        a token if there is one, else debt, down to ``-burst``, that later requests wait off."""
+        if not self.enabled:
+            return
+        now = self._clock()
+        bucket = self._buckets.setdefault(key, _Bucket(float(self.burst), now))
+        refilled = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate_per_s)
+        bucket.tokens, bucket.at = max(-self.burst, refilled - 1), now
+
     def wait(self, key: str) -> int:
         """The whole seconds until ``key`` has a token (0: it has one now); takes none."""
         bucket = self._buckets.get(key)
@@ -67,7 +79,7 @@ class RateLimiter:
         return 0 if tokens >= 1 else max(1, math.ceil((1 - tokens) / self.rate_per_s))
 
     def _prune(self, now: float) -> None:
-        full_after = self.burst / self.rate_per_s
+        full_after = 2 * self.burst / self.rate_per_s  # from -burst (see charge) to full
         self._buckets = {
             key: bucket for key, bucket in self._buckets.items() if now - bucket.at < full_after
         }

@@ -14,6 +14,7 @@ from easel.service import TaskService
 from easel.signing import UrlSigner
 from easel.storage import ObjectStore, open_object_store
 from easel.store import Store, open_store
+from easel.streams import Streams
 from easel.worker import Worker
 
 log = logging.getLogger("easel")
@@ -38,11 +39,19 @@ class Runtime:
     service: TaskService
     signer: UrlSigner
     limiter: RateLimiter = field(init=False)  # requests per second per key, this process
+    streams: Streams = field(init=False)  # open SSE and WebSocket streams, this process
     # Parts of this process that stopped by themselves, and why (shown by /readyz).
     problems: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.limiter = RateLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
+        settings = self.settings
+        self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self.streams = Streams(
+            self.store.accounts,
+            self.limiter,
+            settings.max_streams_per_key,
+            settings.stream_check_s,
+        )
 
     def janitor(self) -> Janitor:
         return Janitor(self.store, self.objects, self.settings)

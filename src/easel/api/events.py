@@ -9,24 +9,32 @@ progress the event recorded.
   ``Authorization`` header of the upgrade; a single-task socket closes after ``finalized``.
 * SSE ``GET /task/{task_id}/events`` and ``GET /events``: ``id:`` is the event number;
   ``Last-Event-ID`` resumes after it with nothing missed.
+
+Every stream is an :class:`easel.streams.Stream` of its key: bounded per key (one more is
+refused with 1007), charged to the key's rate while open, ended when the key is revoked (SSE:
+an ``error`` event with the 1002 envelope; WebSocket: close 1008 ``"1002: …"``) and when the
+server shuts down (SSE: the body ends; WebSocket: close 1012).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from easel.api.deps import CallerDep, RuntimeDep, authenticate
-from easel.errors import EaselError, InvalidParameter, TaskNotFound
+from easel.errors import EaselError, InvalidParameter, RateLimited, TaskNotFound
 from easel.runtime import Runtime
 from easel.store.accounts import Caller
 from easel.store.events import Event
+from easel.streams import Stream, StreamEnded
 
 router = APIRouter()
 
@@ -35,9 +43,11 @@ KEEPALIVE_S = 15.0
 
 
 async def follow(
-    runtime: Runtime, caller: Caller, after: int, task_id: str | None = None
+    runtime: Runtime, stream: Stream, after: int, task_id: str | None = None
 ) -> AsyncGenerator[Event, None]:
-    """The key's events numbered above ``after``, forever (of one task, if given)."""
+    """The key's events numbered above ``after`` (of one task, if given) until the stream
+    ends (:class:`StreamEnded` is raised out of it then)."""
+    caller = stream.caller
     while True:
         batch = await runtime.store.events.after(
             caller.account_id, caller.key_id, after, task_id=task_id
@@ -46,7 +56,7 @@ async def follow(
             after = event.seq
             yield event
         if not batch:
-            await asyncio.sleep(POLL_S)
+            await stream.pause(POLL_S)
 
 
 async def render_event(runtime: Runtime, event: Event, base_url: str) -> dict[str, Any]:
@@ -67,16 +77,59 @@ def _since(value: str) -> float:
 # -- WebSocket --------------------------------------------------------------------------------
 
 
-async def _accept(websocket: WebSocket) -> tuple[Runtime, Caller] | None:
+def _close_reason(exc: EaselError) -> str:
+    """``"<code>: <message>"`` cut to the 123 bytes a close frame can carry."""
+    return f"{exc.code}: {exc.message}".encode()[:123].decode(errors="ignore")
+
+
+async def _accept(websocket: WebSocket) -> tuple[Runtime, Stream] | None:
+    """Authenticate (refused before the handshake), then accept, then take a stream place:
+    a key over its bound is told so in the close frame, 1008 ``"1007: …"``."""
     runtime: Runtime = websocket.app.state.runtime
     try:
         address = websocket.client.host if websocket.client else None
         caller = await authenticate(runtime, websocket.headers.get("authorization", ""), address)
     except EaselError as exc:
-        await websocket.close(code=1008, reason=f"{exc.code}: {exc.message}")
+        await websocket.close(code=1008, reason=_close_reason(exc))
         return None
     await websocket.accept()
-    return runtime, caller
+    try:
+        return runtime, runtime.streams.open(caller)
+    except RateLimited as exc:
+        await websocket.close(code=1008, reason=_close_reason(exc))
+        return None
+
+
+async def _watch(
+    websocket: WebSocket, runtime: Runtime, stream: Stream, body: Awaitable[None]
+) -> None:
+    """Run the sending loop ``body`` until it is done, the client leaves or the stream ends
+    (revoked key: close 1008; shutdown: close 1012). The client sends nothing, but reading is
+    how its leaving is noticed while no event comes."""
+
+    async def until_the_client_leaves() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+        stream.end()
+
+    leaving = asyncio.create_task(until_the_client_leaves())
+    try:
+        await body
+    except StreamEnded as ended:
+        if not leaving.done():
+            code, reason = 1012, "the server is restarting"
+            if ended.error is not None:
+                code, reason = 1008, _close_reason(ended.error)
+            with contextlib.suppress(Exception):  # the socket may be gone already
+                await websocket.close(code=code, reason=reason)
+    except (WebSocketDisconnect, InvalidParameter):
+        pass
+    finally:
+        runtime.streams.close(stream)
+        leaving.cancel()
+        await asyncio.wait({leaving})  # not ``await leaving``: that would take its error
+        if not leaving.cancelled():
+            leaving.exception()  # a receive after the close may have raised: retrieved here
 
 
 async def _send(websocket: WebSocket, kind: str, data: dict[str, Any]) -> None:
@@ -87,55 +140,58 @@ async def _send(websocket: WebSocket, kind: str, data: dict[str, Any]) -> None:
 @router.websocket("/task/watch/all/{since}")
 async def watch_all(websocket: WebSocket, since: str | None = None) -> None:
     accepted = await _accept(websocket)
-    if accepted is None:
-        return
-    runtime, caller = accepted
+    if accepted is not None:
+        runtime, stream = accepted
+        await _watch(websocket, runtime, stream, _send_all(websocket, runtime, stream, since))
+
+
+async def _send_all(
+    websocket: WebSocket, runtime: Runtime, stream: Stream, since: str | None
+) -> None:
+    caller = stream.caller
     base_url = str(websocket.base_url).replace("ws", "http", 1)
-    try:
-        after = await runtime.store.events.last_seq(caller.account_id)
-        if since is not None:
-            start = await runtime.store.events.last_seq_before(caller.account_id, _since(since))
-            latest: dict[str, Event] = {}
-            for event in await runtime.store.events.after(
-                caller.account_id, caller.key_id, start, limit=100_000
-            ):
-                latest[event.task_id] = event
-            for event in latest.values():
-                await _send(websocket, event.kind, await render_event(runtime, event, base_url))
-            after = max([after, *(e.seq for e in latest.values())])
-        async for event in follow(runtime, caller, after):
+    after = await runtime.store.events.last_seq(caller.account_id)
+    if since is not None:
+        start = await runtime.store.events.last_seq_before(caller.account_id, _since(since))
+        latest: dict[str, Event] = {}
+        for event in await runtime.store.events.after(
+            caller.account_id, caller.key_id, start, limit=100_000
+        ):
+            latest[event.task_id] = event
+        for event in latest.values():
             await _send(websocket, event.kind, await render_event(runtime, event, base_url))
-    except (WebSocketDisconnect, InvalidParameter):
-        return
+        after = max([after, *(e.seq for e in latest.values())])
+    async for event in follow(runtime, stream, after):
+        await _send(websocket, event.kind, await render_event(runtime, event, base_url))
 
 
 @router.websocket("/task/watch/{task_id}")
 async def watch_task(websocket: WebSocket, task_id: str) -> None:
     accepted = await _accept(websocket)
-    if accepted is None:
-        return
-    runtime, caller = accepted
+    if accepted is not None:
+        runtime, stream = accepted
+        await _watch(websocket, runtime, stream, _send_task(websocket, runtime, stream, task_id))
+
+
+async def _send_task(websocket: WebSocket, runtime: Runtime, stream: Stream, task_id: str) -> None:
     base_url = str(websocket.base_url).replace("ws", "http", 1)
-    try:
-        task = await runtime.store.tasks.get(task_id, key_id=caller.key_id)
-        if task is None:
-            await websocket.close(code=1008, reason=f"2001: task {task_id} not found")
-            return
-        await _send(
-            websocket,
-            "finalized" if task.is_final else "update",
-            await runtime.service.render(task, base_url),
-        )
-        if task.is_final:
+    task = await runtime.store.tasks.get(task_id, key_id=stream.caller.key_id)
+    if task is None:
+        await websocket.close(code=1008, reason=f"2001: task {task_id} not found")
+        return
+    await _send(
+        websocket,
+        "finalized" if task.is_final else "update",
+        await runtime.service.render(task, base_url),
+    )
+    if task.is_final:
+        await websocket.close()
+        return
+    async for event in follow(runtime, stream, 0, task_id=task_id):
+        await _send(websocket, event.kind, await render_event(runtime, event, base_url))
+        if event.kind == "finalized":
             await websocket.close()
             return
-        async for event in follow(runtime, caller, 0, task_id=task_id):
-            await _send(websocket, event.kind, await render_event(runtime, event, base_url))
-            if event.kind == "finalized":
-                await websocket.close()
-                return
-    except WebSocketDisconnect:
-        return
 
 
 # -- Server-Sent Events -----------------------------------------------------------------------
@@ -147,10 +203,10 @@ def _last_event_id(request: Request) -> int | None:
 
 
 async def _sse(
-    request: Request, runtime: Runtime, caller: Caller, after: int, task_id: str | None
+    request: Request, runtime: Runtime, stream: Stream, after: int, task_id: str | None
 ) -> AsyncIterator[str]:
     base_url = str(request.base_url)
-    events = follow(runtime, caller, after, task_id)
+    events = follow(runtime, stream, after, task_id)
     pending: asyncio.Task[Event] | None = None
     try:
         while not await request.is_disconnected():
@@ -159,7 +215,17 @@ async def _sse(
             if not done:
                 yield ": keep-alive\n\n"
                 continue
-            event, pending = pending.result(), None
+            try:
+                event, pending = pending.result(), None
+            except StreamEnded as ended:  # revoked (tell the client) or shutting down
+                if (error := ended.error) is not None:
+                    envelope = {
+                        "code": error.code,
+                        "message": error.message,
+                        "suggestion": error.suggestion,
+                    }
+                    yield f"event: error\ndata: {json.dumps(envelope)}\n\n"
+                return
             data = json.dumps(await render_event(runtime, event, base_url))
             yield f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n"
             if task_id is not None and event.kind == "finalized":
@@ -179,10 +245,27 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
-def _stream(body: AsyncIterator[str]) -> StreamingResponse:
-    return EventStreamResponse(
-        body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+class _OpenStream(EventStreamResponse):
+    """An SSE response that gives its stream's place back however it ends (finished,
+    client gone, cancelled at shutdown)."""
+
+    def __init__(self, body: AsyncIterator[str], runtime: Runtime, stream: Stream) -> None:
+        super().__init__(body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._runtime, self._stream = runtime, stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._runtime.streams.close(self._stream)
+
+
+def _stream(
+    request: Request, runtime: Runtime, caller: Caller, after: int, task_id: str | None
+) -> StreamingResponse:
+    """The SSE response, once the key may open one more stream (else 429 / 1007)."""
+    stream = runtime.streams.open(caller)
+    return _OpenStream(_sse(request, runtime, stream, after, task_id), runtime, stream)
 
 
 @router.get(
@@ -196,7 +279,7 @@ async def task_events(
     if await runtime.store.tasks.get(task_id, key_id=caller.key_id) is None:
         raise TaskNotFound(f"task {task_id} not found.")
     after = _last_event_id(request) or 0
-    return _stream(_sse(request, runtime, caller, after, task_id))
+    return _stream(request, runtime, caller, after, task_id)
 
 
 @router.get(
@@ -208,4 +291,4 @@ async def all_events(request: Request, caller: CallerDep, runtime: RuntimeDep) -
     after = _last_event_id(request)
     if after is None:
         after = await runtime.store.events.last_seq(caller.account_id)
-    return _stream(_sse(request, runtime, caller, after, None))
+    return _stream(request, runtime, caller, after, None)

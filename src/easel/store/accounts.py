@@ -203,6 +203,19 @@ class AccountStore:
         self._callers[digest] = (time.monotonic() + self._auth_cache_s, caller)
         return caller
 
+    async def is_active(self, key_id: str) -> bool:
+        """Whether the key is still unrevoked, asked of the database (no cache): what an
+        open event stream re-checks."""
+        async with self._reads.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(api_keys.c.id).where(
+                        api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)
+                    )
+                )
+            ).first()
+        return row is not None
+
     async def _account_of(self, conn: AsyncConnection, key: str) -> str:
         account_id = (
             await conn.execute(

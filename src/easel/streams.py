@@ -1,0 +1,139 @@
+"""The open event streams (SSE and WebSocket watches) of this process, as a cost of their key.
+
+A stream holds a connection and reads the event log for as long as it is open, so it is
+counted like requests are:
+
+* **At most ``max_streams_per_key`` at once per key** (in this process, as the rate limit
+  is). One more is refused with 429 / 1007, before anything is streamed.
+* **Its lifetime is charged to the key's rate**: one request when it opens (the
+  authentication) and one more every ``stream_check_s`` while it stays open, even when the
+  key's bucket is empty (the bucket then goes into debt that later requests wait off). A
+  stream costs what polling every ``stream_check_s`` would, and a key that holds many
+  streams has that much less left for its other requests.
+* **Its key is re-checked in the database at the same interval**: a key revoked anywhere
+  (another replica, ``easel keys revoke``) ends its streams within ``stream_check_s``, the
+  client told why (1002).
+* **Shutdown ends every stream at once** (:meth:`Streams.end_all`), so the server does not
+  wait for clients that would never leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import Counter
+
+from easel.errors import AuthenticationFailed, EaselError, RateLimited
+from easel.ratelimit import RateLimiter
+from easel.store.accounts import AccountStore, Caller
+from easel.store.outage import is_outage
+
+
+class StreamEnded(Exception):
+    """The stream must end now; ``error``, when set, is what to tell its client."""
+
+    def __init__(self, error: EaselError | None) -> None:
+        super().__init__(error.message if error else "the stream ended")
+        self.error = error
+
+
+class Stream:
+    """One open stream: its loop waits with :meth:`pause`, which raises
+    :class:`StreamEnded` once the stream must end."""
+
+    def __init__(self, owner: Streams, caller: Caller) -> None:
+        self.caller = caller
+        self._owner = owner
+        self._ended = asyncio.Event()
+        self._error: EaselError | None = None
+        self._next_check = time.monotonic() + owner.check_s
+
+    def end(self, error: EaselError | None = None) -> None:
+        """End the stream (its loop raises at its next pause); the first reason wins."""
+        if not self._ended.is_set():
+            self._error = error
+            self._ended.set()
+
+    async def pause(self, seconds: float) -> None:
+        """Wait up to ``seconds`` (less when the key is due for its check)."""
+        self._raise_if_ended()
+        wait_s = min(seconds, self._next_check - time.monotonic())
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._ended.wait()
+            self._raise_if_ended()
+        if time.monotonic() >= self._next_check:
+            await self._check_key()
+
+    async def _check_key(self) -> None:
+        self._next_check = time.monotonic() + self._owner.check_s
+        self._owner.limiter.charge(self.caller.key_id)
+        try:
+            active = await self._owner.accounts.is_active(self.caller.key_id)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return  # the database is away: the stream's own reads will say so; check later
+        if not active:
+            self.end(
+                AuthenticationFailed(
+                    "Authentication failed: the API key was revoked while this stream was open."
+                )
+            )
+            self._raise_if_ended()
+
+    def _raise_if_ended(self) -> None:
+        if self._ended.is_set():
+            raise StreamEnded(self._error)
+
+
+class Streams:
+    """The open streams of this process, counted per key."""
+
+    def __init__(
+        self, accounts: AccountStore, limiter: RateLimiter, per_key: int, check_s: float
+    ) -> None:
+        self.accounts, self.limiter = accounts, limiter
+        self.per_key, self.check_s = per_key, check_s
+        self._open: set[Stream] = set()
+        self._per_key: Counter[str] = Counter()
+        self._ending = False  # shutting down: a stream opened now ends at once
+
+    def open(self, caller: Caller) -> Stream:
+        """A new stream of ``caller``'s key, or :class:`RateLimited` when it has its fill.
+        The caller must :meth:`close` it, however it ends."""
+        if self._per_key[caller.key_id] >= self.per_key:
+            retry_s = math.ceil(self.check_s)
+            raise RateLimited(
+                f"this API key already has {self.per_key} event streams open here (SSE or "
+                "WebSocket), the most allowed.",
+                retry_s,
+                "Close a stream you no longer read, or follow every task of the key on one "
+                "stream ('GET /v2/openapi/events' or the WebSocket '/task/watch/all').",
+            )
+        stream = Stream(self, caller)
+        self._open.add(stream)
+        self._per_key[caller.key_id] += 1
+        if self._ending:
+            stream.end()
+        return stream
+
+    def close(self, stream: Stream) -> None:
+        if stream in self._open:
+            self._open.discard(stream)
+            self._per_key[stream.caller.key_id] -= 1
+            if self._per_key[stream.caller.key_id] <= 0:
+                del self._per_key[stream.caller.key_id]
+        stream.end()
+
+    def end_all(self) -> None:
+        """Shutdown: every open stream ends now, and any opened later at once."""
+        self._ending = True
+        for stream in list(self._open):
+            stream.end()
+
+    def count(self, key_id: str) -> int:
+        return self._per_key[key_id]
