@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -61,12 +62,22 @@ def create_key(config: Path, credits: int) -> str:
 
 @contextmanager
 def easel_process(
-    *args: str, log: Path, env: dict[str, str] | None = None
+    *args: str, log: Path, env: dict[str, str] | None = None, max_files: int | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``easel ARGS``; stop it (SIGTERM, then SIGKILL) when the block ends."""
+    """Start ``easel ARGS``; stop it (SIGTERM, then SIGKILL) when the block ends.
+    ``max_files`` caps the process's open descriptors (RLIMIT_NOFILE, soft and hard)."""
+
+    def limit_files() -> None:
+        if max_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+
     with log.open("ab") as sink:
         proc = subprocess.Popen(
-            [EASEL, *args], stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            [EASEL, *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=limit_files if max_files is not None else None,
         )
     try:
         yield proc

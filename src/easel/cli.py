@@ -20,6 +20,7 @@ from easel import logs
 from easel.cli_client import register as register_caller_commands
 from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
+from easel.server import uvicorn_options
 from easel.store import Store, open_store
 from easel.store.accounts import MAX_CREDITS, InvalidAccount, UnknownKey
 from easel.supervise import SupervisedRun, announce_registered
@@ -110,13 +111,8 @@ def _serve(
         log_level="info",
         log_config=None,  # keep easel.logs' handler: uvicorn's lines get the trace id too
         lifespan="on",
-        # Clients such as the tripo3d SDK poll every running_left_time / 2 seconds on one
-        # kept-alive connection; keep it open longer than uvicorn's 5 s default.
-        timeout_keep_alive=75,
-        # h11, not httptools: httptools takes a header block of any size (20 MB was read
-        # whole), h11 refuses one over max_header_bytes with 400 and keeps serving.
-        http="h11",
-        h11_max_incomplete_event_size=settings.max_header_bytes,
+        # h11 with deadlines for slow clients, a connection limit, a shutdown grace
+        **uvicorn_options(settings),
     )
 
 

@@ -80,6 +80,18 @@ class Settings(BaseModel):
     rate_limit_per_s: float = Field(default=20.0, ge=0)
     rate_limit_burst: int = Field(default=40, ge=1)
     max_header_bytes: int = Field(default=16 * 1024, ge=4096)
+    # Slow clients and connections (easel.server, docs/reliability.md "Availability and
+    # streams"): a request's header block must arrive within header_timeout_s; its body
+    # within body_timeout_s plus a second per body_min_bytes_per_s received; an idle
+    # kept-alive connection is closed after keep_alive_timeout_s; each API process holds at
+    # most max_connections (fewer if its descriptor limit is lower). On SIGTERM, event
+    # streams end and requests still running get shutdown_grace_s.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    body_min_bytes_per_s: int = Field(default=8192, gt=0)
+    keep_alive_timeout_s: int = Field(default=75, gt=0)
+    max_connections: int = Field(default=1000, ge=16)
+    shutdown_grace_s: int = Field(default=10, ge=1)
     # Event streams (easel.streams): at most max_streams_per_key open per key in each API
     # process; each re-checks its key every stream_check_s (ended once it is revoked) and
     # is charged one request per check.

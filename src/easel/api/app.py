@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -26,6 +27,7 @@ from easel.api.envelope import TraceIdMiddleware, install_error_handlers
 from easel.api.limits import RequestLimits
 from easel.config import Settings, load_settings
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
+from easel.server import ON_SHUTDOWN
 from easel.supervise import wait_for_worker, watch_in_process_worker
 from easel.web import router as playground
 from easel.webhooks import Dispatcher
@@ -37,7 +39,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     """The API; with ``run_worker`` an in-process worker runs tasks beside it."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[Mapping[str, Any]]:
         runtime = await open_runtime(settings)
         app.state.runtime = runtime
         log_served(runtime.router)
@@ -52,7 +54,9 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         janitor_task = asyncio.create_task(runtime.janitor().run(stop))
         freeze_startup_objects()
         try:
-            yield
+            # The server calls this when it begins to shut down (easel.server): open event
+            # streams end then, instead of holding the shutdown until their clients leave.
+            yield {ON_SHUTDOWN: runtime.streams.end_all}
         finally:
             stop.set()
             if worker_task is not None:
