@@ -4,9 +4,12 @@ over real sockets (``docs/reliability.md``, "Availability and streams")."""
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,6 +145,56 @@ def test_slow_clients_are_dropped_and_a_normal_client_is_served_meanwhile(
         assert answers_before_closed(not_reading) < 64
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
     assert "Too many open files" not in log.read_text(errors="replace")
+
+
+def multipart(size: int) -> tuple[bytes, str]:
+    head = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n"
+    )
+    return head + b"\x89PNG" + b"x" * size + b"\r\n--b--\r\n", "multipart/form-data; boundary=b"
+
+
+def post_with_urllib(url: str, key: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    """POST as urllib does it: no ``Expect: 100-continue``, ``Connection: close``, the whole
+    body sent before the answer is read."""
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": content_type},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read()
+
+
+def test_an_oversized_body_sent_without_expect_gets_the_413_envelope(tmp_path: Path) -> None:
+    with server(tmp_path, {}) as (port, key, _):
+        base = f"http://127.0.0.1:{port}/v2/openapi"
+        for url, (body, content_type) in (
+            (f"{base}/upload", multipart(22 * 1000 * 1000)),
+            (f"{base}/task", (b'{"prompt": "' + b"x" * 22_000_000 + b'"}', "application/json")),
+        ):
+            status, answer = post_with_urllib(url, key, body, content_type)
+            assert status == 413, answer[:300]
+            envelope = json.loads(answer)
+            assert envelope["code"] == 1004
+            assert envelope["suggestion"]
+
+        # A body declared far past what is worth reading is answered at once, unread.
+        with connect(port) as conn:
+            conn.sendall(
+                b"POST /v2/openapi/upload HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 10000000000\r\n\r\n"
+            )
+            conn.settimeout(10)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 413")
+        assert httpx.get(f"{base}/user/balance", headers={"Authorization": f"Bearer {key}"}).json()[
+            "data"
+        ] == {"balance": 100, "frozen": 0}
 
 
 def test_sigterm_closes_event_streams_and_exits_within_the_grace(tmp_path: Path) -> None:

@@ -7,6 +7,14 @@ arrives and cut off the moment it passes the limit, so neither ``json.loads`` no
 multipart parser ever holds more than the limit. Either way the answer is HTTP 413 with code
 1004 in the protocol's envelope.
 
+A client that sends its whole body before it reads the answer (Python's urllib, requests,
+aiohttp: no ``Expect: 100-continue``) would lose the 413 if the connection closed while its
+body was still arriving (the unread bytes make the kernel reset it). So the answer is sent
+first, marked ``Connection: close``, and then the rest of the body is read and discarded, up
+to ``easel.server.DRAIN_MAX_BYTES`` more (and within the server's body deadline), before the
+connection closes gracefully. A body declared larger than that, or one whose client waits
+for ``100 Continue``, is not read at all.
+
 This is ASGI middleware rather than a FastAPI dependency because FastAPI reads and parses a
 route's body before it runs the route's dependencies.
 
@@ -24,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from easel.api.envelope import error_response
 from easel.api.files import MAX_UPLOAD_REQUEST_BYTES
 from easel.errors import EaselError, InvalidParameter, RequestTooLarge
+from easel.server import DRAIN_MAX_BYTES
 
 # The routes whose body is an image (multipart or raw), and so may be up to 20 MB.
 UPLOAD_PATHS = frozenset({"/v2/openapi/upload", "/v2/openapi/upload/sts", "/v3/files"})
@@ -75,7 +84,8 @@ class RequestLimits:
         limit = self.upload_max_bytes if upload else self.max_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _answer(_too_large(limit, upload, declared), scope, receive, send)
+            refusal = _too_large(limit, upload, declared)
+            await _refuse_body(refusal, scope, receive, send, declared)
             return
 
         received, refused, started = 0, False, False
@@ -105,7 +115,7 @@ class RequestLimits:
             if not refused:
                 raise
         if refused and not started:
-            await _answer(_too_large(limit, upload, None), scope, receive, send)
+            await _refuse_body(_too_large(limit, upload, None), scope, receive, send, received)
 
 
 async def _refuse_nul(scope: Scope, receive: Receive, send: Send) -> None:
@@ -122,13 +132,49 @@ async def _refuse_nul(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _answer(refusal: EaselError, scope: Scope, receive: Receive, send: Send) -> None:
+    await _envelope(refusal, scope)(scope, receive, send)
+
+
+def _envelope(refusal: EaselError, scope: Scope) -> JSONResponse:
     """The refusal in the envelope; on ``/v3`` with ``request_id``, as the error handlers do."""
     response = error_response(refusal)
     if scope["path"].startswith("/v3/"):
         body = json.loads(bytes(response.body))
         body["request_id"] = scope.get("state", {}).get("trace_id")
         response = JSONResponse(body, status_code=response.status_code)
-    await response(scope, receive, send)
+    return response
+
+
+async def _refuse_body(
+    refusal: EaselError, scope: Scope, receive: Receive, send: Send, size: int
+) -> None:
+    """Answer ``refusal`` to a request whose body is unread, then read and discard the body
+    (``size`` bytes declared, or as many already read) if that is worth it, so that the
+    connection closes with nothing unread and the client sees the answer."""
+    response = _envelope(refusal, scope)
+    response.headers["Connection"] = "close"
+    if _expects_continue(scope) or size > DRAIN_MAX_BYTES:
+        await response(scope, receive, send)
+        return
+    start = {"type": "http.response.start", "status": response.status_code}
+    await send({**start, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body, "more_body": True})
+    drained = 0
+    while drained <= DRAIN_MAX_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client left
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _expects_continue(scope: Scope) -> bool:
+    return any(
+        name == b"expect" and value.strip().lower() == b"100-continue"
+        for name, value in scope.get("headers", ())
+    )
 
 
 def _content_length(scope: Scope) -> int | None:
