@@ -829,9 +829,9 @@ async def test_unknown_keys_from_one_address_are_refused_once_over_the_rate(
         assert_error(refused, 429, 1007)
         assert int(refused.headers["Retry-After"]) >= 1
         assert "unknown API keys" in refused.json()["message"]
-        # A key accepted here a moment ago goes on working; an unseen one waits as well.
+        # Valid keys are not refused for the unknown ones, seen here before or not.
         assert (await api.client.get(balance)).status_code == 200
-        assert_error(await api.client.get(balance, headers=other), 429, 1007)
+        assert (await api.client.get(balance, headers=other)).status_code == 200
         # A malformed header costs no lookup: refused as before, and not counted.
         assert_error(await api.client.get(balance, headers={"Authorization": "Basic x"}), 401, 1002)
 

@@ -97,6 +97,9 @@ class Settings(BaseModel):
     # is charged one request per check.
     max_streams_per_key: int = Field(default=20, ge=1)
     stream_check_s: float = Field(default=5.0, gt=0)
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the
+    # client is the right-most hop not in this list. From other peers it is ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
     # POST /upload/sts/token (with an s3:// storage_url): temporary credentials from STS
     # AssumeRole, signed with the AWS_* credentials of the environment. The role must allow
     # s3:PutObject on <prefix>/uploads/*; each token narrows it to one new key.
@@ -109,7 +112,7 @@ class Settings(BaseModel):
     backends: dict[str, BackendTable] = Field(default_factory=dict)
     models: dict[str, ModelTable] = Field(default_factory=dict)
 
-    @field_validator("allow_outbound_cidrs")
+    @field_validator("allow_outbound_cidrs", "trusted_proxies")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:

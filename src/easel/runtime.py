@@ -39,6 +39,7 @@ class Runtime:
     service: TaskService
     signer: UrlSigner
     limiter: RateLimiter = field(init=False)  # requests per second per key, this process
+    unknown_keys: RateLimiter = field(init=False)  # unknown keys per client address
     streams: Streams = field(init=False)  # open SSE and WebSocket streams, this process
     # Parts of this process that stopped by themselves, and why (shown by /readyz).
     problems: dict[str, str] = field(default_factory=dict)
@@ -46,6 +47,7 @@ class Runtime:
     def __post_init__(self) -> None:
         settings = self.settings
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self.unknown_keys = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         self.streams = Streams(
             self.store.accounts,
             self.limiter,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from easel import __version__
 from easel.api import (
@@ -74,6 +75,10 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     # The last added runs first: the trace id is set before a body is refused as too large.
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
     app.add_middleware(TraceIdMiddleware)
+    if settings.trusted_proxies:
+        # The client is the right-most X-Forwarded-For hop that is not a trusted proxy (what
+        # rate limits count by); from any other peer the header is ignored.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     install_error_handlers(app)
     openapi.install(app)
     for router in (

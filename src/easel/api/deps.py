@@ -22,10 +22,11 @@ async def authenticate(runtime: Runtime, header: str, address: str | None = None
     """The caller named by an ``Authorization: Bearer tsk_…`` header, or 1002; 1007 when
     the key is over its requests per second (every authenticated request counts).
 
-    Unknown keys from one client ``address`` count against a bucket of the same size: once
-    it is empty, that address's keys are refused with 1007 before they are looked up, except
-    keys this process accepted within the last seconds. Guessing keys costs time, and a
-    flood of them costs no queries.
+    Unknown keys are counted per client ``address`` (behind a trusted proxy, the address it
+    forwards) in a bucket of their own: once it is empty, that address's unknown keys get
+    1007 instead of 1002. Every key is still looked up, so a valid key is never refused for
+    what unknown keys did from its address (a proxy's address is everyone's); it is limited
+    by its own bucket alone.
     """
     scheme, _, key = header.partition(" ")
     key = key.strip()
@@ -35,24 +36,12 @@ async def authenticate(runtime: Runtime, header: str, address: str | None = None
             if not header
             else "Authentication failed: the Authorization header is not 'Bearer tsk_…'."
         )
+    try:
+        caller = await runtime.store.accounts.authenticate(key)
+    except UnknownKey:
+        _count_unknown_key(runtime, address)
+        raise AuthenticationFailed("Authentication failed: unknown or revoked API key.") from None
     limiter = runtime.limiter
-    caller = runtime.store.accounts.remembered(key)
-    if caller is None:
-        guessing = f"unknown keys from {address}" if address else None
-        if guessing is not None and (wait_s := limiter.wait(guessing)):
-            raise RateLimited(
-                f"too many requests with unknown API keys came from {address}.",
-                wait_s,
-                f"Wait {wait_s} s (the Retry-After header) and check the key you send.",
-            )
-        try:
-            caller = await runtime.store.accounts.authenticate(key)
-        except UnknownKey:
-            if guessing is not None:
-                limiter.take(guessing)
-            raise AuthenticationFailed(
-                "Authentication failed: unknown or revoked API key."
-            ) from None
     wait_s = limiter.take(caller.key_id)
     if wait_s:
         raise RateLimited(
@@ -63,6 +52,19 @@ async def authenticate(runtime: Runtime, header: str, address: str | None = None
             "every few seconds, or watch it over WebSocket or SSE.",
         )
     return caller
+
+
+def _count_unknown_key(runtime: Runtime, address: str | None) -> None:
+    """Take a token from the address's unknown-key bucket; 1007 once it is empty."""
+    if address is None:
+        return
+    wait_s = runtime.unknown_keys.take(address)
+    if wait_s:
+        raise RateLimited(
+            f"too many requests with unknown API keys came from {address[:64]}.",
+            wait_s,
+            f"Wait {wait_s} s (the Retry-After header) and check the key you send.",
+        )
 
 
 async def get_caller(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]) -> Caller:

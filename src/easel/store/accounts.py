@@ -140,15 +140,20 @@ async def record_move(
     await write_ledger_row(conn, account_id, task_id, kind, balance, frozen)
 
 
+_UNKNOWN_CACHE_S = 60.0  # an unknown key stays unknown: no key is ever made with its value
+
+
 class AccountStore:
     """Accounts and keys. ``authenticate`` remembers a good key for ``auth_cache_s`` seconds
-    (clients poll often); a revocation made elsewhere takes effect within that time."""
+    (clients poll often); a revocation made elsewhere takes effect within that time. It
+    remembers an unknown key for a minute, so a client repeating a bad key costs no query."""
 
     def __init__(self, engine: AsyncEngine, auth_cache_s: float = 5.0) -> None:
         self._engine = engine
         self._reads = read_only(engine)
         self._auth_cache_s = auth_cache_s
         self._callers: dict[str, tuple[float, Caller]] = {}
+        self._unknown: dict[str, float] = {}  # digest -> until when it is known unknown
 
     async def create_key(self, name: str, credits: int) -> str:
         """A new account with one key and ``credits`` granted; returns the key (shown once).
@@ -176,16 +181,13 @@ class AccountStore:
                 await record_move(conn, account_id, None, "grant", credits, 0)
         return key
 
-    def remembered(self, key: str) -> Caller | None:
-        """The caller of a key accepted here within ``auth_cache_s``, without a query."""
-        cached = self._callers.get(hash_key(key))
-        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
-
     async def authenticate(self, key: str) -> Caller:
         digest = hash_key(key)
         cached = self._callers.get(digest)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        if self._unknown.get(digest, 0.0) > time.monotonic():
+            raise UnknownKey(key[:10])
         async with self._reads.connect() as conn:
             row = (
                 await conn.execute(
@@ -196,6 +198,9 @@ class AccountStore:
             ).first()
         if row is None:
             self._callers.pop(digest, None)
+            if len(self._unknown) > 10_000:
+                self._unknown.clear()
+            self._unknown[digest] = time.monotonic() + _UNKNOWN_CACHE_S
             raise UnknownKey(key[:10])
         caller = Caller(key_id=row.id, account_id=row.account_id)
         if len(self._callers) > 10_000:
