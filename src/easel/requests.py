@@ -88,8 +88,6 @@ def parse_file(value: object, where: str) -> FileRef:
         raise InvalidParameter(
             f"{where} must be an object like {{'type': 'png', 'file_token': '…'}}."
         )
-    if _holds_nul(value):  # no token, URL or key holds one, and PostgreSQL refuses them
-        raise InvalidParameter(f"{where} holds a NUL character (\\u0000).")
     present = [name for name in _SOURCES if value.get(name) is not None]
     if len(present) != 1:
         raise InvalidParameter(
@@ -126,13 +124,6 @@ def parse_file(value: object, where: str) -> FileRef:
                 "Give a public http:// or https:// link to a JPEG or PNG image, or upload it.",
             )
     return FileRef(source, raw.strip(), type=file_type)
-
-
-def _holds_nul(file: dict[Any, Any]) -> bool:
-    """Whether a File object's strings (its object's too) hold a NUL character."""
-    inner = file.get("object")
-    values = [*file.values(), *(inner.values() if isinstance(inner, dict) else ())]
-    return any(isinstance(text, str) and "\x00" in text for text in values)
 
 
 def _parse_files(body: dict[str, Any]) -> list[FileRef]:

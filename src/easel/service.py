@@ -198,8 +198,6 @@ class TaskService:
         self, caller: Caller, task_id: str, base_url: str
     ) -> tuple[Task, dict[str, Any]] | None:
         """The caller's task and its task object, or None."""
-        if "\x00" in task_id:  # no id holds one (and PostgreSQL cannot compare it): a miss
-            return None
         found = await self.store.tasks.view(task_id, caller.key_id)
         if found is None:
             return None

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from easel import errors
+from easel.api.webhooks import NewWebhook
 
 P = "/v2/openapi"
 TASK_ID = "ef731ad6-aeb0-4950-9a2e-2298359dfaf8"
@@ -400,6 +401,7 @@ def build_schema(app: FastAPI) -> dict[str, Any]:
             },
         }
     components["V3Generation"] = V3_BODY_SCHEMA
+    components["NewWebhook"] = NewWebhook.model_json_schema()
     for path, body_schema, example in HAND_PARSED_BODIES:
         schema["paths"][path]["post"]["requestBody"] = {
             "required": True,

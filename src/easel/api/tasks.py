@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,18 +9,16 @@ from fastapi import APIRouter, Request
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.errors import MalformedBody, TaskNotFound
+from easel.text import decode_json
 
 router = APIRouter()
 
 
 async def json_body(request: Request) -> Any:
-    """The request body decoded as JSON (any value), or 1003."""
-    try:
-        return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:  # e.g. 100000 levels of [[[…]]]: the decoder refuses the depth
-        raise MalformedBody("the request body nests JSON too deeply.") from None
+    """The request body decoded as JSON (any value): 1003 when it is not JSON, 1004 when a
+    string or number in it breaks the text rules (``easel.text``). Every JSON body of the API
+    is read here: no route lets FastAPI decode one."""
+    return decode_json(await request.body())
 
 
 async def json_object(request: Request, what: str = "with a 'type'") -> dict[str, Any]:

@@ -1,0 +1,151 @@
+"""Hostile strings and numbers, one case each, on SQLite and PostgreSQL: text that cannot be
+stored (lone surrogates, NUL), integers past 64 bits, odd digits in ``Last-Event-ID`` and
+unbounded ``Host`` headers get 400 / 1004 in the envelope, move no credit and store nothing;
+a task that holds such text from before the rules can still be read.
+
+Requests go through ``asgi_raw``: an HTTP client would refuse to send most of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from apptools import png
+from asgi_raw import Answer
+from easel.text import decode_json
+from hostile_app import Served, serve
+
+TASK = "/v2/openapi/task"
+WEBHOOKS = "/v2/openapi/webhooks"
+HOOK_URL = "http://127.0.0.1:9/hook"  # loopback is allowed by ``serve``; nothing listens
+
+
+@pytest.fixture
+async def served(database_url: str) -> AsyncIterator[Served]:
+    async with serve(database_url) as found:
+        yield found
+
+
+def assert_1004(answer: Answer, names: str = "") -> dict[str, Any]:
+    assert answer.raised is None, repr(answer.raised)
+    assert answer.status == 400, (answer.status, answer.body[:300])
+    body: dict[str, Any] = answer.json()
+    assert body["code"] == 1004 and body["suggestion"], body
+    assert body["message"].startswith(names), body
+    return body
+
+
+async def post_json(served: Served, path: str, body: Any) -> Answer:
+    """``body`` as ``json.dumps`` writes it: a lone surrogate becomes its ``\\ud800`` escape."""
+    return await served.call("POST", path, body=json.dumps(body).encode(), json_body=True)
+
+
+# -- text that cannot be stored, in a JSON body -------------------------------------------------
+
+
+def bodies(flawed: str, token: str) -> list[tuple[str, dict[str, Any], str]]:
+    """(route, body, the field the refusal names) for every string field of every JSON route."""
+    task: dict[str, Any] = {"type": "generate_image", "prompt": "a fox"}
+    return [
+        (TASK, {**task, "file": {"file_token": flawed}}, "file.file_token"),
+        (TASK, {**task, "file": {"type": flawed, "file_token": token}}, "file.type"),
+        (TASK, {**task, "files": [{"file_token": token}, {"url": flawed}]}, "files[1].url"),
+        (TASK, {**task, "file": {"object": {"bucket": "easel", "key": flawed}}}, "file.object.key"),
+        (TASK, {**task, "prompt": f"a {flawed} fox"}, "prompt"),
+        (TASK, {**task, "model_version": flawed}, "model_version"),
+        (TASK, {**task, "template": flawed}, "template"),
+        (TASK, {**task, f"extra{flawed}": 1}, "a key of the request body"),
+        ("/v3/generation/image-to-image", {"prompt": "x", "input": flawed}, "input"),
+        ("/v3/generation/image-to-image", {"prompt": "x", "inputs": [token, flawed]}, "inputs[1]"),
+        ("/v3/generation/text-to-image", {"prompt": "x", "model": flawed}, "model"),
+        ("/v3/tasks/list", {"task_ids": [flawed]}, "task_ids[0]"),
+        (WEBHOOKS, {"url": HOOK_URL + flawed, "events": ["task.success"]}, "url"),
+        (WEBHOOKS, {"url": HOOK_URL, "events": [flawed]}, "events[0]"),
+        ("/v2/openapi/upload/sts/token", {"format": flawed}, "format"),
+        ("/v3/files/presign", {"format": flawed}, "format"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "flawed",
+    [chr(0xD800), chr(0xDFFF), f"x{chr(0xDC80)}y", "\x00"],  # chr(): ruff reads "\ud800" as U+FFFD
+    ids=["high-surrogate", "low-surrogate", "inside-text", "nul"],
+)
+async def test_text_that_cannot_be_stored_is_1004_naming_its_field_and_charges_nothing(
+    served: Served, flawed: str
+) -> None:
+    """Lone surrogates gave 500 in file_token, v3 input/inputs/task_ids; in ``file.type`` the
+    task was accepted and charged, and then could not be read (500 on every read)."""
+    token = await served.runtime.service.upload(served.caller, png())
+    before = await served.state()
+    for path, body, field in bodies(flawed, token):
+        answer = await post_json(served, path, body)
+        message = assert_1004(answer, field)["message"]
+        assert "NUL" in message if flawed == "\x00" else "surrogate" in message, message
+        assert await served.state() == before, (path, body)
+
+
+async def test_utf8_encoded_surrogates_are_not_json_text(served: Served) -> None:
+    """``json.loads`` of bytes decodes with ``surrogatepass``: the bytes ED A0 80 became a
+    lone surrogate and reached the store."""
+    before = await served.state()
+    raw = b'{"type": "generate_image", "prompt": "x", "file": {"file_token": "\xed\xa0\x80"}}'
+    answer = await served.call("POST", TASK, body=raw, json_body=True)
+    assert (answer.status, answer.json()["code"]) == (400, 1003), answer
+    assert await served.state() == before
+
+
+async def test_every_json_body_of_the_document_is_read_by_the_one_decoder(served: Served) -> None:
+    """Every operation documented with a JSON body applies the text rules before its own: no
+    route lets FastAPI decode a body past them (as POST /webhooks did)."""
+    document = served.app.openapi()
+    routes = [
+        (method.upper(), re.sub(r"\{[^}]+\}", "x", path))
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert len(routes) >= 7, routes
+    for method, path in routes:
+        answer = await served.call(method, path, body=b'{"x": "\\ud800"}', json_body=True)
+        assert_1004(answer, "x holds a lone UTF-16 surrogate")
+
+
+# -- numbers --------------------------------------------------------------------------------------
+
+HUGE = ["1" * 5000, "-" + "9" * 5000, str(2**63), str(-(2**63) - 1), str(2**64)]
+
+
+@pytest.mark.parametrize(
+    "digits", HUGE, ids=["5000-digits", "-5000-digits", "2^63", "-2^63-1", "2^64"]
+)
+@pytest.mark.parametrize(
+    ("path", "template", "field"),
+    [
+        (TASK, '{"type": "generate_image", "prompt": "x", "t_pose": %s}', "t_pose"),
+        (TASK, '{"type": "generate_image", "prompt": "x", "files": [{"url": %s}]}', "files[0].url"),
+        ("/v3/generation/text-to-image", '{"prompt": "x", "n": %s}', "n"),
+        ("/v3/tasks/list", '{"task_ids": [%s]}', "task_ids[0]"),
+        (WEBHOOKS, '{"url": "http://127.0.0.1:9/", "events": ["task.success"], "x": %s}', "x"),
+        ("/v2/openapi/upload/sts/token", '{"format": %s}', "format"),
+    ],
+    ids=["t_pose", "files-url", "v3-unknown-field", "task_ids", "webhook-unknown-field", "format"],
+)
+async def test_an_integer_past_64_bits_in_a_json_body_is_1004_naming_its_field(
+    served: Served, path: str, template: str, field: str, digits: str
+) -> None:
+    """5,000 digits passed Python's int-string limit inside ``json.loads``: a 500."""
+    before = await served.state()
+    answer = await served.call("POST", path, body=(template % digits).encode(), json_body=True)
+    assert "beyond 64 bits" in assert_1004(answer, field)["message"]
+    assert await served.state() == before
+
+
+def test_the_largest_64_bit_integers_are_numbers_like_any_other() -> None:
+    assert decode_json(b"[9223372036854775807, -9223372036854775808]") == [2**63 - 1, -(2**63)]
+    assert decode_json('{"ü": "\\ud83d\\ude00 ²"}'.encode()) == {"ü": "😀 ²"}  # a pair is text
