@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from apptools import png
 from asgi_raw import Answer
+from easel.store.tasks import NewTask
 from easel.text import decode_json
 from hostile_app import Served, serve
 
@@ -98,6 +100,32 @@ async def test_utf8_encoded_surrogates_are_not_json_text(served: Served) -> None
     answer = await served.call("POST", TASK, body=raw, json_body=True)
     assert (answer.status, answer.json()["code"]) == (400, 1003), answer
     assert await served.state() == before
+
+
+async def test_a_task_stored_with_a_lone_surrogate_before_the_rule_is_still_readable(
+    served: Served,
+) -> None:
+    """Defence in depth: what the store holds from before the door checked is scrubbed on
+    the way out (U+FFFD), so every read of the task answers."""
+    task_id = str(uuid.uuid4())
+    echo = {"prompt": "x", "files": [{"type": "\ud800", "file_token": "t"}], "\udfff": "\x00"}
+    await served.runtime.store.tasks.submit(
+        served.caller,
+        NewTask(task_id, "generate_image", "flux.1_kontext_pro", echo, "x", (), 5),
+        max_unfinished=10,
+        retry_after_s=1,
+    )
+    reads = [
+        await served.call("GET", f"{TASK}/{task_id}"),
+        await served.call("GET", f"/v3/tasks/{task_id}"),
+        await post_json(served, "/v3/tasks/list", {"task_ids": [task_id]}),
+        await served.call("POST", f"{TASK}/{task_id}/cancel"),
+    ]
+    for answer in reads:
+        assert (answer.status, answer.raised) == (200, None), answer
+    scrubbed = {"prompt": "x", "files": [{"type": "\ufffd", "file_token": "t"}], "\ufffd": "\ufffd"}
+    assert reads[0].json()["data"]["input"] == scrubbed
+    assert reads[3].json()["data"]["status"] == "cancelled"
 
 
 async def test_every_json_body_of_the_document_is_read_by_the_one_decoder(served: Served) -> None:

@@ -145,3 +145,24 @@ def decode_json(raw: bytes) -> Any:
         field, problem = found
         raise InvalidParameter(f"{field} {problem}.", _SUGGESTION)
     return value
+
+
+def load_stored(text: str | bytes) -> Any:
+    """JSON read back from the database, scrubbed of what the rules refuse (see
+    :func:`scrubbed`). What Easel stores is ``json.dumps`` output, ASCII with ``\\u``
+    escapes, so text without one needs no look."""
+    value = json.loads(text)
+    escaped = b"\\u" in text if isinstance(text, bytes) else "\\u" in text
+    return scrubbed(value) if escaped and _any_problem(value) else value
+
+
+def scrubbed(value: Any) -> Any:
+    """A JSON value with each unfit character replaced by U+FFFD: for reading data stored
+    before the rule held, so that it can still be answered."""
+    if isinstance(value, str):
+        return _FLAWED.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {scrubbed(key): scrubbed(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [scrubbed(inner) for inner in value]
+    return value

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from easel.store import sqlite
+from easel.text import load_stored
 
 log = logging.getLogger("easel.store")
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -30,10 +31,12 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 
 
 def create_engine(database_url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` writes."""
+    """An async engine; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` writes.
+    JSON columns read back through ``load_stored``: a value stored before the text rules
+    held cannot make a task unreadable."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        return create_async_engine(url, pool_pre_ping=True, json_deserializer=load_stored)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     database, uri = url.database or ":memory:", bool(url.query.get("uri"))
@@ -42,7 +45,11 @@ def create_engine(database_url: str) -> AsyncEngine:
         return await sqlite.connect(database, timeout_s=BUSY_TIMEOUT_S, uri=uri)
 
     engine = create_async_engine(
-        url, async_creator=_connect, pool_size=SQLITE_POOL_SIZE, max_overflow=SQLITE_POOL_SIZE
+        url,
+        async_creator=_connect,
+        pool_size=SQLITE_POOL_SIZE,
+        max_overflow=SQLITE_POOL_SIZE,
+        json_deserializer=load_stored,
     )
 
     @event.listens_for(engine.sync_engine, "connect")
