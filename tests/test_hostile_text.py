@@ -177,3 +177,35 @@ async def test_an_integer_past_64_bits_in_a_json_body_is_1004_naming_its_field(
 def test_the_largest_64_bit_integers_are_numbers_like_any_other() -> None:
     assert decode_json(b"[9223372036854775807, -9223372036854775808]") == [2**63 - 1, -(2**63)]
     assert decode_json('{"ü": "\\ud83d\\ude00 ²"}'.encode()) == {"ü": "😀 ²"}  # a pair is text
+
+
+# -- Last-Event-ID --------------------------------------------------------------------------------
+
+ODD_EVENT_IDS = [
+    b"\xb2",  # "²": str.isdigit() is true, int() raises
+    "٣".encode(),  # Arabic-Indic three, as its UTF-8 bytes (read as Latin-1: "Ù£")
+    b"9" * 5000,
+    str(2**63).encode(),
+    str(2**64).encode(),
+    b"-1",
+    b"12abc",
+]
+
+
+@pytest.mark.parametrize("value", ODD_EVENT_IDS)
+async def test_an_odd_last_event_id_is_1004_before_the_stream_starts(
+    served: Served, value: bytes
+) -> None:
+    """Non-ASCII digits and 5,000 digits gave 500; past 2^63 the stream started and its query
+    failed inside it (an unretrieved task exception)."""
+    created = await post_json(served, TASK, {"type": "generate_image", "prompt": "x"})
+    task_id = created.json()["data"]["task_id"]
+    for path in ("/v2/openapi/events", f"{TASK}/{task_id}/events"):
+        answer = await served.call("GET", path, headers=[(b"last-event-id", value)])
+        assert "Last-Event-ID" in assert_1004(answer)["message"]
+
+
+async def test_a_last_event_id_of_the_server_resumes_the_stream(served: Served) -> None:
+    for value in (b"0", b" 42 ", str(2**63 - 1).encode(), b""):
+        answer = await served.call("GET", "/v2/openapi/events", headers=[(b"last-event-id", value)])
+        assert (answer.status, answer.raised) == (200, None), (value, answer)

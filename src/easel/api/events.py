@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,7 @@ from easel.runtime import Runtime
 from easel.store.accounts import Caller
 from easel.store.events import Event
 from easel.streams import Stream, StreamEnded
+from easel.text import INT64_MAX
 
 router = APIRouter()
 
@@ -197,9 +199,23 @@ async def _send_task(websocket: WebSocket, runtime: Runtime, stream: Stream, tas
 # -- Server-Sent Events -----------------------------------------------------------------------
 
 
+_EVENT_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²"
+
+
 def _last_event_id(request: Request) -> int | None:
+    """The event number a client resumes after: None without the header, 1004 unless it is
+    one this server could have sent (ASCII digits, a 64-bit event number). Checked before
+    the stream starts, so that a bad one is an answer, not an error inside the stream."""
     value = request.headers.get("last-event-id", "").strip()
-    return int(value) if value.isdigit() else None
+    if not value:
+        return None
+    if _EVENT_ID.fullmatch(value) and int(value) <= INT64_MAX:
+        return int(value)
+    raise InvalidParameter(
+        f"Last-Event-ID must be an event number this server sent, not {value[:40]!r}"
+        + (f" ({len(value)} characters)." if len(value) > 40 else "."),
+        "Send the id: of the last event you received, or no Last-Event-ID to start from now.",
+    )
 
 
 async def _sse(
