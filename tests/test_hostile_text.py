@@ -15,9 +15,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from apptools import png
-from asgi_raw import Answer
+from asgi_raw import Answer, connect
+from easel.config import Settings
+from easel.store.tables import webhooks
 from easel.store.tasks import NewTask
 from easel.text import decode_json
 from hostile_app import Served, serve
@@ -209,3 +212,103 @@ async def test_a_last_event_id_of_the_server_resumes_the_stream(served: Served) 
     for value in (b"0", b" 42 ", str(2**63 - 1).encode(), b""):
         answer = await served.call("GET", "/v2/openapi/events", headers=[(b"last-event-id", value)])
         assert (answer.status, answer.raised) == (200, None), (value, answer)
+
+
+# -- Host, and the URLs built from it -------------------------------------------------------------
+
+BAD_HOSTS = [b"a" * 600, b"evil.example/x?y#", b"user@evil.example", b"", b"h\xe9te", b"a b"]
+
+
+@pytest.mark.parametrize(
+    "host", BAD_HOSTS, ids=["600-chars", "path", "userinfo", "empty", "latin-1", "space"]
+)
+async def test_a_host_that_is_not_a_host_is_1004_and_stores_no_webhook(
+    served: Served, host: bytes
+) -> None:
+    """A 600-character Host was stored as the webhook's base URL: 500 on PostgreSQL
+    (varchar(512)), and a link to anywhere on SQLite."""
+    before = await served.state()
+    body = json.dumps({"url": HOOK_URL, "events": ["task.success"]}).encode()
+    answer = await served.call(
+        "POST", WEBHOOKS, body=body, json_body=True, headers=[(b"host", host)]
+    )
+    assert "Host" in assert_1004(answer)["message"]
+    assert await served.state() == before
+
+
+@pytest.mark.parametrize(
+    "host", [b"images.example.com", b"127.0.0.1:8000", b"[::1]:8443", b"a" * 253]
+)
+async def test_a_host_name_or_address_is_served(served: Served, host: bytes) -> None:
+    answer = await served.call("GET", WEBHOOKS, headers=[(b"host", host)])
+    assert answer.status == 200, answer
+
+
+async def test_a_webhook_stores_public_url_when_it_is_set_whatever_the_host(
+    database_url: str,
+) -> None:
+    async with serve(database_url, public_url="https://images.example.com") as served:
+        body = json.dumps({"url": HOOK_URL, "events": ["task.success"]}).encode()
+        answer = await served.call(
+            "POST", WEBHOOKS, body=body, json_body=True, headers=[(b"host", b"evil.example")]
+        )
+        assert answer.status == 200, answer
+        async with served.runtime.store.engine.connect() as conn:
+            stored = await conn.scalar(select(webhooks.c.base_url))
+        assert stored == "https://images.example.com"
+
+
+# -- path, query and headers at the door ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "names"),
+    [
+        ([(b"idempotency-key", b"a\x00b")], "the idempotency-key header"),
+        ([(b"idempotency-key", b"a\nb")], "the idempotency-key header"),
+        ([(b"x-anything", b"\x1b[31m")], "the x-anything header"),
+        ([(b"content-length", b"\xb2")], "the Content-Length header"),
+        ([(b"content-length", b"9" * 5000)], "the Content-Length header"),
+    ],
+)
+async def test_a_header_that_is_not_text_is_1004(
+    served: Served, headers: list[tuple[bytes, bytes]], names: str
+) -> None:
+    """A NUL in Idempotency-Key reached PostgreSQL (500); "²" as Content-Length passed
+    ``str.isdigit`` and ``int()`` raised (500)."""
+    before = await served.state()
+    body = json.dumps({"type": "generate_image", "prompt": "x"}).encode()
+    answer = await served.call("POST", TASK, body=body, json_body=True, headers=headers)
+    assert_1004(answer, names)
+    assert await served.state() == before
+
+
+async def test_a_nul_in_a_query_parameter_is_1004_naming_it(served: Served) -> None:
+    answer = await served.call("GET", "/v3/account/usage", query=b"limit=1&offset=%00")
+    assert assert_1004(answer, "query parameter 'offset'")["request_id"]
+
+
+@pytest.mark.parametrize("path", [f"{TASK}/\ud800", f"{TASK}/a\x00b/cancel", "/v3/tasks/\udfff"])
+async def test_a_path_that_is_not_text_is_1004(served: Served, path: str) -> None:
+    assert_1004(await served.call("POST" if path.endswith("cancel") else "GET", path), "the path")
+
+
+async def test_a_websocket_with_a_host_that_is_not_a_host_is_closed_with_1004(
+    served: Served,
+) -> None:
+    closed = await connect(
+        served.app, "/v2/openapi/task/watch/all", headers=[served.auth, (b"host", b"a" * 600)]
+    )
+    assert (closed.accepted, closed.code, closed.raised) == (False, 1008, None)
+    assert closed.reason.startswith("1004: the Host header")
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://images.example.com", "https://", "https://a.b/?q=1", "https://a.b/" + "x" * 250]
+)
+def test_public_url_is_a_bounded_http_url(url: str) -> None:
+    """It is stored (a webhook's base of output links) and starts every output URL."""
+    with pytest.raises(ValueError, match="is not an http\\(s\\) URL of at most 256 characters"):
+        Settings(public_url=url)
+    assert Settings(public_url="https://images.example.com/easel").public_url is not None
+    assert Settings(public_url="").public_url is None

@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -120,6 +121,27 @@ class Settings(BaseModel):
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
                 raise ValueError(f"{cidr!r} is not a CIDR network such as 10.1.0.0/16") from exc
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        """An http(s) origin (and path) of at most 256 characters: it is stored, as a
+        webhook's base of output links (512 characters), and starts every output URL."""
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+            or len(value) > 256
+        ):
+            raise ValueError(
+                f"{value[:80]!r} is not an http(s) URL of at most 256 characters without a "
+                "query, such as https://images.example.com"
+            )
         return value
 
     @field_validator("models")

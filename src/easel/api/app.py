@@ -24,6 +24,7 @@ from easel.api import (
     v3,
     webhooks,
 )
+from easel.api.door import TextRules
 from easel.api.envelope import TraceIdMiddleware, install_error_handlers
 from easel.api.limits import RequestLimits
 from easel.config import Settings, load_settings
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     )
     # The last added runs first: the trace id is set before a body is refused as too large.
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
+    app.add_middleware(TextRules)  # path, query and headers are text; Host is a host
     app.add_middleware(TraceIdMiddleware)
     if settings.trusted_proxies:
         # The client is the right-most X-Forwarded-For hop that is not a trusted proxy (what

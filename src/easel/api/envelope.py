@@ -44,6 +44,23 @@ def error_response(exc: EaselError) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
+async def refuse(exc: EaselError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer a request refused before any route ran (from ASGI middleware): the envelope,
+    with ``request_id`` on ``/v3`` as the handlers add it; a WebSocket is closed with 1008
+    and the code and message as its reason."""
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        reason = f"{exc.code}: {exc.message}".encode()[:123].decode(errors="ignore")
+        await send({"type": "websocket.close", "code": 1008, "reason": reason})
+        return
+    response = error_response(exc)
+    if scope["path"].startswith("/v3/"):
+        body = json.loads(bytes(response.body))
+        body["request_id"] = scope.get("state", {}).get("trace_id")
+        response = JSONResponse(body, status_code=response.status_code)
+    await response(scope, receive, send)
+
+
 class TraceIdMiddleware:
     """Give every request a trace id: on the response header and on ``scope['state']``."""
 

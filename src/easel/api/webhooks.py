@@ -143,9 +143,10 @@ async def create_webhook(
     events = _event_types(body.events)
     url = await _checked_url(runtime, body.url.strip())
     secret = new_secret()
-    hook = await store.create(
-        caller, url=url, event_types=events, secret=secret, base_url=str(request.base_url)
-    )
+    # The base of the output links its deliveries carry: the configured public_url, else the
+    # request's, whose Host the door bounded and checked (easel.api.door).
+    base_url = runtime.settings.public_url or str(request.base_url)
+    hook = await store.create(caller, url=url, event_types=events, secret=secret, base_url=base_url)
     return ok({**_view(hook), "secret": secret})
 
 
