@@ -1,4 +1,4 @@
-"""Request limits enforced before any route runs: the body size limit and NUL-free paths.
+"""Request limits enforced before any route runs: the body size limit.
 
 JSON routes take at most ``max_request_bytes`` (``Settings``, 1 MiB by default); the upload
 routes take a 20 MB image plus its multipart framing. A body declared larger by its
@@ -17,9 +17,8 @@ for ``100 Continue``, is not read at all.
 
 This is ASGI middleware rather than a FastAPI dependency because FastAPI reads and parses a
 route's body before it runs the route's dependencies.
-
-A path holding a NUL character (``/task/%00``) is refused with 1004 here too: no id holds
-one, and PostgreSQL refuses to even compare a text value holding one (an error, not a miss).
+Paths, queries and headers (a NUL in a path id, a ``Content-Length`` that is not digits) are
+checked before this runs, by :mod:`easel.api.door`.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from easel.api.envelope import error_response
 from easel.api.files import MAX_UPLOAD_REQUEST_BYTES
-from easel.errors import EaselError, InvalidParameter, RequestTooLarge
+from easel.errors import EaselError, RequestTooLarge
 from easel.server import DRAIN_MAX_BYTES
 
 # The routes whose body is an image (multipart or raw), and so may be up to 20 MB.
@@ -62,8 +61,7 @@ def _too_large(limit: int, upload: bool, declared: int | None) -> RequestTooLarg
 
 
 class RequestLimits:
-    """Refuse request bodies over the route's limit (413 / 1004) before they are parsed,
-    and paths with a NUL character (400 / 1004; a WebSocket is closed with 1008)."""
+    """Refuse request bodies over the route's limit (413 / 1004) before they are parsed."""
 
     def __init__(
         self, app: ASGIApp, max_bytes: int, upload_max_bytes: int = MAX_UPLOAD_REQUEST_BYTES
@@ -71,13 +69,7 @@ class RequestLimits:
         self.app, self.max_bytes, self.upload_max_bytes = app, max_bytes, upload_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        if "\x00" in scope["path"]:
-            await _refuse_nul(scope, receive, send)
-            return
-        if scope["type"] == "websocket":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         upload = is_upload(scope["path"])
@@ -116,19 +108,6 @@ class RequestLimits:
                 raise
         if refused and not started:
             await _refuse_body(_too_large(limit, upload, None), scope, receive, send, received)
-
-
-async def _refuse_nul(scope: Scope, receive: Receive, send: Send) -> None:
-    refusal = InvalidParameter(
-        "the path holds a NUL character (%00), which no task, file or webhook id contains.",
-        "Send the id exactly as the server answered it.",
-    )
-    if scope["type"] == "http":
-        await _answer(refusal, scope, receive, send)
-        return
-    await receive()  # websocket.connect
-    reason = f"{refusal.code}: {refusal.message}"
-    await send({"type": "websocket.close", "code": 1008, "reason": reason})
 
 
 async def _answer(refusal: EaselError, scope: Scope, receive: Receive, send: Send) -> None:
@@ -181,5 +160,5 @@ def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             text = value.decode("latin-1").strip()
-            return int(text) if text.isdigit() else None
+            return int(text) if text.isascii() and text.isdigit() else None
     return None
