@@ -433,10 +433,18 @@ async def test_models_lists_the_catalog_with_prices_and_serving_backends(api: Ap
     assert rows["flux.1_dev"]["images"] == "upgrade"
     assert rows["midjourney"]["images"] == "refuses"
     assert rows["flux.1_kontext_pro"]["served"] is True
+    assert rows["flux.1_kontext_pro"]["reason"] is None
     assert rows["flux.1_kontext_pro"]["backends"] == [
-        {"name": "dry", "kind": "placeholder", "ready": True, "reason": None}
+        {
+            "name": "dry",
+            "kind": "placeholder",
+            "ready": True,
+            "reason": None,
+            "load_state": "nothing to load",
+        }
     ]
     assert rows["gemini_3.1_flash_image_preview"]["served"] is False
+    assert rows["gemini_3.1_flash_image_preview"]["reason"] == "no backend is configured for it"
     assert rows["gemini_3.1_flash_image_preview"]["backends"] == []
 
 
@@ -447,6 +455,43 @@ async def test_a_model_taken_by_a_live_worker_elsewhere_is_served(idle_api: Api)
     assert (await idle_api.submit(prompt="x", model_version=model)).status_code == 200
     rows = (await idle_api.client.get("/v2/openapi/models")).json()["data"]["models"]
     assert {row["model_version"]: row["served"] for row in rows}[model] is True
+    assert {row["model_version"]: row["reason"] for row in rows}[model] is None
+
+
+def keyless_settings(database_url: str, *models: str) -> Any:
+    """``models`` on an OpenAI backend whose key is not set; flux.1_kontext_pro on ``dry``
+    when listed."""
+    chains = {m: {"backends": ["dry" if m == "flux.1_kontext_pro" else "oa"]} for m in models}
+    return settings_for(
+        database_url,
+        backends={"dry": {"kind": "placeholder"}, "oa": {"kind": "openai"}},
+        models=chains,
+    )
+
+
+async def test_readyz_names_the_models_nothing_serves_and_why(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Still ready while some model is served (the others are named, with why); not ready
+    once no configured model can run at all."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    settings = keyless_settings(database_url, "flux.1_kontext_pro", "gpt_image_2")
+    async with running_api(settings, run_worker=False) as api:
+        ready = await api.client.get("/readyz")
+        refused = await api.submit(prompt="x", model_version="gpt_image_2")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {
+        "database": "ok",
+        "object_store": "ok",
+        "models": "not served: gpt_image_2 (backend 'oa': no API key: set OPENAI_API_KEY)",
+    }
+    body = assert_error(refused, 400, 1004)
+    assert "not served by this server (backend 'oa': no API key" in body["message"]
+    async with running_api(keyless_settings(database_url, "gpt_image_2"), run_worker=False) as api:
+        ready = await api.client.get("/readyz")
+    assert ready.status_code == 503, ready.text
+    assert ready.json()["status"] == "unavailable"
+    assert "gpt_image_2" in ready.json()["checks"]["models"]
 
 
 # -- cancel ---------------------------------------------------------------------------------

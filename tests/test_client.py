@@ -213,6 +213,8 @@ async def test_balance_and_models_describe_the_account_and_the_catalog(tmp_path:
     assert (default.default, default.credits, default.served) == (True, 5, True)
     assert models["gpt_image_2"].credits == 10
     assert not models["gemini_3.1_flash_image_preview"].served
+    assert models["gemini_3.1_flash_image_preview"].reason == "no backend is configured for it"
+    assert default.reason is None
     assert sum(m.default for m in models.values()) == 1
 
 

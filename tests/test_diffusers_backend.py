@@ -8,6 +8,7 @@ path. Their images are noise: the tests check sizes, hooks and errors, not pixel
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pytest
 from PIL import Image
 
 from easel.backends import diffusers as backend_module
-from easel.backends.base import BackendUnavailable, InputImage, Job, JobCancelled
+from easel.backends.base import BackendUnavailable, InputImage, Job, JobCancelled, LoadState
 from easel.backends.diffusers import (
     DiffusersBackend,
     Options,
@@ -123,7 +124,7 @@ async def test_pipeline_paints_a_png_of_the_configured_size(
     weights: dict[str, Path], pipeline: str
 ) -> None:
     backend, control = tiny(weights, pipeline, steps=3), Control()
-    await backend.warm_up()
+    await backend.load()
     image = await backend.generate(job(picture(SIZE, SIZE)), control)
     assert (image.format, png_size(image.data)) == ("png", (SIZE, SIZE))
     assert control.fractions == pytest.approx([1 / 3, 2 / 3, 1.0])
@@ -140,17 +141,62 @@ async def test_cancel_after_the_first_step_stops_the_run(weights: dict[str, Path
 
 
 async def test_missing_weights_directory_makes_the_backend_unavailable(tmp_path: Path) -> None:
+    """Seen before any load (an API process, which never loads, refuses the model too);
+    a load attempt then fails for good."""
     options = Options(pipeline="flux", weights=str(tmp_path / "missing"), device="cpu")
     backend = DiffusersBackend("local-flux", options)
+    before = backend.unavailable_reason()
+    assert before is not None
+    assert "cannot load the flux pipeline" in before
+    assert "missing" in before
+    assert "no such directory" in before
     with pytest.raises(BackendUnavailable, match="could not load the flux pipeline") as caught:
         await backend.generate(job(), Control())
-    assert "missing" in str(caught.value)
-    assert "is not a directory" in str(caught.value)
+    assert "no such directory" in str(caught.value)
+    assert backend.load_state is LoadState.FAILED
+    assert backend.unavailable_reason() == str(caught.value)
+    (tmp_path / "missing").mkdir()  # sticky: no reload per task, even if weights appear
+    with pytest.raises(BackendUnavailable):
+        await backend.load()
+    assert backend.load_state is LoadState.FAILED
+
+
+def corrupt_copy(weights: Path, where: Path) -> Path:
+    """The pipeline with its transformer's weights cut in half: it looks saved, and fails
+    only when loaded."""
+    shutil.copytree(weights, where)
+    (tensors,) = (where / "transformer").glob("*.safetensors")
+    tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
+    return where
+
+
+async def test_corrupt_weights_fail_at_load_and_stay_failed(
+    weights: dict[str, Path], tmp_path: Path
+) -> None:
+    options = Options(
+        pipeline="flux", weights=str(corrupt_copy(weights["flux"], tmp_path / "w")), device="cpu"
+    )
+    backend = DiffusersBackend("local-flux", options)
+    assert backend.unavailable_reason() is None  # looks fine until loaded
+    with pytest.raises(BackendUnavailable, match="could not load the flux pipeline"):
+        await backend.load()
+    assert backend.load_state is LoadState.FAILED
     reason = backend.unavailable_reason()
     assert reason is not None
-    assert "could not load" in reason
-    with pytest.raises(BackendUnavailable):  # sticky: no reload per task
-        await backend.warm_up()
+    assert str(tmp_path / "w") in reason
+    assert len(reason) < 400  # a reason a client reads, not a traceback
+
+
+async def test_weights_that_vanish_after_the_load_do_not_matter(
+    weights: dict[str, Path], tmp_path: Path
+) -> None:
+    copy = shutil.copytree(weights["flux"], tmp_path / "w")
+    backend = tiny({"flux": copy}, "flux")
+    await backend.load()
+    shutil.rmtree(copy)
+    assert (backend.load_state, backend.unavailable_reason()) == (LoadState.LOADED, None)
+    image = await backend.generate(job(), Control())
+    assert png_size(image.data) == (SIZE, SIZE)
 
 
 async def test_reloaded_weights_paint_the_same_image_for_the_same_task(

@@ -206,5 +206,7 @@ def models(server: ServerOption = DEFAULT_SERVER, key: KeyOption = None) -> None
     for row in rows:
         name = f"{row.model_version} (default)" if row.default else row.model_version
         served = "[green]yes[/green]" if row.served else "[red]no[/red]"
+        if row.reason:
+            served += f" ({escape(row.reason)})"
         table.add_row(name, str(row.credits), served, escape(row.description))
     Console().print(table)

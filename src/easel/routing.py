@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from easel import catalog
-from easel.backends.base import ImageBackend
+from easel.backends.base import ImageBackend, LoadState
 from easel.backends.registry import create_backend
 from easel.config import Settings
 from easel.outbound import OutboundPolicy
@@ -69,6 +69,29 @@ class Router:
 
     def is_served(self, model_version: str) -> bool:
         return bool(self.ready_backends(model_version))
+
+    def unserved_reason(self, model_version: str) -> str | None:
+        """None when a backend here is ready for the model, else why none is, in short:
+        each backend's reason, or that none is configured."""
+        legs = self.chain(model_version)
+        if not legs:
+            return "no backend is configured for it"
+        reasons = []
+        for leg in legs:
+            reason = leg.backend.unavailable_reason()
+            if reason is None:
+                return None
+            reasons.append(f"backend {leg.backend.name!r}: {reason}")
+        return "; ".join(reasons)
+
+    def load_failure(self, model_version: str) -> str | None:
+        """Why the model can never run in this process, when that is because its backends
+        failed to load: none is ready and at least one has ``LoadState.FAILED`` (a backend
+        that merely lacks a key was never this process's to run). None otherwise."""
+        legs = self.chain(model_version)
+        if not any(leg.backend.load_state is LoadState.FAILED for leg in legs):
+            return None
+        return self.unserved_reason(model_version)
 
     def describe(self) -> list[str]:
         """Human-readable lines for the start-up log."""

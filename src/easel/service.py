@@ -64,9 +64,9 @@ class TaskService:
         version = request.model.version
         if not await self.is_served(version):
             served = await self.served()
+            why = self.router.unserved_reason(version) or "no ready backend"
             raise InvalidParameter(
-                f"model_version {version!r} is not served by this server (no configured, "
-                "ready backend).",
+                f"model_version {version!r} is not served by this server ({why}).",
                 f"Use one of the served models: {', '.join(served)}."
                 if served
                 else "This server serves no model yet; its operator must configure a backend.",

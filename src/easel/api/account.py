@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from easel import catalog
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
+from easel.api.models import unserved_models
 from easel.supervise import supervised_checks
 
 router = APIRouter()
@@ -28,10 +30,14 @@ async def healthz() -> dict[str, str]:
 
 @health.get(
     "/readyz",
-    summary="Readiness: pings the database and the object store; names a dead worker or "
-    "API process",
+    summary="Readiness: the database, the object store, the models, and a dead worker or API "
+    "process",
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """503 when the database or the object store fails, or when models are configured and
+    none can run (every backend failed to load, say). A server that still serves some
+    models stays ready, naming the others and why under ``checks.models``: taking it out
+    of the load balancer would refuse the models it serves too."""
     checks: dict[str, str] = {}
     try:
         await runtime.store.ping()
@@ -43,9 +49,15 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         checks["object_store"] = "ok"
     except Exception as exc:
         checks["object_store"] = f"error: {exc}"
+    unserved = await unserved_models(runtime)
+    configured = sum(1 for version in catalog.CATALOG if runtime.router.chain(version))
+    checks["models"] = "ok"
+    if unserved:
+        checks["models"] = "not served: " + "; ".join(f"{m} ({why})" for m, why in unserved.items())
     checks.update(supervised_checks())  # easel serve --processes N: the sibling processes
     checks.update(runtime.problems)  # e.g. an in-process worker that stopped
-    healthy = all(value == "ok" for value in checks.values())
+    healthy = all(value == "ok" for name, value in checks.items() if name != "models")
+    healthy = healthy and not (configured and len(unserved) == configured)
     return JSONResponse(
         {"status": "ok" if healthy else "unavailable", "checks": checks},
         status_code=200 if healthy else 503,

@@ -10,13 +10,15 @@ from easel import catalog
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.routing import Router
+from easel.runtime import Runtime
+from easel.store import TRANSIENT_ERRORS
 
 router = APIRouter()
 
 
 def describe_models(router: Router, served: set[str]) -> list[dict[str, Any]]:
     """Each catalog entry with this server's backends; ``served`` also counts the models
-    that live workers elsewhere take."""
+    that live workers elsewhere take. A model not served says why (``reason``)."""
     rows = []
     for spec in catalog.CATALOG.values():
         backends = [
@@ -25,9 +27,11 @@ def describe_models(router: Router, served: set[str]) -> list[dict[str, Any]]:
                 "kind": leg.backend.kind,
                 "ready": (reason := leg.backend.unavailable_reason()) is None,
                 "reason": reason,
+                "load_state": leg.backend.load_state.value,
             }
             for leg in router.chain(spec.version)
         ]
+        is_served = spec.version in served
         rows.append(
             {
                 "model_version": spec.version,
@@ -36,11 +40,28 @@ def describe_models(router: Router, served: set[str]) -> list[dict[str, Any]]:
                 "images": spec.images.value,
                 "max_files": spec.max_files,
                 "accepts_webp": spec.accepts_webp,
-                "served": spec.version in served,
+                "served": is_served,
+                "reason": None if is_served else router.unserved_reason(spec.version),
                 "backends": backends,
             }
         )
     return rows
+
+
+async def unserved_models(runtime: Runtime) -> dict[str, str]:
+    """The models configured here that nothing serves (no ready backend here, no live
+    worker), with why. The database's answer is left out while it is unreachable: the
+    readiness probe reports that outage itself."""
+    configured = [version for version in catalog.CATALOG if runtime.router.chain(version)]
+    try:
+        live = await runtime.store.tasks.live_models()
+    except TRANSIENT_ERRORS:
+        live = set()
+    return {
+        version: reason
+        for version in configured
+        if version not in live and (reason := runtime.router.unserved_reason(version))
+    }
 
 
 @router.get("/models", summary="The model catalog with prices and serving backends")

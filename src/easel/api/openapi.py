@@ -103,7 +103,16 @@ ROUTES: dict[tuple[str, str], tuple[list[int], Any]] = {
                     "max_files": 4,
                     "accepts_webp": False,
                     "served": True,
-                    "backends": [{"name": "bfl", "kind": "bfl", "ready": True, "reason": None}],
+                    "reason": None,
+                    "backends": [
+                        {
+                            "name": "bfl",
+                            "kind": "bfl",
+                            "ready": True,
+                            "reason": None,
+                            "load_state": "nothing to load",
+                        }
+                    ],
                 }
             ],
         },

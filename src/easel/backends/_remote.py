@@ -33,6 +33,7 @@ from easel.backends.base import (
     Job,
     JobCancelled,
     JobControl,
+    LoadState,
 )
 from easel.fetch import read_at_most
 from easel.outbound import CredentialScope, GuardedTransport, OutboundPolicy
@@ -251,6 +252,7 @@ class RemoteBackend:
 
     kind: str = "remote"
     provider: str = "the provider"
+    load_state = LoadState.NOTHING_TO_LOAD  # a provider's API: nothing to load here
     credential_headers: tuple[str, ...] = ()  # the headers that carry the API key
 
     def __init__(
@@ -281,6 +283,9 @@ class RemoteBackend:
 
     def unavailable_reason(self) -> str | None:
         return missing_key_reason(self.options)
+
+    async def load(self) -> None:
+        return None
 
     def api_key(self) -> str:
         """The key, or BackendUnavailable naming the variable to set (another backend may run)."""

@@ -8,6 +8,7 @@ worker decides retry, fallback and the task's final state from these classes alo
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,12 +47,34 @@ class JobControl(Protocol):
         """True once the task should stop; check it at every step."""
 
 
+class LoadState(enum.Enum):
+    """Where a backend stands with what it must load before its first task.
+
+    Only local pipelines load anything; the worker loads every backend at start
+    (:meth:`ImageBackend.load`), so a pipeline that cannot load is known before a task
+    waits for it. ``FAILED`` is final for the process: the worker fails the tasks of a model
+    none of whose backends can run, with a refund, instead of leaving them queued.
+    """
+
+    NOTHING_TO_LOAD = "nothing to load"  # remote providers, the placeholder
+    NOT_LOADED = "not loaded"  # loads at the worker's start (or the first task)
+    LOADING = "loading"
+    LOADED = "loaded"
+    FAILED = "failed"  # unavailable_reason() says why
+
+
 class ImageBackend(Protocol):
     name: str
     kind: str
+    load_state: LoadState
 
     def unavailable_reason(self) -> str | None:
-        """None when the backend can take tasks, else why not (missing key, no GPU…)."""
+        """None when the backend can take tasks, else why not (missing key, no GPU, weights
+        that failed to load), in a few words a client may read."""
+
+    async def load(self) -> None:
+        """Load what the first task needs (a no-op for kinds with nothing to load); on
+        failure ``load_state`` becomes ``FAILED`` and :class:`BackendUnavailable` is raised."""
 
     async def generate(self, job: Job, control: JobControl) -> GeneratedImage: ...
 

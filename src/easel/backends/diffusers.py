@@ -1,11 +1,14 @@
 """Backend kind ``diffusers``: FLUX.1-dev and FLUX.1-Kontext-dev on this machine's GPU (or CPU).
 
-One backend holds one pipeline, loaded once per process and kept resident: lazily on first
-use, or ahead of time with :meth:`DiffusersBackend.warm_up` (the worker calls it at start).
-Loading and inference run in threads, never on the event loop; one inference runs at a time
-per pipeline (a thread lock, so a coroutine cancelled while waiting cannot start a second run
-beside the first). A load failure is sticky: the backend reports itself unavailable with the
-reason and every task raises :class:`BackendUnavailable`, so the worker refunds or falls back
+One backend holds one pipeline, loaded once per process and kept resident: ahead of time by
+:meth:`DiffusersBackend.load` (the worker calls it at start), or on first use. Its
+:class:`LoadState` says where it stands. Before loading, a local weights directory that is
+missing or holds no saved pipeline already makes the backend unavailable (so an API process,
+which never loads, refuses its model too). Loading and inference run in threads, never on the
+event loop; one inference runs at a time per pipeline (a thread lock, so a coroutine cancelled
+while waiting cannot start a second run beside the first). A load failure is sticky
+(``FAILED``): the backend reports itself unavailable with the reason and every task raises
+:class:`BackendUnavailable`, so the worker falls back or fails the model's tasks with a refund
 instead of reloading tens of gigabytes per task.
 
 Inputs. ``flux`` is text to image: reference images are ignored (the catalog sends editing
@@ -50,6 +53,7 @@ from easel.backends.base import (
     Job,
     JobCancelled,
     JobControl,
+    LoadState,
 )
 from easel.outbound import OutboundPolicy
 
@@ -152,14 +156,33 @@ def _missing_extra() -> str | None:
     return f"the diffusers backend needs {', '.join(missing)}: {INSTALL_HINT}"
 
 
+def _is_path(source: str) -> bool:
+    """A local path rather than a hub id (``owner/name``)."""
+    return Path(source).expanduser().exists() or source.startswith(("/", ".", "~"))
+
+
+def _weights_problem(source: str) -> str | None:
+    """Why a local weights directory cannot be loaded, found without loading it: it is
+    missing or holds no ``model_index.json`` (which every saved pipeline has). Hub ids are
+    only checked by loading them."""
+    if not _is_path(source):
+        return None
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return "no such directory"
+    if not (path / "model_index.json").is_file():
+        return "no saved pipeline there (no model_index.json)"
+    return None
+
+
 def _weights(source: str) -> tuple[str, bool]:
     """``(where, local_files_only)``; a path that is not a directory fails before the Hub."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return str(path), True
-    if path.exists() or path.is_absolute() or source.startswith((".", "~")):
-        raise FileNotFoundError(f"{source!r} is not a directory of saved pipeline weights")
-    return source, False
+    if not _is_path(source):
+        return source, False
+    problem = _weights_problem(source)
+    if problem:
+        raise FileNotFoundError(problem)
+    return str(Path(source).expanduser()), True
 
 
 def _load(options: Options) -> Any:
@@ -220,25 +243,35 @@ class DiffusersBackend:
         self.options = options
         self.seconds_per_step: float | None = None  # pace of the last run, for ETAs
         self.optimizations: list[str] = []
+        self.load_state = LoadState.NOT_LOADED
         self._pipe: Any = None
-        self._load_error: str | None = None
-        self._cuda_error: str | None = None
-        self._cuda_checked = False
+        self._load_error: str | None = None  # why the load failed (FAILED)
+        self._setup_error: str | None = None  # a missing extra, no CUDA
+        self._checked = False
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
 
     def unavailable_reason(self) -> str | None:
-        """Missing extra, no CUDA for ``device = "cuda"``, or the load failure; None if usable.
+        """Missing extra, no CUDA for ``device = "cuda"``, the load failure, or (before the
+        load) a weights directory that is not there; None if usable.
 
-        The CUDA check imports torch (seconds, once); :meth:`warm_up` does it in a thread.
+        The CUDA check imports torch (seconds, once); :meth:`load` does it in a thread.
+        Once loaded, the weights on disk no longer matter: the pipeline is in memory.
         """
-        if self._load_error is None:
-            self._load_error = _missing_extra()
-        if self._load_error:
+        if self.load_state is LoadState.FAILED:
             return self._load_error
-        if not self._cuda_checked:
-            self._cuda_error, self._cuda_checked = self._check_cuda(), True
-        return self._cuda_error
+        if self.load_state is not LoadState.NOT_LOADED:
+            return None
+        source, weights = self.options.weights_source, _weights_problem(self.options.weights_source)
+        if weights:
+            weights = f"cannot load the {self.options.pipeline} pipeline from {source!r}: {weights}"
+        return self._setup_problem() or weights
+
+    def _setup_problem(self) -> str | None:
+        """A missing extra or no CUDA: checked once (the packages and the GPU stay put)."""
+        if not self._checked:
+            self._checked, self._setup_error = True, _missing_extra() or self._check_cuda()
+        return self._setup_error
 
     def _check_cuda(self) -> str | None:
         if self.options.device != "cuda":
@@ -247,13 +280,12 @@ class DiffusersBackend:
 
         if not torch.cuda.is_available():
             return (
-                f"diffusers backend {self.name!r} is set to device 'cuda' but CUDA is not "
-                f"available here (torch {torch.__version__}); set device = 'cpu' or run it on "
-                "a GPU machine"
+                f"device 'cuda' is set but CUDA is not available here (torch "
+                f"{torch.__version__}); set device = 'cpu' or run it on a GPU machine"
             )
         return None
 
-    async def warm_up(self) -> None:
+    async def load(self) -> None:
         """Load (and on CUDA optimize and compile) the pipeline now, in a thread."""
         await asyncio.to_thread(self._ensure_loaded)
 
@@ -263,6 +295,8 @@ class DiffusersBackend:
     async def close(self) -> None:
         """Drop the pipeline (a later task would load it again)."""
         pipe, self._pipe = self._pipe, None
+        if self.load_state is LoadState.LOADED:
+            self.load_state = LoadState.NOT_LOADED
         if pipe is not None and self.options.device == "cuda":
             del pipe
             import torch
@@ -271,30 +305,44 @@ class DiffusersBackend:
 
     def _ensure_loaded(self) -> Any:
         with self._load_lock:
-            if self._pipe is None:
-                reason = self.unavailable_reason()
-                if reason:
-                    raise BackendUnavailable(reason)
-                self._pipe = self._load_now()
+            if self.load_state is LoadState.LOADED:
+                return self._pipe
+            if self.load_state is LoadState.FAILED:
+                raise BackendUnavailable(self._load_error or "the pipeline did not load")
+            reason = self._setup_problem()
+            if reason is None:
+                self.load_state = LoadState.LOADING
+                reason = self._load_now()
+            if reason is not None:  # sticky: no reload of tens of gigabytes per task
+                self._load_error, self.load_state = reason, LoadState.FAILED
+                raise BackendUnavailable(reason)
+            self.load_state = LoadState.LOADED
             return self._pipe
 
-    def _load_now(self) -> Any:
-        """Load, or remember why not (sticky) and raise :class:`BackendUnavailable`."""
+    def _load_now(self) -> str | None:
+        """Load into ``_pipe``; None on success, else why not, in a sentence."""
         options, started = self.options, time.perf_counter()
         try:
-            pipe = self._prepare()
+            self._pipe = self._prepare()
         except Exception as exc:
-            self._load_error = (
-                f"diffusers backend {self.name!r} could not load the {options.pipeline} "
-                f"pipeline from {options.weights_source!r}: {str(exc).rstrip('.')}. Check "
-                "'weights': a hub id (gated repos need HF_TOKEN) or a directory written by "
-                "save_pretrained or 'easel demo-weights'"
+            first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
+            log.error(
+                "%s: could not load %s from %r (%s: %s). Check 'weights': a hub id (gated repos "
+                "need HF_TOKEN) or a directory written by save_pretrained or 'easel demo-weights'",
+                self.name,
+                options.pipeline,
+                options.weights_source,
+                type(exc).__name__,
+                exc,
             )
-            raise BackendUnavailable(self._load_error) from exc
+            return (
+                f"could not load the {options.pipeline} pipeline from "
+                f"{options.weights_source!r}: {first_line.rstrip('.')}"
+            )
         applied = ", ".join(self.optimizations) or "plain"
         seconds = time.perf_counter() - started
         log.info("%s: %s ready in %.1f s (%s)", self.name, options.pipeline, seconds, applied)
-        return pipe
+        return None
 
     def _prepare(self) -> Any:
         """Load; on CUDA also optimize and paint one image so compile happens now.

@@ -25,6 +25,7 @@ from easel.backends.base import (
     Job,
     JobCancelled,
     JobControl,
+    LoadState,
 )
 from easel.outbound import OutboundPolicy
 
@@ -89,12 +90,16 @@ def draw(job: Job, width: int, height: int) -> bytes:
 
 class PlaceholderBackend:
     kind = "placeholder"
+    load_state = LoadState.NOTHING_TO_LOAD
 
     def __init__(self, name: str, options: Options) -> None:
         self.name = name
         self.options = options
 
     def unavailable_reason(self) -> str | None:
+        return None
+
+    async def load(self) -> None:
         return None
 
     async def generate(self, job: Job, control: JobControl) -> GeneratedImage:

@@ -133,6 +133,8 @@ class ModelInfo:
     max_files: int = 0
     accepts_webp: bool = False
     backends: Sequence[Mapping[str, Any]] = ()
+    reason: str | None = None
+    """Why the model is not served (say, its weights failed to load); None when it is."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], default: str | None = None) -> ModelInfo:
@@ -147,6 +149,7 @@ class ModelInfo:
             images=str(data.get("images") or ""),
             max_files=_int(data.get("max_files"), 0),
             accepts_webp=bool(data.get("accepts_webp", False)),
+            reason=str(data["reason"]) if data.get("reason") else None,
             backends=tuple(b for b in backends if isinstance(b, dict))
             if isinstance(backends, list)
             else (),

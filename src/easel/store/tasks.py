@@ -742,27 +742,35 @@ class TaskStore:
 
     async def expire_queued(self, max_wait_s: float) -> int:
         """End ``expired`` (with a refund) every task queued longer than ``max_wait_s``."""
-        cutoff = time.time() - max_wait_s
+        message = (
+            f"The task waited more than {max_wait_s:.0f} s in the queue and expired; "
+            "its credits were refunded."
+        )
+        waited = tasks.c.created_at < time.time() - max_wait_s
+        return await self._end_queued(waited, Status.EXPIRED, message)
+
+    async def fail_queued(self, model_version: str, message: str) -> int:
+        """End ``failed`` (1001, with a refund) every queued task of ``model_version``: no
+        worker can run it (its backends failed to load), so waiting would only delay the
+        refund until the queue timeout."""
+        of_model = tasks.c.model_version == model_version
+        return await self._end_queued(of_model, Status.FAILED, message)
+
+    async def _end_queued(self, where: Any, status: Status, message: str) -> int:
         async with self._engine.begin() as conn:
             rows = (
                 await conn.execute(
                     select(tasks)
-                    .where(tasks.c.status == Status.QUEUED.value, tasks.c.created_at < cutoff)
+                    .where(tasks.c.status == Status.QUEUED.value, where)
                     .with_for_update(skip_locked=True)
                 )
             ).all()
-            expired = 0
+            ended = 0
             for row in rows:
                 task = _task(row)
                 queued = and_(tasks.c.id == task.id, tasks.c.status == Status.QUEUED.value)
-                message = (
-                    f"The task waited more than {max_wait_s:.0f} s in the queue and expired; "
-                    "its credits were refunded."
-                )
-                expired += await self._end_with_refund(
-                    conn, queued, task, Status.EXPIRED, 1001, message
-                )
-        return expired
+                ended += await self._end_with_refund(conn, queued, task, status, 1001, message)
+        return ended
 
     async def outputs_past(self, retention_s: float, limit: int = 500) -> list[tuple[str, str]]:
         """(task id, output key) of outputs older than ``retention_s``, oldest first."""

@@ -21,6 +21,7 @@ from easel.backends.base import (
     InputImage,
     Job,
     JobCancelled,
+    LoadState,
 )
 from easel.catalog import CATALOG
 from easel.config import Settings
@@ -150,17 +151,35 @@ class Worker:
 
     async def _warm_up(self) -> None:
         """Load local pipelines (and compile them) before taking tasks, not on the first one.
-        A backend that fails to load reports itself unavailable and is skipped."""
+        A backend that fails to load is ``LoadState.FAILED`` from then on: unavailable, and
+        the tasks of a model left with no backend are failed by :meth:`_fail_unloadable`."""
         names = {leg.backend.name for m in self.wanted for leg in self.router.chain(m)}
         for name in sorted(names):
-            warm_up = getattr(self.router.backends[name], "warm_up", None)
-            if warm_up is None:
+            backend = self.router.backends[name]
+            if backend.load_state is not LoadState.NOT_LOADED:
                 continue
             log.info("loading backend %s", name)
             try:
-                await warm_up()
-            except Exception as exc:
+                await backend.load()
+            except Exception as exc:  # FAILED now; one backend must not stop the worker
                 log.error("backend %s did not load: %s", name, exc)
+
+    async def _fail_unloadable(self) -> None:
+        """End, with a refund, the queued tasks of each model this worker was to take whose
+        every backend failed to load here, unless a live worker elsewhere takes the model:
+        nothing would ever run them, and the client should hear why now, not at the queue
+        timeout an hour later."""
+        reasons = {m: r for m in self.wanted if (r := self.router.load_failure(m)) is not None}
+        if not reasons:
+            return
+        live = await self.store.tasks.live_models()
+        for model, reason in reasons.items():
+            if model in live:
+                continue
+            message = f"model_version {model!r} cannot run on this server: {reason}"
+            failed = await self.store.tasks.fail_queued(model, message)
+            if failed:
+                log.warning("failed %d queued task(s) of %s: %s", failed, model, reason)
 
     def _finished(self, runner: asyncio.Task[None]) -> None:
         self._running.discard(runner)
@@ -176,6 +195,7 @@ class Worker:
         await self._listener.ensure()
         try:
             await self.store.tasks.register_worker(self.id, self.models, slots)
+            await self._fail_unloadable()
             reclaimed = await self.store.tasks.reclaim_lapsed(self.settings.max_attempts)
             if reclaimed:
                 log.warning("reclaimed %d task(s) whose worker stopped responding", reclaimed)
