@@ -43,7 +43,7 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/easel-uploads"
 START_TIMEOUT_S = 30.0
 
 
-def _missing(message: str) -> None:
+def missing(message: str) -> None:
     if os.environ.get("EASEL_CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -52,13 +52,13 @@ def _missing(message: str) -> None:
 def require_moto() -> None:
     """Skip without moto's server; in CI (``EASEL_CI=1``) fail instead."""
     if not MOTO_SERVER.exists():
-        _missing(f"moto's server is not installed ({MOTO_SERVER}); pip install 'moto[server]'")
+        missing(f"moto's server is not installed ({MOTO_SERVER}); pip install 'moto[server]'")
 
 
 def require_boto3() -> None:
     """Skip without boto3 (the official SDK's S3 client); in CI fail instead."""
     if importlib.util.find_spec("boto3") is None:
-        _missing("boto3 is not installed; pip install boto3")
+        missing("boto3 is not installed; pip install boto3")
 
 
 @dataclass(frozen=True)
