@@ -11,7 +11,7 @@ from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.routing import Router
 from easel.runtime import Runtime
-from easel.store import TRANSIENT_ERRORS
+from easel.store import outages_suppressed
 
 router = APIRouter()
 
@@ -53,10 +53,9 @@ async def unserved_models(runtime: Runtime) -> dict[str, str]:
     worker), with why. The database's answer is left out while it is unreachable: the
     readiness probe reports that outage itself."""
     configured = [version for version in catalog.CATALOG if runtime.router.chain(version)]
-    try:
+    live: set[str] = set()  # the database is away: no worker elsewhere is known to be live
+    with outages_suppressed():
         live = await runtime.store.tasks.live_models()
-    except TRANSIENT_ERRORS:
-        live = set()
     return {
         version: reason
         for version in configured
