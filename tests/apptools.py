@@ -11,10 +11,12 @@ from typing import Any
 
 import httpx
 from PIL import Image
+from sqlalchemy import func, select
 
 from easel.api.app import create_app
 from easel.config import Settings
 from easel.runtime import Runtime
+from easel.store.tables import files, ledger, tasks, webhooks
 
 UNFINISHED = ("queued", "running")
 ALL_MODELS = (
@@ -102,3 +104,27 @@ async def running_api(
             headers={"Authorization": f"Bearer {key}"},
         ) as client:
             yield Api(client, runtime, key)
+
+
+@dataclass(frozen=True)
+class State:
+    """What a refused request must leave as it was: an account's credits and the row counts."""
+
+    balance: int
+    frozen: int
+    tasks: int
+    files: int
+    webhooks: int
+    ledger: int
+
+
+async def account_state(runtime: Runtime, account_id: str) -> State:
+    """The account's balance and frozen credits, and how many tasks, files, webhooks and
+    ledger rows exist (any refused request must leave all of them as they were)."""
+    balance = await runtime.store.accounts.balance(account_id)
+    async with runtime.store.engine.connect() as conn:
+        counts = [
+            int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+            for table in (tasks, files, webhooks, ledger)
+        ]
+    return State(balance.balance, balance.frozen, *counts)

@@ -12,28 +12,14 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select
 
-from apptools import settings_for
+from apptools import State, account_state, settings_for
 from asgi_raw import Answer, Headers, call
 from easel.api.app import create_app
 from easel.runtime import Runtime
 from easel.store.accounts import Caller
-from easel.store.tables import files, ledger, tasks, webhooks
 
 CREDITS = 1_000_000
-
-
-@dataclass(frozen=True)
-class State:
-    """What a refused request must leave as it was."""
-
-    balance: int
-    frozen: int
-    tasks: int
-    files: int
-    webhooks: int
-    ledger: int
 
 
 @dataclass
@@ -70,13 +56,7 @@ class Served:
         return await call(self.app, method, path, query=query, headers=sent, body=body)
 
     async def state(self) -> State:
-        balance = await self.runtime.store.accounts.balance(self.caller.account_id)
-        async with self.runtime.store.engine.connect() as conn:
-            counts = [
-                int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-                for table in (tasks, files, webhooks, ledger)
-            ]
-        return State(balance.balance, balance.frozen, *counts)
+        return await account_state(self.runtime, self.caller.account_id)
 
 
 @contextlib.asynccontextmanager

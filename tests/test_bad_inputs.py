@@ -11,24 +11,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from obstore.store import MemoryStore
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from apptools import Api, png, running_api, settings_for
+from apptools import Api, State, account_state, png, running_api, settings_for
 from badimages import UNDECODABLE, garbage_idat_png
 from easel.errors import InvalidParameter
 from easel.storage import ObjectStore
 from easel.store.files import StoredFile
-from easel.store.tables import files, ledger, tasks
+from easel.store.tables import files, ledger
 from easel.sts import inspect_arrived
 from loopback import serve_app
 
@@ -41,26 +40,9 @@ BAD = list(UNDECODABLE.items())
 IDS = list(UNDECODABLE)
 
 
-@dataclass(frozen=True)
-class State:
-    """What a refused request must leave as it was."""
-
-    balance: int
-    frozen: int
-    tasks: int
-    files: int
-    ledger: int
-
-
 async def state(api: Api) -> State:
     caller = await api.runtime.store.accounts.authenticate(api.key)
-    balance = await api.runtime.store.accounts.balance(caller.account_id)
-    async with api.runtime.store.engine.connect() as conn:
-        counts = [
-            int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-            for table in (tasks, files, ledger)
-        ]
-    return State(balance.balance, balance.frozen, *counts)
+    return await account_state(api.runtime, caller.account_id)
 
 
 def assert_corrupt(response: httpx.Response, fmt: str) -> None:

@@ -29,10 +29,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apptools import png
+from apptools import State, png
 from asgi_raw import Answer, connect
 from easel import errors
-from hostile_app import Served, State, numeric_dns_only, serve
+from hostile_app import Served, numeric_dns_only, serve
 from hostile_strategies import (
     BAD_HOSTS,
     HEADER_BYTES,

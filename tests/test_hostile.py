@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -37,7 +37,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from apptools import Api, png, running_api, settings_for
+from apptools import Api, State, account_state, png, running_api, settings_for
 from easel.api.app import create_app
 from easel.backends import gemini, openai
 from easel.backends._remote import RetryPolicy
@@ -46,7 +46,7 @@ from easel.config import Settings
 from easel.ratelimit import RateLimiter
 from easel.runtime import Runtime
 from easel.server import DRAIN_MAX_BYTES
-from easel.store.tables import api_keys, files, ledger, metadata, tasks, webhooks
+from easel.store.tables import api_keys, files, metadata
 from easel.sts import AwsCredentials, StsClient, StsError
 from fakes import Control
 from loopback import serve_app
@@ -61,27 +61,9 @@ MiB = 1024 * 1024
 # -- helpers: the state that must not change, loopback servers -------------------------------
 
 
-@dataclass(frozen=True)
-class State:
-    """What a refused request must leave as it was."""
-
-    balance: int
-    frozen: int
-    tasks: int
-    files: int
-    webhooks: int
-    ledger: int
-
-
 async def state(api: Api) -> State:
     caller = await api.runtime.store.accounts.authenticate(api.key)
-    balance = await api.runtime.store.accounts.balance(caller.account_id)
-    async with api.runtime.store.engine.connect() as conn:
-        counts = [
-            int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-            for table in (tasks, files, webhooks, ledger)
-        ]
-    return State(balance.balance, balance.frozen, *counts)
+    return await account_state(api.runtime, caller.account_id)
 
 
 def assert_error(response: httpx.Response, status: int, code: int) -> dict[str, Any]:
