@@ -11,13 +11,16 @@ the bounded retry policy. Provider answers are translated into the
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import importlib.util
 import io
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from functools import cached_property
+from typing import ClassVar, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,7 +43,8 @@ from easel.outbound import CredentialScope, GuardedTransport, OutboundPolicy
 
 T = TypeVar("T")
 
-INSTALL_HINT = "pip install 'easel[providers]'"
+# (import name, distribution) of what every remote kind runs on (stamina: the retry policy).
+SHARED_PACKAGES = (("stamina", "stamina"),)
 _MODERATION = re.compile(
     r"moderation|safety|content[ _-]?policy|nsfw|prohibited|inappropriate", re.IGNORECASE
 )
@@ -201,9 +205,38 @@ def model_for(job: Job, defaults: Mapping[str, str], kind: str) -> str:
     return model
 
 
+def install_command(distribution: str) -> str:
+    """``pip install 'openai>=1.80'``: the range easel's own metadata asks for, or the bare
+    name where easel is not installed as a distribution."""
+    try:
+        requirements = importlib.metadata.requires("easel") or []
+    except importlib.metadata.PackageNotFoundError:
+        requirements = []
+    for line in requirements:
+        spec = line.split(";", 1)[0].strip()
+        if re.split(r"[\s\[<>=!~(]", spec, maxsplit=1)[0].lower() == distribution.lower():
+            return f"pip install '{spec}'"
+    return f"pip install {distribution}"
+
+
+def missing_package_reason(packages: Iterable[tuple[str, str]]) -> str | None:
+    """Why a backend cannot run when a package it imports is not installed, with the command
+    that installs it; None when every one is there. ``packages``: (import name, distribution)."""
+    for module, distribution in packages:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a broken install
+            found = False
+        if not found:
+            return str(missing_sdk(distribution))
+    return None
+
+
 def missing_sdk(package: str) -> BackendFailed:
-    """The error a backend raises when its vendor SDK is not installed."""
-    return BackendFailed(f"the {package!r} package is not installed; run: {INSTALL_HINT}")
+    """The error a backend raises when its vendor SDK cannot be imported after all."""
+    return BackendFailed(
+        f"the {package!r} package is not installed; run: {install_command(package)}"
+    )
 
 
 def png_or_jpeg(image: InputImage) -> tuple[bytes, str]:
@@ -254,6 +287,7 @@ class RemoteBackend:
     provider: str = "the provider"
     load_state = LoadState.NOTHING_TO_LOAD  # a provider's API: nothing to load here
     credential_headers: tuple[str, ...] = ()  # the headers that carry the API key
+    packages: ClassVar[tuple[tuple[str, str], ...]] = ()  # (import name, distribution): its SDK
 
     def __init__(
         self,
@@ -281,8 +315,19 @@ class RemoteBackend:
         scope = CredentialScope.of(self.origin, self.credential_headers, self.options.trusted_hosts)
         return GuardedTransport(self.outbound, trusted_origin=self.origin, credentials=scope)
 
-    def unavailable_reason(self) -> str | None:
+    @cached_property
+    def missing_package(self) -> str | None:
+        """A package the kind imports is not installed: the backend never takes a task (its
+        models are not served) rather than accept one and fail it. Checked once: an install
+        needs a restart to be imported anyway."""
+        return missing_package_reason((*SHARED_PACKAGES, *self.packages))
+
+    def configuration_problem(self) -> str | None:
+        """What the operator must set before the backend can run (the API key here)."""
         return missing_key_reason(self.options)
+
+    def unavailable_reason(self) -> str | None:
+        return self.missing_package or self.configuration_problem()
 
     async def load(self) -> None:
         return None

@@ -134,6 +134,7 @@ class GeminiBackend(SdkBackend["Client", "GenerateContentResponse"]):
     kind = "gemini"
     provider = "Gemini"
     credential_headers = ("x-goog-api-key",)
+    packages = (("google.genai", "google-genai"),)
     default_models = DEFAULT_MODELS
     options: Options
 

@@ -136,7 +136,7 @@ class MidjourneyProxyBackend(PollingBackend):
     def origin(self) -> str:
         return self.root
 
-    def unavailable_reason(self) -> str | None:
+    def configuration_problem(self) -> str | None:
         """Only the URL is required: the proxy's ``mj-api-secret`` is optional."""
         if self.root:
             return None

@@ -98,6 +98,7 @@ class OpenAIBackend(SdkBackend["AsyncOpenAI", "ImagesResponse"]):
     kind = "openai"
     provider = "OpenAI"
     credential_headers = ("authorization",)
+    packages = (("openai", "openai"),)
     default_models = DEFAULT_MODELS
     options: Options
 
