@@ -1,22 +1,57 @@
 # One entry point for developers and CI. `make serve` installs and starts the server;
 # `make test` installs and runs the checks and every test tier.
-PYTHON ?= python3.11
+#
+# PYTHON picks the interpreter (3.11 to 3.13): `make test PYTHON=python3.13`. The venv is
+# made again when it holds another Python. Every install goes through constraints.txt, the
+# lock `make lock` refreshes, so every machine gets the same versions.
+# The default: python3 when it is 3.11 to 3.13, else the newest python3.1x of those on PATH.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null \
+	&& { echo $$p; break; }; done)
+endif
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+CONSTRAINTS ?= constraints.txt
 
-.PHONY: install serve test check lint typecheck pytest bench load clean
+comma := ,
+PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+# What `make serve` installs besides the server and the provider SDKs: `make serve EXTRAS=local`
+# adds torch and diffusers for the local FLUX backend (about 2 GB).
+EXTRAS ?=
+# What `make test` installs: dev, and local where the lock pins a torch for this Python
+# (3.11). Elsewhere the local tier is deselected; `make test TEST_EXTRAS=dev,local` runs it.
+TEST_EXTRAS ?= $(if $(filter 3.11,$(PYVER)),dev$(comma)local,dev)
+PYTEST_ARGS ?= $(if $(filter local,$(subst $(comma), ,$(TEST_EXTRAS))),,-m 'not local')
 
-install: $(VENV)/.installed
+# With the dev extra: the official SDK 1.x (Tripo API v3) beside the 0.4.2 of the dev extra,
+# for the v3 end-to-end test, which puts that directory first on a child process's path; and
+# 0.4.2 with aiohttp, as the README installs it, for the README snippets' test.
+define SDK_INSTALLS
+$(BIN)/python -m pip install --quiet -c constraints-sdk.txt --target $(VENV)/tripo3d-v1 'tripo3d[async]==1.0.0'
+	$(BIN)/python -m pip install --quiet -c constraints-sdk.txt --target $(VENV)/tripo3d-aiohttp 'tripo3d[async]==0.4.2'
+endef
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+.PHONY: install install-test serve test check lint typecheck pytest bench load lock clean
+
+# One stamp per Python and set of extras: `make test` after `make serve` adds the dev extra.
+stamp = $(VENV)/.installed-py$(PYVER)-$(or $(subst $(comma),-,$(1)),base)
+
+install: $(call stamp,$(EXTRAS))
+
+install-test:
+	@$(MAKE) --no-print-directory install EXTRAS='$(TEST_EXTRAS)'
+
+$(VENV)/.installed-py%: pyproject.toml $(CONSTRAINTS) constraints-sdk.txt
+	@test -n "$(PYVER)" || { echo "no Python at PYTHON=$(PYTHON); pass PYTHON=python3.12 or a path" >&2; exit 1; }
+	@if [ -x $(BIN)/python ] && [ "$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$(PYVER)" ]; then \
+		echo "$(VENV) holds another Python; making it again with $(PYTHON) ($(PYVER))"; rm -rf $(VENV); fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,local,providers]'
-	# The official SDK 1.x (Tripo API v3) beside the 0.4.2 of the dev extra, for the v3
-	# end-to-end test, which puts this directory first on a child process's path.
-	$(BIN)/python -m pip install --quiet --target $(VENV)/tripo3d-v1 'tripo3d[async]==1.0.0'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.$(if $(EXTRAS),[$(EXTRAS)])'
+	$(if $(filter dev,$(subst $(comma), ,$(EXTRAS))),$(SDK_INSTALLS))
 	touch $@
 
 serve: install
@@ -26,15 +61,15 @@ test: check pytest
 
 check: lint typecheck
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 
-typecheck: install
+typecheck: install-test
 	$(BIN)/mypy
 
-pytest: install
-	$(BIN)/pytest -q
+pytest: install-test
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/throughput.py
@@ -45,5 +80,19 @@ DURATION ?= 20
 load: install
 	$(BIN)/python bench/load.py --rate $(RATE) --duration $(DURATION)
 
+# Refresh the lock: every extra installed fresh without constraints (the newest releases the
+# ranges in pyproject.toml allow), pinned into constraints*.txt, then the whole suite on them.
+# Run it on the Python CI tests every tier on (3.11), e.g. weekly.
+LOCK_VENV ?= .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,local]'
+	$(LOCK_VENV)/bin/python -m pip install --quiet --target $(LOCK_VENV)/tripo3d-v1 'tripo3d[async]==1.0.0'
+	$(LOCK_VENV)/bin/python scripts/lock.py $(LOCK_VENV)
+	rm -rf $(LOCK_VENV)
+	$(MAKE) --no-print-directory test
+
 clean:
-	rm -rf $(VENV) easel-data .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) easel-data .mypy_cache .pytest_cache .ruff_cache

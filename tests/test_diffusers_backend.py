@@ -31,6 +31,8 @@ from easel.backends.registry import create_backend
 from easel.config import BackendTable, ConfigError
 from easel.demo_weights import write_demo_weights
 
+pytestmark = pytest.mark.local  # torch and diffusers: the local extra
+
 SIZE = 64
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 from apptools import png
 from processes import EASEL, create_key, easel_process, free_port, wait_healthy
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.local]
 
 BACKEND = """
 [backends.{name}]
