@@ -107,7 +107,7 @@ def test_easel_serve_without_the_openai_package_refuses_its_models(tmp_path: Pat
         "gpt (openai, not ready: the 'openai' package is not installed; run: pip install 'openai>="
         in text
     )
-    assert refused["code"] != 0
+    assert refused["code"] == 1004
     assert "'gpt_4o' is not served" in refused["message"]
     assert served["code"] == 0  # the placeholder's models still are
     gpt = models["gpt_4o"]
