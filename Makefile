@@ -82,13 +82,16 @@ load: install
 
 # Refresh the lock: every extra installed fresh without constraints (the newest releases the
 # ranges in pyproject.toml allow), pinned into constraints*.txt, then the whole suite on them.
-# Run it on the Python CI tests every tier on (3.11), e.g. weekly.
+# Run it on the Python CI tests every tier on (3.11), e.g. weekly. LOCK_PINS holds requirements
+# to keep, e.g. `make lock LOCK_PINS=torch==2.13.0` where a CPU build of that torch lies in
+# pip's find-links: unpinned, pip takes the newest torch and its CUDA packages (GBs).
 LOCK_VENV ?= .lock-venv
+LOCK_PINS ?=
 lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,local]'
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,local]' $(LOCK_PINS)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --target $(LOCK_VENV)/tripo3d-v1 'tripo3d[async]==1.0.0'
 	$(LOCK_VENV)/bin/python scripts/lock.py $(LOCK_VENV)
 	rm -rf $(LOCK_VENV)
