@@ -33,8 +33,8 @@ MYPY_ARGS ?= $(if $(WITH_LOCAL),,--no-warn-unused-ignores)
 # for the v3 end-to-end test, which puts that directory first on a child process's path; and
 # 0.4.2 with aiohttp, as the README installs it, for the README snippets' test.
 define SDK_INSTALLS
-$(BIN)/python -m pip install --quiet -c constraints-sdk.txt --target $(VENV)/tripo3d-v1 'tripo3d[async]==1.0.0'
-	$(BIN)/python -m pip install --quiet -c constraints-sdk.txt --target $(VENV)/tripo3d-aiohttp 'tripo3d[async]==0.4.2'
+$(BIN)/python -m pip install --quiet --upgrade -c constraints-sdk.txt --target $(VENV)/tripo3d-v1 'tripo3d[async]==1.0.0'
+	$(BIN)/python -m pip install --quiet --upgrade -c constraints-sdk.txt --target $(VENV)/tripo3d-aiohttp 'tripo3d[async]==0.4.2'
 endef
 
 .PHONY: install install-test serve test check lint typecheck pytest bench load lock clean
