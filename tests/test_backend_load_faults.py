@@ -22,7 +22,7 @@ import pytest
 
 from processes import EASEL, create_key, easel_process, free_port, wait_healthy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.local]  # tiny weights need torch
 
 CREDITS, PRICE = 100, 5  # flux.1_dev and flux.1_kontext_pro cost 5 each
 BACKEND = """
