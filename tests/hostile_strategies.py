@@ -20,7 +20,7 @@ from urllib.parse import quote_from_bytes
 
 from hypothesis import strategies as st
 
-from easel import catalog, templates
+from easel.domain import catalog, templates
 from easel.store.webhooks import EVENT_TYPES
 
 INT64 = range(-(2**63), 2**63)

@@ -3,7 +3,7 @@
 ``moto_server`` (``pip install 'moto[server]'``) runs as a subprocess on a free loopback port;
 one process answers S3 and STS (it routes by the signature's service). For TLS the test makes
 a throwaway CA and a certificate for 127.0.0.1 with ``cryptography``; clients trust the CA
-through ``AWS_CA_BUNDLE`` (boto3, and obstore through ``easel.storage``). moto checks no
+through ``AWS_CA_BUNDLE`` (boto3, and obstore through ``easel.storage.objects``). moto checks no
 signatures and enforces no IAM policies: tests of the session policy read the policy itself.
 
 Missing moto skips the test locally and fails it in CI (``EASEL_CI=1``).

@@ -24,11 +24,11 @@ from starlette.routing import Route
 
 from apptools import Api, State, account_state, png, running_api, settings_for
 from badimages import UNDECODABLE, garbage_idat_png
-from easel.errors import InvalidParameter
-from easel.storage import ObjectStore
+from easel.domain.errors import InvalidParameter
+from easel.services.upload_tokens import inspect_arrived
+from easel.storage.objects import ObjectStore
 from easel.store.files import StoredFile
 from easel.store.tables import files, ledger
-from easel.sts import inspect_arrived
 from loopback import serve_app
 
 CREDITS = 100

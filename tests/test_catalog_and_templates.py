@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from easel import catalog, templates
-from easel.catalog import CATALOG, DEFAULT_MODEL, ImageRule
-from easel.errors import InvalidParameter, ModelVersionInvalid
-from easel.images import inspect_image
-from easel.prompts import check_prompt
+from easel.domain import catalog, templates
+from easel.domain.catalog import CATALOG, DEFAULT_MODEL, ImageRule
+from easel.domain.errors import InvalidParameter, ModelVersionInvalid
+from easel.domain.images import inspect_image
+from easel.domain.prompts import check_prompt
 
 # --- models -----------------------------------------------------------------------------------
 

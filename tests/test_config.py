@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from easel.autoconfig import auto_tables
+from easel.backends.autoconfig import auto_tables
 from easel.config import ConfigError, load_settings
 
 

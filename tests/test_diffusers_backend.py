@@ -20,6 +20,7 @@ from PIL import Image
 
 from easel.backends import diffusers as backend_module
 from easel.backends.base import BackendUnavailable, InputImage, Job, JobCancelled, LoadState
+from easel.backends.demo_weights import write_demo_weights
 from easel.backends.diffusers import (
     DiffusersBackend,
     Options,
@@ -29,7 +30,6 @@ from easel.backends.diffusers import (
 )
 from easel.backends.registry import create_backend
 from easel.config import BackendTable, ConfigError
-from easel.demo_weights import write_demo_weights
 
 pytestmark = pytest.mark.local  # torch and diffusers: the local extra
 
@@ -89,7 +89,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def test_importing_the_backend_does_not_import_torch() -> None:
     code = (
-        "import sys, easel.backends.diffusers, easel.demo_weights\n"
+        "import sys, easel.backends.diffusers, easel.backends.demo_weights\n"
         "heavy = {'torch', 'diffusers', 'transformers'} & set(sys.modules)\n"
         "assert not heavy, heavy"
     )

@@ -33,7 +33,7 @@ import pytest
 from starlette.applications import Starlette
 
 from easel.backends._remote import DEFAULT_RETRY
-from easel.catalog import CATALOG
+from easel.domain.catalog import CATALOG
 from fake_providers import (
     BFL_IMAGE,
     BFL_KEY,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apptools import running_api, settings_for
-from easel import eta
+from easel.domain import eta
 
 DELAY_S = 0.8
 

@@ -5,7 +5,7 @@ and the ledger agrees with the balance.
 
 Faults are injected at the boundaries only: a TCP proxy in front of the real PostgreSQL
 that is cut and restored, obstore's ``put_async`` failing (the third-party library under
-``easel.storage``), a placeholder backend slower than its ``timeout_s``, and, where this
+``easel.storage.objects``), a placeholder backend slower than its ``timeout_s``, and, where this
 machine lets us mount one, a real tmpfs that fills up.
 """
 
@@ -210,7 +210,7 @@ async def test_a_worker_started_during_an_outage_waits_for_the_database_and_then
     assert task["status"] == "success"
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("cannot register with the database") for m in messages)
-    webhook_logs = [r for r in caplog.records if r.name == "easel.webhooks"]
+    webhook_logs = [r for r in caplog.records if r.name == "easel.services.webhooks"]
     assert not [r for r in webhook_logs if r.levelno >= logging.ERROR]
     refused = [r for r in webhook_logs if r.getMessage().startswith("cannot claim webhook")]
     assert len(refused) == 1, [r.getMessage() for r in webhook_logs]

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from easel.errors import EmptyImage, FileNotFound, InvalidParameter
-from easel.fetch import check_url, fetch_image
+from easel.domain.errors import EmptyImage, FileNotFound, InvalidParameter
 from easel.outbound import OutboundPolicy
+from easel.outbound.fetch import check_url, fetch_image
 
 LOOPBACK = OutboundPolicy.from_strings(["127.0.0.0/8", "::1/128"])
 NOTHING_ALLOWED = OutboundPolicy()

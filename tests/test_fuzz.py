@@ -56,10 +56,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from apptools import ALL_MODELS, Api, png, running_api, settings_for
-from easel import errors
 from easel.api.app import create_app
 from easel.api.envelope import TRACE_HEADER
-from easel.signing import UrlSigner
+from easel.domain import errors
+from easel.storage.signing import UrlSigner
 from easel.store import open_store
 from easel.store.webhooks import EVENT_TYPES
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from apptools import State, png
 from asgi_raw import Answer, connect
-from easel import errors
+from easel.domain import errors
 from hostile_app import Served, numeric_dns_only, serve
 from hostile_strategies import (
     BAD_HOSTS,

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from easel import catalog, errors, templates, v3
-from easel.errors import EaselError, InvalidParameter, InvalidPromptCharacters
-from easel.prompts import MAX_PROMPT_CHARS, check_prompt, refused_reason
-from easel.requests import GenerateImageRequest, parse_file, parse_generate_image
+from easel.domain import catalog, errors, templates, v3
+from easel.domain.errors import EaselError, InvalidParameter, InvalidPromptCharacters
+from easel.domain.parsing import GenerateImageRequest, parse_file, parse_generate_image
+from easel.domain.prompts import MAX_PROMPT_CHARS, check_prompt, refused_reason
 
 # EASEL_FUZZ_SCALE=10 runs ten times the examples, as in test_fuzz.py.
 FUZZ = settings(

@@ -39,15 +39,15 @@ from starlette.websockets import WebSocketDisconnect
 
 from apptools import Api, State, account_state, png, running_api, settings_for
 from easel.api.app import create_app
+from easel.api.ratelimit import RateLimiter
 from easel.backends import gemini, openai
 from easel.backends._remote import RetryPolicy
 from easel.backends.base import BackendUnavailable, Job
 from easel.config import Settings
-from easel.ratelimit import RateLimiter
 from easel.runtime import Runtime
 from easel.server import DRAIN_MAX_BYTES
+from easel.services.upload_tokens import AwsCredentials, StsClient, StsError
 from easel.store.tables import api_keys, files, metadata
-from easel.sts import AwsCredentials, StsClient, StsError
 from fakes import Control
 from loopback import serve_app
 from processes import create_key, easel_process, free_port, wait_healthy, write_config

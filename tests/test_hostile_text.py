@@ -20,9 +20,9 @@ from sqlalchemy import select
 from apptools import png
 from asgi_raw import Answer, connect
 from easel.config import Settings
+from easel.domain.text import decode_json
 from easel.store.tables import webhooks
 from easel.store.tasks import NewTask
-from easel.text import decode_json
 from hostile_app import Served, serve
 
 TASK = "/v2/openapi/task"

@@ -10,8 +10,14 @@ import pytest
 from PIL import Image
 
 from badimages import UNDECODABLE, garbage_idat_png, short_idat_png
-from easel.errors import EmptyImage, ImageTypeNotSupported, InvalidParameter
-from easel.images import DECODE_THREADS, MAX_IMAGE_BYTES, MIME_TYPES, check_image, inspect_image
+from easel.domain.errors import EmptyImage, ImageTypeNotSupported, InvalidParameter
+from easel.domain.images import (
+    DECODE_THREADS,
+    MAX_IMAGE_BYTES,
+    MIME_TYPES,
+    check_image,
+    inspect_image,
+)
 
 
 def encode(fmt: str, width: int = 64, height: int = 48, mode: str = "RGB") -> bytes:

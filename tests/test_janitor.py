@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from apptools import png, running_api, settings_for
-from easel.janitor import ABANDONED_AFTER_S
-from easel.storage import ObjectNotFound
+from easel.services.janitor import ABANDONED_AFTER_S
+from easel.storage.objects import ObjectNotFound
 from easel.store.files import StoredFile
 from easel.store.tables import events as events_table
 from easel.store.tables import files as files_table

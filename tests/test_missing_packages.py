@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from easel.backends.fallback import Router
 from easel.backends.registry import create_backend
 from easel.config import BackendTable, Settings
-from easel.routing import Router
 from processes import create_key, easel_process, free_port, wait_healthy, write_config
 
 BLOCK_OPENAI = "import sys\nsys.modules['openai'] = None  # as if it were not installed\n"

@@ -33,8 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from apptools import running_api, settings_for
 from badimages import garbage_idat_png
 from conftest import reset_schema
-from easel.errors import ServiceUnavailable
-from easel.storage import ObjectStore
+from easel.domain.errors import ServiceUnavailable
+from easel.storage.objects import ObjectStore
 from easel.store import sqlite as easel_sqlite
 from easel.store.outage import is_outage
 from triggers import allow_inserts, refuse_inserts

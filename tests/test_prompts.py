@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from easel.errors import InvalidParameter, InvalidPromptCharacters
-from easel.prompts import (
+from easel.domain.errors import InvalidParameter, InvalidPromptCharacters
+from easel.domain.prompts import (
     MAX_PROMPT_CHARS,
     SKETCH_TO_RENDER_INSTRUCTION,
     T_POSE_INSTRUCTION,

@@ -8,16 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from easel import templates
-from easel.errors import (
+from easel.domain import templates
+from easel.domain.errors import (
     EaselError,
     InvalidParameter,
     InvalidPromptCharacters,
     ModelVersionInvalid,
     TaskTypeNotSupported,
 )
-from easel.prompts import T_POSE_INSTRUCTION
-from easel.requests import FileRef, GenerateImageRequest, parse_file, parse_generate_image
+from easel.domain.parsing import FileRef, GenerateImageRequest, parse_file, parse_generate_image
+from easel.domain.prompts import T_POSE_INSTRUCTION
 
 
 def body(**fields: Any) -> dict[str, Any]:

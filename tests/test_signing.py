@@ -1,6 +1,6 @@
 from urllib.parse import parse_qs, urlsplit
 
-from easel.signing import UrlSigner
+from easel.storage.signing import UrlSigner
 
 
 def query(url: str) -> dict[str, str]:

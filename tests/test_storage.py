@@ -16,7 +16,7 @@ import pytest
 from obstore.exceptions import BaseError
 from obstore.store import LocalStore, MemoryStore, from_url
 
-from easel.storage import (
+from easel.storage.objects import (
     LOCAL_BUCKET,
     ObjectNotFound,
     ObjectStore,

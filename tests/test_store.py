@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, event, func, select
 
-from easel.errors import NotEnoughCredit, TooManyUnfinishedTasks
+from easel.domain.errors import NotEnoughCredit, TooManyUnfinishedTasks
 from easel.store import open_store
 from easel.store.tables import metadata, tasks
 from easel.store.tasks import NewTask

@@ -23,12 +23,8 @@ from obstore.store import MemoryStore
 
 from apptools import Api, png, running_api, settings_for
 from easel.config import Settings
-from easel.errors import EmptyImage, FileNotFound, ImageTypeNotSupported, NotAllowed
-from easel.storage import ObjectStore
-from easel.store import Store, open_store
-from easel.store.accounts import Caller
-from easel.store.files import StoredFile
-from easel.sts import (
+from easel.domain.errors import EmptyImage, FileNotFound, ImageTypeNotSupported, NotAllowed
+from easel.services.upload_tokens import (
     AwsCredentials,
     UploadTokens,
     inspect_arrived,
@@ -38,6 +34,10 @@ from easel.sts import (
     sigv4_headers,
     upload_policy,
 )
+from easel.storage.objects import ObjectStore
+from easel.store import Store, open_store
+from easel.store.accounts import Caller
+from easel.store.files import StoredFile
 from s3server import ACCESS_KEY, REGION, ROLE_ARN, SECRET_KEY, S3Server, moto_server
 
 TOKEN_FIELDS = {"s3_host", "resource_bucket", "resource_uri", "session_token", "sts_ak", "sts_sk"}

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from apptools import Api, png, running_api, settings_for
-from easel.tasks import Reference
+from easel.domain.tasks import Reference
 
 V3_TASK_FIELDS = {
     "task_id",

@@ -177,7 +177,7 @@ async def test_a_postgresql_shutdown_while_running_a_task_leaves_it_to_be_reclai
 async def test_a_janitor_pass_that_meets_a_bug_logs_its_traceback_and_the_next_pass_runs(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="easel.janitor")
+    caplog.set_level(logging.WARNING, logger="easel.services.janitor")
     settings = settings_for(database_url, queue_timeout_s=0.2, janitor_interval_s=0.05)
     async with running_api(settings, run_worker=False, credits=CREDITS) as api:
         engine = api.runtime.store.engine

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from easel import logs
-from easel.cli_client import register as register_caller_commands
+from easel.client.cli import register as register_caller_commands
 from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.server import uvicorn_options
@@ -184,7 +184,7 @@ def demo_weights(
     They run the whole local path on a CPU in seconds. Their images are noise: they prove
     the plumbing, not a model. Needs the local extra: pip install 'easel[local]'.
     """
-    from easel.demo_weights import write_demo_weights
+    from easel.backends.demo_weights import write_demo_weights
 
     for name, path in write_demo_weights(directory).items():
         typer.echo(f"{name}: {path}")

@@ -2,7 +2,7 @@
 
 No file is needed: the defaults run embedded (SQLite and a local object store under
 ``./easel-data/``), with backends enabled from the provider keys in the environment when the
-file names none (``easel.autoconfig``). Unknown keys are an error that names the key. Every
+file names none (``easel.backends.autoconfig``). Unknown keys are an error that names the key. Every
 top-level key can be overridden by ``EASEL_<KEY>`` (lists as JSON or comma-separated);
 backend and model tables live in the file only, since their names hold dots and dashes.
 """
@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from easel import catalog
-from easel.autoconfig import auto_tables, has_local_gpu
+from easel.backends.autoconfig import auto_tables, has_local_gpu
+from easel.domain import catalog
 
 CONFIG_ENV = "EASEL_CONFIG"
 
@@ -73,7 +73,7 @@ class Settings(BaseModel):
     # task events (what watch and SSE replay, e.g. after Last-Event-ID) are forgotten after this
     event_log_retention_s: float = Field(default=7 * 86400.0, gt=0)
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with trace_id
-    # Request limits (easel.api.limits, easel.ratelimit): a body over max_request_bytes is
+    # Request limits (easel.api.limits, easel.api.ratelimit): a body over max_request_bytes is
     # refused (413/1004) before it is parsed (uploads: 20 MB); each API key may make
     # rate_limit_per_s requests a second (bursts up to rate_limit_burst; 0: no limit) in
     # each API process; a header block over max_header_bytes is refused by the HTTP server.
@@ -93,7 +93,7 @@ class Settings(BaseModel):
     keep_alive_timeout_s: int = Field(default=75, gt=0)
     max_connections: int = Field(default=1000, ge=16)
     shutdown_grace_s: int = Field(default=10, ge=1)
-    # Event streams (easel.streams): at most max_streams_per_key open per key in each API
+    # Event streams (easel.services.streams): at most max_streams_per_key open per key in each API
     # process; each re-checks its key every stream_check_s (ended once it is revoked) and
     # is charged one request per check.
     max_streams_per_key: int = Field(default=20, ge=1)

@@ -6,15 +6,15 @@ import gc
 import logging
 from dataclasses import dataclass, field
 
+from easel.api.ratelimit import RateLimiter
+from easel.backends.fallback import Router
 from easel.config import Settings
-from easel.janitor import Janitor
-from easel.ratelimit import RateLimiter
-from easel.routing import Router
-from easel.service import TaskService
-from easel.signing import UrlSigner
-from easel.storage import ObjectStore, open_object_store
+from easel.services.janitor import Janitor
+from easel.services.streams import Streams
+from easel.services.tasks import TaskService
+from easel.storage.objects import ObjectStore, open_object_store
+from easel.storage.signing import UrlSigner
 from easel.store import Store, open_store
-from easel.streams import Streams
 from easel.worker import Worker
 
 log = logging.getLogger("easel")

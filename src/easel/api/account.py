@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from easel import catalog
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.models import unserved_models
+from easel.domain import catalog
 from easel.supervise import supervised_checks
 
 router = APIRouter()

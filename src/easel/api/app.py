@@ -30,9 +30,9 @@ from easel.api.limits import RequestLimits
 from easel.config import Settings, load_settings
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.server import ON_SHUTDOWN
+from easel.services.webhooks import Dispatcher
 from easel.supervise import wait_for_worker, watch_in_process_worker
 from easel.web import router as playground
-from easel.webhooks import Dispatcher
 
 API_PREFIX = "/v2/openapi"
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
-from easel.errors import TaskNotFound
+from easel.domain.errors import TaskNotFound
 
 router = APIRouter()
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from easel.errors import AuthenticationFailed, RateLimited
+from easel.domain.errors import AuthenticationFailed, RateLimited
 from easel.runtime import Runtime
 from easel.store.accounts import KEY_PREFIX, Caller, UnknownKey
 

@@ -1,6 +1,6 @@
 """The text rules at the door: path, query, headers and ``Host``, before any route runs.
 
-Every string a request brings in is valid text (``easel.text``) or the request is refused
+Every string a request brings in is valid text (``easel.domain.text``) or the request is refused
 with 1004, naming where the text was:
 
 * the path and the query's names and values hold no NUL and no lone surrogate (a path id
@@ -14,7 +14,7 @@ with 1004, naming where the text was:
   webhook keeps the base of its output links, in a 512-character column): an unbounded or
   malformed one was a 500, or a link to anywhere. ``public_url``, when set, is used instead.
 
-JSON bodies follow the same rules in their one decoder, ``easel.text.decode_json``. This is
+JSON bodies follow the same rules in their one decoder, ``easel.domain.text.decode_json``. This is
 ASGI middleware so that it holds for every route, WebSockets included, and costs a few
 microseconds: nothing is decoded unless the bytes could hold a flaw.
 """
@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from easel.api.envelope import refuse
-from easel.errors import InvalidParameter
-from easel.text import flaw
+from easel.domain.errors import InvalidParameter
+from easel.domain.text import flaw
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TEXT_SUGGESTION = "Percent-encode text as UTF-8 and leave NUL and control characters out."

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from easel import logs
-from easel.errors import (
+from easel.domain.errors import (
     EaselError,
     InvalidParameter,
     MalformedBody,

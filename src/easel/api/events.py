@@ -10,7 +10,7 @@ progress the event recorded.
 * SSE ``GET /task/{task_id}/events`` and ``GET /events``: ``id:`` is the event number;
   ``Last-Event-ID`` resumes after it with nothing missed.
 
-Every stream is an :class:`easel.streams.Stream` of its key: bounded per key (one more is
+Every stream is an :class:`easel.services.streams.Stream` of its key: bounded per key (one more is
 refused with 1007), charged to the key's rate while open, ended when the key is revoked (SSE:
 an ``error`` event with the 1002 envelope; WebSocket: close 1008 ``"1002: …"``) and when the
 server shuts down (SSE: the body ends; WebSocket: close 1012).
@@ -31,12 +31,12 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from easel.api.deps import CallerDep, RuntimeDep, authenticate
-from easel.errors import EaselError, InvalidParameter, RateLimited, TaskNotFound
+from easel.domain.errors import EaselError, InvalidParameter, RateLimited, TaskNotFound
+from easel.domain.text import INT64_MAX
 from easel.runtime import Runtime
+from easel.services.streams import Stream, StreamEnded
 from easel.store.accounts import Caller
 from easel.store.events import Event
-from easel.streams import Stream, StreamEnded
-from easel.text import INT64_MAX
 
 router = APIRouter()
 

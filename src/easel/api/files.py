@@ -8,9 +8,9 @@ from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
-from easel.errors import InvalidParameter, NotAllowed
-from easel.images import MAX_IMAGE_BYTES, MIME_TYPES
-from easel.storage import ObjectNotFound
+from easel.domain.errors import InvalidParameter, NotAllowed
+from easel.domain.images import MAX_IMAGE_BYTES, MIME_TYPES
+from easel.storage.objects import ObjectNotFound
 
 router = APIRouter()
 

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from easel.api.envelope import error_response
 from easel.api.files import MAX_UPLOAD_REQUEST_BYTES
-from easel.errors import EaselError, RequestTooLarge
+from easel.domain.errors import EaselError, RequestTooLarge
 from easel.server import DRAIN_MAX_BYTES
 
 # The routes whose body is an image (multipart or raw), and so may be up to 20 MB.

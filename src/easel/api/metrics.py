@@ -17,8 +17,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from easel.api.deps import RuntimeDep
+from easel.domain.tasks import FINAL, Status
 from easel.store.metrics import Histogram, Snapshot
-from easel.tasks import FINAL, Status
 
 router = APIRouter()
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from easel import catalog
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
-from easel.routing import Router
+from easel.backends.fallback import Router
+from easel.domain import catalog
 from easel.runtime import Runtime
 from easel.store import outages_suppressed
 

@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from easel import errors
 from easel.api.webhooks import NewWebhook
+from easel.domain import errors
 
 P = "/v2/openapi"
 TASK_ID = "ef731ad6-aeb0-4950-9a2e-2298359dfaf8"

@@ -1,4 +1,7 @@
-"""``POST /upload/sts/token``: temporary S3 credentials for one upload (see ``easel.sts``)."""
+"""``POST /upload/sts/token``: temporary S3 credentials for one upload.
+
+The credentials come from :mod:`easel.services.upload_tokens`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from fastapi import APIRouter, Request
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.tasks import json_body
-from easel.sts import UploadTokens
+from easel.services.upload_tokens import UploadTokens
 
 router = APIRouter()
 

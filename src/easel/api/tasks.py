@@ -8,15 +8,15 @@ from fastapi import APIRouter, Request
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
-from easel.errors import MalformedBody, TaskNotFound
-from easel.text import decode_json
+from easel.domain.errors import MalformedBody, TaskNotFound
+from easel.domain.text import decode_json
 
 router = APIRouter()
 
 
 async def json_body(request: Request) -> Any:
     """The request body decoded as JSON (any value): 1003 when it is not JSON, 1004 when a
-    string or number in it breaks the text rules (``easel.text``). Every JSON body of the API
+    string or number in it breaks the text rules (``easel.domain.text``). Every JSON body of the API
     is read here: no route lets FastAPI decode one."""
     return decode_json(await request.body())
 

@@ -1,7 +1,7 @@
 """The Tripo API v3 image routes (``/v3/…``), served from the same tasks, credits and files.
 
 ``tripo3d`` 1.x clients point ``v3_base_url`` at this server. Requests become the same
-validated ``generate_image`` task as ``POST /v2/openapi/task`` (see :mod:`easel.v3`), so a
+validated ``generate_image`` task as ``POST /v2/openapi/task`` (see :mod:`easel.domain.v3`), so a
 task is readable through either version. Errors use the v2 envelope plus ``request_id`` (the
 trace id). Every other ``/v3`` route answers 501 with a "not supported by this server" error.
 """
@@ -12,13 +12,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
-from easel import v3
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.files import read_upload
 from easel.api.tasks import json_object
-from easel.errors import InvalidParameter, NotAllowed, RouteNotSupported, TaskNotFound
-from easel.signing import upload_key
+from easel.domain import v3
+from easel.domain.errors import InvalidParameter, NotAllowed, RouteNotSupported, TaskNotFound
+from easel.storage.signing import upload_key
 
 router = APIRouter(prefix="/v3", tags=["v3"])
 
@@ -138,7 +138,7 @@ async def presigned_put(
             "Ask POST /v3/files/presign for a new one.",
         )
     # The body is bounded before it is read (easel.api.limits: upload routes), and the
-    # image's own 20 MB limit is checked with its bytes (easel.images.inspect_image).
+    # image's own 20 MB limit is checked with its bytes (easel.domain.images.inspect_image).
     await runtime.service.upload_as(account_id, token, await request.body())
     return ok({"file_token": token})
 

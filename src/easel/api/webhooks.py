@@ -2,7 +2,7 @@
 
 A webhook belongs to the API key that made it; another key gets 404 (2001) as for tasks.
 Deliveries are signed by the Standard Webhooks scheme with the secret answered once, at
-registration; see ``easel.webhooks`` for what is sent and when.
+registration; see ``easel.services.webhooks`` for what is sent and when.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from pydantic import BaseModel, ValidationError
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.tasks import json_object
-from easel.errors import InvalidParameter, TaskNotFound
-from easel.fetch import check_url
+from easel.domain.errors import InvalidParameter, TaskNotFound
+from easel.outbound.fetch import check_url
 from easel.runtime import Runtime
+from easel.services.webhooks import new_secret, rfc3339
 from easel.store.accounts import Caller
 from easel.store.webhooks import EVENT_TYPES, Delivery, Webhook, WebhookStore
-from easel.webhooks import new_secret, rfc3339
 
 router = APIRouter()
 
@@ -38,7 +38,7 @@ class NewWebhook(BaseModel):  # the body of POST /webhooks (no docstring: it wou
 
 
 async def new_webhook(request: Request) -> NewWebhook:
-    """The body, decoded by the API's one JSON decoder (``easel.text``: its text and number
+    """The body, decoded by the API's one JSON decoder (``easel.domain.text``: its text and number
     rules) rather than by FastAPI, then validated by the model; a model error reads as
     FastAPI's would ("body.url: Field required")."""
     body = await json_object(request, "with url and events")

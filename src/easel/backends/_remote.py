@@ -38,8 +38,8 @@ from easel.backends.base import (
     JobControl,
     LoadState,
 )
-from easel.fetch import read_at_most
 from easel.outbound import CredentialScope, GuardedTransport, OutboundPolicy
+from easel.outbound.fetch import read_at_most
 
 T = TypeVar("T")
 

@@ -29,7 +29,7 @@ from easel.backends.base import (
     GeneratedImage,
     Job,
 )
-from easel.images import MIME_TYPES
+from easel.domain.images import MIME_TYPES
 from easel.outbound import OutboundPolicy, guarded_client
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from easel.domain.text import load_stored
 from easel.store import sqlite
-from easel.text import load_stored
 
 log = logging.getLogger("easel.store")
 MIGRATIONS = Path(__file__).parent / "migrations"

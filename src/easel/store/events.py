@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from easel.domain.tasks import FINAL, Status
 from easel.store import webhooks
 from easel.store.db import read_only
 from easel.store.tables import accounts, events
-from easel.tasks import FINAL, Status
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from easel.domain.tasks import Status
 from easel.store.db import read_only
 from easel.store.tables import accounts, ledger, tasks
-from easel.tasks import Status
 
 TIME_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 

@@ -19,7 +19,7 @@ link that says something decides:
 - SQLite gives a result code: busy, locked, disk full, I/O error, cannot open are outages;
   a constraint, "no such table", a corrupt file are not.
 - SQLAlchemy: a connection it invalidated, a pool that gave no connection in time.
-- The object store: :class:`~easel.storage.ObjectStoreError` (a read or write that failed
+- The object store: :class:`~easel.storage.objects.ObjectStoreError` (a read or write that failed
   after obstore's retries) and obstore's ``GenericError`` (its network or disk error).
 - Operating-system errors of networks and disks: refused, reset or timed-out connections,
   name resolution, a full disk, EIO. An ``OSError`` without such an errno (Pillow's "broken
@@ -39,8 +39,8 @@ from obstore.exceptions import BaseError as ObjectStoreLibraryError
 from obstore.exceptions import GenericError as ObjectStoreIOError
 from sqlalchemy import exc as sa
 
-from easel.errors import EaselError
-from easel.storage import ObjectStoreError
+from easel.domain.errors import EaselError
+from easel.storage.objects import ObjectStoreError
 
 # SQLSTATE classes and codes of a server that cannot serve now (see the module docstring).
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})

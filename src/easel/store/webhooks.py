@@ -22,11 +22,11 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, updat
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from easel.errors import InvalidParameter
+from easel.domain.errors import InvalidParameter
+from easel.domain.tasks import Status
 from easel.store.accounts import Caller
 from easel.store.db import read_only
 from easel.store.tables import events, webhook_attempts, webhook_deliveries, webhooks
-from easel.tasks import Status
 
 # task.queued, task.running, task.success, task.failed, task.banned, task.expired, …
 EVENT_TYPES = tuple(f"task.{s.value}" for s in Status if s is not Status.UNKNOWN)

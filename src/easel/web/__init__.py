@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from easel.errors import NotAllowed
-from easel.templates import TEMPLATES
+from easel.domain.errors import NotAllowed
+from easel.domain.templates import TEMPLATES
 
 router = APIRouter(include_in_schema=False)
 

@@ -23,15 +23,15 @@ from easel.backends.base import (
     JobCancelled,
     LoadState,
 )
-from easel.catalog import CATALOG
+from easel.backends.fallback import Router
 from easel.config import Settings
-from easel.errors import EaselError
+from easel.domain.catalog import CATALOG
+from easel.domain.errors import EaselError
+from easel.domain.tasks import Status, Task
 from easel.outbound import OutboundPolicy
-from easel.routing import Router
-from easel.storage import ObjectStore, ObjectStoreError
+from easel.storage.objects import ObjectStore, ObjectStoreError
 from easel.store import Store, is_outage, outages_suppressed
 from easel.store.notify import QueueListener
-from easel.tasks import Status, Task
 from easel.worker.attempts import first_line, outcome_of, run_attempt
 from easel.worker.identity import (
     WorkerCannotRegister,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from easel import templates
 from easel.backends.base import InputImage
-from easel.catalog import ModelSpec
-from easel.errors import FileNotFound, ImageTypeNotSupported
-from easel.fetch import fetch_image
-from easel.images import check_image
+from easel.domain import templates
+from easel.domain.catalog import ModelSpec
+from easel.domain.errors import FileNotFound, ImageTypeNotSupported
+from easel.domain.images import check_image
+from easel.domain.tasks import Reference
 from easel.outbound import OutboundPolicy
-from easel.storage import ObjectNotFound, ObjectStore
-from easel.tasks import Reference
+from easel.outbound.fetch import fetch_image
+from easel.storage.objects import ObjectNotFound, ObjectStore
 
 
 async def _bytes_of(

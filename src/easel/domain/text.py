@@ -25,7 +25,7 @@ import json
 import re
 from typing import Any
 
-from easel.errors import InvalidParameter, MalformedBody
+from easel.domain.errors import InvalidParameter, MalformedBody
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _INT64_DIGITS = len(str(INT64_MAX))

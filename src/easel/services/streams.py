@@ -25,8 +25,8 @@ import math
 import time
 from collections import Counter
 
-from easel.errors import AuthenticationFailed, EaselError, RateLimited
-from easel.ratelimit import RateLimiter
+from easel.api.ratelimit import RateLimiter
+from easel.domain.errors import AuthenticationFailed, EaselError, RateLimited
 from easel.store.accounts import AccountStore, Caller
 from easel.store.outage import is_outage
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from easel.errors import InvalidParameter, InvalidPromptCharacters
+from easel.domain.errors import InvalidParameter, InvalidPromptCharacters
 
 MAX_PROMPT_CHARS = 1024
 

@@ -4,7 +4,7 @@ The official ``tripo3d`` SDK 1.x speaks v3: ``POST /v3/generation/text-to-image`
 ``/image-to-image`` with string ``input``/``inputs`` (a URL, a ``file_token`` or the
 ``task_id`` of an earlier image task) and a ``model`` name, and reads tasks with ISO times
 and ``*_url`` outputs. This module turns such a request into the v2 body that
-:func:`easel.requests.parse_generate_image` validates, so both versions share every rule,
+:func:`easel.domain.parsing.parse_generate_image` validates, so both versions share every rule,
 price and backend, and renders a stored task in the v3 shape.
 
 Choices where v3 and this server differ (also in docs/protocol.md):
@@ -23,10 +23,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from easel import catalog
-from easel.errors import InvalidParameter, ModelVersionInvalid
-from easel.requests import TASK_TYPE
-from easel.tasks import WITH_ERROR, Task
+from easel.domain import catalog
+from easel.domain.errors import InvalidParameter, ModelVersionInvalid
+from easel.domain.parsing import TASK_TYPE
+from easel.domain.tasks import WITH_ERROR, Task
 
 Route = Literal["text-to-image", "image-to-image"]
 

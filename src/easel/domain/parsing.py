@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from easel import catalog, prompts, templates
-from easel.catalog import ImageRule, ModelSpec
-from easel.errors import InvalidParameter, TaskTypeNotSupported
+from easel.domain import catalog, prompts, templates
+from easel.domain.catalog import ImageRule, ModelSpec
+from easel.domain.errors import InvalidParameter, TaskTypeNotSupported
 
 TASK_TYPE = "generate_image"
 _SOURCES = ("file_token", "url", "object")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from easel.errors import EmptyImage, ImageTypeNotSupported, InvalidParameter
+from easel.domain.errors import EmptyImage, ImageTypeNotSupported, InvalidParameter
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MIN_SIDE, MAX_SIDE = 20, 6000

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from easel.errors import ModelVersionInvalid
+from easel.domain.errors import ModelVersionInvalid
 
 
 class ImageRule(Enum):

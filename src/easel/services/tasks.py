@@ -14,22 +14,22 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from easel import catalog, eta
+from easel.backends.fallback import Router
 from easel.config import Settings
-from easel.errors import FileNotFound, ImageTypeNotSupported, InvalidParameter
-from easel.fetch import check_url
-from easel.images import check_image
+from easel.domain import catalog, eta
+from easel.domain.errors import FileNotFound, ImageTypeNotSupported, InvalidParameter
+from easel.domain.images import check_image
+from easel.domain.parsing import TASK_TYPE, FileRef, GenerateImageRequest, parse_generate_image
+from easel.domain.tasks import WITH_ERROR, Reference, Status, Task
 from easel.outbound import OutboundPolicy
-from easel.requests import TASK_TYPE, FileRef, GenerateImageRequest, parse_generate_image
-from easel.routing import Router
-from easel.signing import UrlSigner
-from easel.storage import ObjectStore
+from easel.outbound.fetch import check_url
+from easel.services.upload_tokens import inspect_arrived, is_pending
+from easel.storage.objects import ObjectStore
+from easel.storage.signing import UrlSigner
 from easel.store import Store
 from easel.store.accounts import Caller
 from easel.store.files import StoredFile
 from easel.store.tasks import Idempotency, NewTask, Outlook
-from easel.sts import inspect_arrived, is_pending
-from easel.tasks import WITH_ERROR, Reference, Status, Task
 
 
 class TaskService:

@@ -14,11 +14,11 @@ import logging
 import time
 
 from easel.config import Settings
-from easel.storage import ObjectStore
+from easel.storage.objects import ObjectStore
 from easel.store import Store, is_outage
 from easel.store.webhooks import WebhookStore
 
-log = logging.getLogger("easel.janitor")
+log = logging.getLogger("easel.services.janitor")
 # An STS upload may arrive until its credentials expire; after that and this margin, a row
 # whose object never came is an upload the client abandoned.
 ABANDONED_AFTER_S = 3600.0

@@ -38,15 +38,15 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from standardwebhooks import Webhook
 
+from easel.domain.tasks import Status
 from easel.outbound import GuardedTransport, OutboundPolicy, OutboundRefused, guarded_client
 from easel.store import is_outage
 from easel.store.webhooks import Due, LoggedAttempt, WebhookStore
-from easel.tasks import Status
 
 if TYPE_CHECKING:
     from easel.runtime import Runtime
 
-log = logging.getLogger("easel.webhooks")
+log = logging.getLogger("easel.services.webhooks")
 
 # task_id, the event's status and progress, base URL for output links → the task object
 Render = Callable[[str, Status, int, str], Awaitable[dict[str, Any]]]

@@ -41,13 +41,13 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 import httpx
 
 from easel.config import Settings
-from easel.errors import FileNotFound, InvalidParameter, NotAllowed, UnknownServerError
-from easel.images import check_image
-from easel.storage import ObjectNotFound, ObjectStore
+from easel.domain.errors import FileNotFound, InvalidParameter, NotAllowed, UnknownServerError
+from easel.domain.images import check_image
+from easel.storage.objects import ObjectNotFound, ObjectStore
 from easel.store.accounts import Caller
 from easel.store.files import PENDING_SIZE, FileStore, StoredFile
 
-log = logging.getLogger("easel.sts")
+log = logging.getLogger("easel.services.upload_tokens")
 
 # The STS request's formats → the stored (protocol) format; models are not taken here.
 UPLOAD_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
@@ -416,7 +416,7 @@ async def inspect_arrived(objects: ObjectStore, stored: StoredFile, what: str) -
     """The pending file as it arrived: its real format, size and dimensions.
 
     Not there yet → 2019; not an image, out of bounds or pixels that do not decode → the
-    error of :func:`easel.images.check_image`.
+    error of :func:`easel.domain.images.check_image`.
     """
     try:
         data = await objects.get(stored.key)

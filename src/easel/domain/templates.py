@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-from easel.errors import InvalidParameter
+from easel.domain.errors import InvalidParameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,10 +19,10 @@ class Template:
     description: str
     best_with: str
     prompt: str
-    images: tuple[str, ...] = ()  # file names in easel/template_images/
+    images: tuple[str, ...] = ()  # file names in easel/domain/template_images/
 
     def image_bytes(self) -> list[bytes]:
-        folder = resources.files("easel") / "template_images"
+        folder = resources.files("easel.domain") / "template_images"
         return [(folder / name).read_bytes() for name in self.images]
 
 

@@ -22,7 +22,7 @@ import asyncio
 
 import httpx
 
-from easel.errors import EmptyImage, FileNotFound, InvalidParameter
+from easel.domain.errors import EmptyImage, FileNotFound, InvalidParameter
 from easel.outbound import (
     GuardedTransport,
     OutboundPolicy,

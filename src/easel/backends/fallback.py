@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from easel import catalog
 from easel.backends.base import ImageBackend, LoadState
 from easel.backends.registry import create_backend
 from easel.config import Settings
+from easel.domain import catalog
 from easel.outbound import OutboundPolicy
 
 

@@ -8,7 +8,7 @@ state; a limit that holds across replicas belongs in the proxy in front of them.
 
 A bucket that has refilled completely is the same as no bucket, so buckets are dropped once
 full when there are many; memory stays bounded by the keys active in the last few seconds.
-``charge`` counts what is never refused (an open event stream, ``easel.streams``): it may
+``charge`` counts what is never refused (an open event stream, ``easel.services.streams``): it may
 leave a bucket in debt, which the key's next requests wait off.
 """
 
