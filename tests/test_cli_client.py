@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from apptools import png
+from easel.domain.templates import TEMPLATES
 from processes import EASEL, create_key, easel_process, free_port, wait_healthy, write_config
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +58,24 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with easel_process("serve", "--config", str(config), "--port", str(port), log=log) as proc:
         wait_healthy(url, proc, log)
         yield Server(url, key)
+
+
+def help_page(*command: str) -> str:
+    """``easel COMMAND --help``, wide enough that no line wraps."""
+    out = subprocess.run(
+        [EASEL, *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def option_line(page: str, option: str) -> str:
+    """The help line of ``option`` (``--t-pose``): its name, type column and help."""
+    return next(line for line in page.splitlines() if f" {option} " in line)
 
 
 def test_generate_uploads_the_image_waits_and_saves_the_png(server: Server, tmp_path: Path) -> None:
@@ -123,6 +142,27 @@ def test_generate_explains_what_went_wrong_with_a_suggestion(
     assert out.returncode == 1
     assert message in out.stderr
     assert "suggestion:" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [(), ("generate",), ("task", "get"), ("balance",), ("serve",), ("keys", "create")],
+    ids=lambda command: " ".join(("easel", *command)),
+)
+def test_help_shows_no_value_type_beside_a_flag(command: tuple[str, ...]) -> None:
+    page = help_page(*command)
+
+    assert "--help " in page
+    assert "<bool>" not in page
+
+
+def test_generate_help_lists_the_templates_and_types_only_options_with_a_value() -> None:
+    page = help_page("generate")
+
+    assert all(slug in option_line(page, "--template") for slug in TEMPLATES)
+    assert "<str>" in option_line(page, "--model")
+    assert "<float>" in option_line(page, "--timeout")
+    assert option_line(page, "--t-pose").split()[1:3] == ["--t-pose", "Ask"]  # no type between
 
 
 def test_balance_models_and_task_get(server: Server, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from easel import logs
 from easel.client.cli import register as register_caller_commands
+from easel.client.help import App
 from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.server import uvicorn_options
@@ -26,9 +27,9 @@ from easel.store.accounts import MAX_CREDITS, InvalidAccount, UnknownKey
 from easel.supervise import SupervisedRun, announce_registered
 from easel.worker import WorkerCannotRegister
 
-app = typer.Typer(help="Easel: a Tripo v2 generate_image task server.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
-credits_app = typer.Typer(help="Grant and inspect credits.", no_args_is_help=True)
+app = App(help="Easel: a Tripo v2 generate_image task server.", no_args_is_help=True)
+keys_app = App(help="Create and revoke API keys.", no_args_is_help=True)
+credits_app = App(help="Grant and inspect credits.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 register_caller_commands(app)  # generate, task get, balance, models: HTTP clients

@@ -20,8 +20,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from easel.client.help import App
 from easel.client import Client, EaselClientError, Task, TaskStatus
 from easel.client._base import DEFAULT_SERVER, SERVER_ENV
+from easel.domain.templates import TEMPLATES
 
 ServerOption = Annotated[
     str, typer.Option("--server", envvar=SERVER_ENV, help="The Easel server's base URL.")
@@ -43,7 +45,7 @@ def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
     app.command("balance")(balance)
     app.command("models")(models)
-    task_app = typer.Typer(help="Inspect tasks on an Easel server.", no_args_is_help=True)
+    task_app = App(help="Inspect tasks on an Easel server.", no_args_is_help=True)
     task_app.command("get")(task_get)
     app.add_typer(task_app, name="task")
 
@@ -120,7 +122,10 @@ def generate(
             "--image", "-i", help="Reference image: a local path (uploaded), URL or image_token."
         ),
     ] = None,
-    template: Annotated[str | None, typer.Option(help="A template slug (see docs).")] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(help=f"A preset style (its prompt, some add images): {', '.join(TEMPLATES)}."),
+    ] = None,
     t_pose: Annotated[bool, typer.Option("--t-pose", help="Ask for a T-pose.")] = False,
     sketch_to_render: Annotated[
         bool, typer.Option("--sketch-to-render", help="Render the sketch in image[1].")
