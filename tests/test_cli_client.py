@@ -1,38 +1,53 @@
 """The caller commands (``easel generate``, ``task get``, ``balance``, ``models``) as a user
-types them, through a real ``easel serve`` process."""
+types them, through a real ``easel serve`` process: what they do, and what they say when it
+goes wrong (in the flags and variables of the command, not the Python client's words)."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from starlette.responses import Response
 
 from apptools import png
+from easel.api.envelope import error_response
+from easel.domain.errors import ServiceUnavailable
 from easel.domain.templates import TEMPLATES
+from loopback import Peer, running
 from processes import EASEL, create_key, easel_process, free_port, wait_healthy, write_config
 
 pytestmark = pytest.mark.e2e
 
-FAILING = '[backends.broken]\nkind = "placeholder"\nfail_rate = 1.0\n'
-FAILING += '[models."gpt_4o"]\nbackends = ["broken"]\n'
+# One unfinished task per key (so a second one is refused with 2000), gpt_4o always failing,
+# and a slow model to time out on.
+EXTRA = "max_unfinished_tasks = 1\n"
+EXTRA += '[backends.broken]\nkind = "placeholder"\nfail_rate = 1.0\n'
+EXTRA += '[models."gpt_4o"]\nbackends = ["broken"]\n'
+EXTRA += '[backends.slow]\nkind = "placeholder"\ndelay_s = 15.0\n'
+EXTRA += '[models."gemini_3_pro_image_preview"]\nbackends = ["slow"]\n'
+# Words of the Python client and of raw HTTP that a CLI user has no use for.
+NOT_CLI = ("api_key=", "timeout=", "get_task", "wait(", "Authorization", "Retry-After")
 
 
 @dataclass(frozen=True)
 class Server:
     url: str
     key: str
+    poor_key: str  # no credits
+    spare_key: str  # for tasks left running
 
     def run(
         self, *args: str, cwd: Path, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """``easel ARGS`` with EASEL_SERVER and EASEL_API_KEY unset unless ``env`` sets them."""
-        base = {k: v for k, v in os.environ.items() if k not in ("EASEL_SERVER", "EASEL_API_KEY")}
+        """``easel ARGS`` with EASEL_SERVER and the key variables unset unless ``env`` sets
+        them."""
+        unset = ("EASEL_SERVER", "EASEL_API_KEY", "TRIPO_API_KEY")
+        base = {k: v for k, v in os.environ.items() if k not in unset}
         return subprocess.run(
             [EASEL, *args],
             capture_output=True,
@@ -49,15 +64,16 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``easel serve``: the placeholder (0.3 s) for most models, gpt_4o always failing."""
+    """``easel serve``: the placeholder (0.3 s) for most models, gpt_4o always failing,
+    gemini_3_pro_image_preview taking 15 s."""
     directory = tmp_path_factory.mktemp("cli-client")
-    config = write_config(directory, extra=FAILING, delay_s=0.3)
-    key = create_key(config, 100)
+    config = write_config(directory, extra=EXTRA, delay_s=0.3)
+    keys = [create_key(config, credits) for credits in (100, 0, 100)]
     port, log = free_port(), directory / "serve.log"
     url = f"http://127.0.0.1:{port}"
     with easel_process("serve", "--config", str(config), "--port", str(port), log=log) as proc:
         wait_healthy(url, proc, log)
-        yield Server(url, key)
+        yield Server(url, *keys)
 
 
 def help_page(*command: str) -> str:
@@ -112,6 +128,7 @@ def test_generate_with_an_unknown_model_exits_1_with_the_code_and_suggestion(
     assert out.returncode == 1
     assert "error 2017: model_version 'flux.9' is not a valid version." in out.stderr
     assert "suggestion: Use one of: flux.1_kontext_pro, flux.1_dev" in out.stderr
+    assert "Pass it with --model; 'easel models' lists them." in out.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -121,27 +138,138 @@ def test_generate_exits_1_when_the_task_fails(server: Server, tmp_path: Path) ->
     assert out.returncode == 1
     assert "error 1001: task " in out.stderr
     assert "ended failed" in out.stderr
-    assert "suggestion: The credits were refunded" in out.stderr
+    assert "suggestion: The credits were refunded; try again, or another --model" in out.stderr
+
+
+KEY_FIX = (
+    "suggestion: Pass --key tsk_… or set EASEL_API_KEY; the server's operator creates keys with "
+    "'easel keys create'."
+)
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("args", "message", "suggestion"),
     [
-        ({"--key": "tsk_wrong"}, "error 1002:"),
-        ({"--image": "missing.png"}, "No such file or directory: 'missing.png'"),
-        ({"--server": f"http://127.0.0.1:{free_port()}"}, "could not reach"),
+        pytest.param(
+            ("generate", "x", "--server", "{url}"),
+            "error 1002: no API key was given.",
+            KEY_FIX,
+            id="no-key",
+        ),
+        pytest.param(
+            ("generate", "x", "--server", "{url}", "--key", "tsk_wrong"),
+            "error 1002: Authentication failed: unknown or revoked API key.",
+            KEY_FIX,
+            id="wrong-key",
+        ),
+        pytest.param(
+            ("generate", "x", "--server", "{url}", "--key", "{poor_key}"),
+            "error 2010:",
+            "suggestion: 'easel balance' shows the key's credits; the server's operator grants "
+            "more with 'easel credits grant KEY N'.",
+            id="no-credits",
+        ),
+        pytest.param(
+            ("generate", "x", "--template", "nope", "--server", "{url}", "--key", "{key}"),
+            "error 1004: template 'nope' does not exist.",
+            f"suggestion: Use one of: {', '.join(TEMPLATES)}.",
+            id="unknown-template",
+        ),
+        pytest.param(
+            ("task", "get", "no-such-task", "--server", "{url}", "--key", "{key}"),
+            "error 2001:",
+            "suggestion: Check the task_id, and pass the --key (or EASEL_API_KEY) that created "
+            "the task: a task is visible only to its key.",
+            id="unknown-task",
+        ),
+        pytest.param(
+            ("balance", "--server", "http://127.0.0.1:{closed_port}", "--key", "{key}"),
+            "error: could not reach http://127.0.0.1:",
+            "suggestion: Check --server (or EASEL_SERVER) and that the server runs there "
+            "('easel serve').",
+            id="no-server",
+        ),
+        pytest.param(
+            ("generate", "x", "--image", "missing.png", "--server", "{url}", "--key", "{key}"),
+            "No such file or directory: 'missing.png'",
+            "suggestion: Check the file path.",
+            id="missing-image",
+        ),
     ],
-    ids=["bad-key", "missing-image", "no-server"],
 )
-def test_generate_explains_what_went_wrong_with_a_suggestion(
-    server: Server, tmp_path: Path, change: dict[str, str], message: str
+def test_errors_name_the_fix_in_the_commands_own_flags_and_variables(
+    server: Server, tmp_path: Path, args: tuple[str, ...], message: str, suggestion: str
 ) -> None:
-    options = {"--server": server.url, "--key": server.key, **change}
-    out = server.run("generate", "x", *itertools.chain(*options.items()), cwd=tmp_path)
+    values = {**asdict(server), "closed_port": free_port()}
+    out = server.run(*(arg.format(**values) for arg in args), cwd=tmp_path)
 
     assert out.returncode == 1
     assert message in out.stderr
-    assert "suggestion:" in out.stderr
+    assert suggestion in out.stderr
+    assert not [word for word in NOT_CLI if word in out.stderr]
+
+
+def test_a_wait_that_times_out_says_the_task_goes_on_and_how_to_wait_longer(
+    server: Server, tmp_path: Path
+) -> None:
+    """The slow model takes 15 s: ``--timeout 0.5`` gives up first, and the task, still
+    running, is the key's one unfinished task, so a second one is refused (2000)."""
+    slow = ("generate", "an owl", "-m", "gemini_3_pro_image_preview", "--server", server.url)
+    first = server.run(*slow, "--key", server.spare_key, "--timeout", "0.5", cwd=tmp_path)
+    second = server.run(*slow, "--key", server.spare_key, cwd=tmp_path)
+
+    assert first.returncode == 1
+    task_id = first.stderr.split("task ", 1)[1].split()[0]
+    assert f"error: task {task_id} is still " in first.stderr
+    assert (
+        f"suggestion: The task goes on: see it with 'easel task get {task_id}'. To wait longer, "
+        "pass a larger --timeout (such as --timeout 1) or none."
+    ) in first.stderr
+    assert second.returncode == 1
+    assert "error 2000:" in second.stderr
+    assert (
+        "suggestion: Wait for one of the key's tasks to finish ('easel task get TASK_ID'), "
+        "then retry."
+    ) in second.stderr
+    assert not [word for word in NOT_CLI if word in first.stderr + second.stderr]
+
+
+@pytest.mark.parametrize(
+    ("answer", "message", "suggestion"),
+    [
+        pytest.param(
+            Response(b"<html>502 Bad Gateway</html>", 502, media_type="text/html"),
+            "error: HTTP 502 from http://127.0.0.1:",
+            "suggestion: Check that --server (or EASEL_SERVER) names an Easel server; if so, "
+            "try again later.",
+            id="proxy-502",
+        ),
+        pytest.param(
+            Response(b"<html>a web page</html>", 200, media_type="text/html"),
+            "did not answer a protocol envelope",
+            "suggestion: Check that --server (or EASEL_SERVER) names an Easel server; if so, "
+            "try again later.",
+            id="not-easel",
+        ),
+        pytest.param(
+            error_response(ServiceUnavailable("the database is unreachable.")),
+            "error 1000: the database is unreachable.",
+            f"suggestion: {ServiceUnavailable.default_suggestion}",
+            id="easel-503",
+        ),
+    ],
+)
+def test_a_failing_or_foreign_server_is_explained_in_cli_terms(
+    tmp_path: Path, answer: Response, message: str, suggestion: str
+) -> None:
+    """What answers at --server: a proxy whose Easel is down, a web page, or Easel's own 503
+    envelope (rendered by the API's renderer), whose suggestion already speaks to anyone."""
+    with running(Peer("127.0.0.1", otherwise=answer)) as peer:
+        out = Server(peer.url, "tsk_any", "", "").call("balance", cwd=tmp_path)
+
+    assert out.returncode == 1
+    assert message in out.stderr
+    assert suggestion in out.stderr
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,7 @@ def test_the_key_comes_from_easel_api_key_then_tripo_api_key() -> None:
     assert Client(env={"TRIPO_API_KEY": "tsk_tripo"})._api_key == "tsk_tripo"
     with pytest.raises(AuthenticationError, match="no API key") as caught:
         Client(env={})
+    assert "api_key='tsk_…'" in caught.value.suggestion  # Python words; the CLI says --key
     assert "EASEL_API_KEY" in caught.value.suggestion
 
 
@@ -260,7 +261,9 @@ async def test_wait_gives_up_after_its_timeout_with_the_last_task(tmp_path: Path
         with pytest.raises(WaitTimeout) as caught:
             await client.wait(task_id, timeout=0.2)
     assert caught.value.task.status is TaskStatus.QUEUED
+    assert caught.value.timeout == 0.2
     assert isinstance(caught.value, TimeoutError)
+    assert "timeout=" in caught.value.suggestion  # Python words; the CLI says --timeout
 
 
 async def _bad_key(served: Served, client: AsyncClient) -> object:

@@ -2,8 +2,10 @@
 
 They talk HTTP through :class:`easel.client.Client` (no ``--config``): ``--server`` (or
 ``$EASEL_SERVER``) names the server and ``--key`` (or ``$EASEL_API_KEY``) the API key. A
-failure prints the protocol code, the message and the server's suggestion to stderr and exits
-with status 1.
+failure prints the protocol code, the message and a suggestion to stderr and exits with
+status 1. The client's suggestions are written for Python callers (``api_key=…``,
+``timeout=…``) and the server's for HTTP ones (the ``Authorization`` header):
+:func:`cli_suggestion` says the same in the flags and variables of these commands.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import singledispatch
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -20,9 +23,23 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from easel.client import (
+    AuthenticationError,
+    Client,
+    ConnectionFailed,
+    EaselClientError,
+    InvalidRequest,
+    NotEnoughCredit,
+    RateLimited,
+    ServerError,
+    Task,
+    TaskFailed,
+    TaskNotFound,
+    TaskStatus,
+    WaitTimeout,
+)
+from easel.client._base import DEFAULT_SERVER, KEY_ENVS, SERVER_ENV
 from easel.client.help import App
-from easel.client import Client, EaselClientError, Task, TaskStatus
-from easel.client._base import DEFAULT_SERVER, SERVER_ENV
 from easel.domain.templates import TEMPLATES
 
 ServerOption = Annotated[
@@ -32,7 +49,7 @@ KeyOption = Annotated[
     str | None,
     typer.Option(
         "--key",
-        envvar="EASEL_API_KEY",
+        envvar=KEY_ENVS[0],
         help="API key (tsk_…); TRIPO_API_KEY is read too.",
         show_default=False,
     ),
@@ -58,6 +75,84 @@ def _fail(message: str, code: int | None = None, suggestion: str | None = None) 
     raise typer.Exit(1)
 
 
+# -- suggestions in the words of these commands -------------------------------------------
+
+
+@singledispatch
+def cli_suggestion(exc: EaselClientError) -> str:
+    """The fix for ``exc`` in CLI terms: by the error's kind, else its own suggestion."""
+    return exc.suggestion
+
+
+@cli_suggestion.register
+def _(exc: AuthenticationError) -> str:
+    return (
+        f"Pass --key tsk_… or set {KEY_ENVS[0]}; the server's operator creates keys with "
+        "'easel keys create'."
+    )
+
+
+@cli_suggestion.register
+def _(exc: ConnectionFailed) -> str:
+    return f"Check --server (or {SERVER_ENV}) and that the server runs there ('easel serve')."
+
+
+@cli_suggestion.register
+def _(exc: ServerError) -> str:
+    if exc.code is not None:  # an Easel error envelope: its suggestion speaks to anyone
+        return exc.suggestion
+    return f"Check that --server (or {SERVER_ENV}) names an Easel server; if so, try again later."
+
+
+@cli_suggestion.register
+def _(exc: WaitTimeout) -> str:
+    return (
+        f"The task goes on: see it with 'easel task get {exc.task.task_id}'. To wait longer, "
+        f"pass a larger --timeout (such as --timeout {2 * exc.timeout:g}) or none."
+    )
+
+
+@cli_suggestion.register
+def _(exc: TaskFailed) -> str:
+    if exc.task.status is TaskStatus.FAILED:
+        return "The credits were refunded; try again, or another --model ('easel models')."
+    return exc.suggestion
+
+
+@cli_suggestion.register
+def _(exc: InvalidRequest) -> str:
+    if exc.code == 2017:  # the server names the valid model_versions
+        return f"{exc.suggestion} Pass it with --model; 'easel models' lists them."
+    return exc.suggestion
+
+
+@cli_suggestion.register
+def _(exc: NotEnoughCredit) -> str:
+    return (
+        "'easel balance' shows the key's credits; the server's operator grants more with "
+        "'easel credits grant KEY N'."
+    )
+
+
+@cli_suggestion.register
+def _(exc: TaskNotFound) -> str:
+    return (
+        f"Check the task_id, and pass the --key (or {KEY_ENVS[0]}) that created the task: "
+        "a task is visible only to its key."
+    )
+
+
+@cli_suggestion.register
+def _(exc: RateLimited) -> str:
+    if exc.code == 2000:
+        return "Wait for one of the key's tasks to finish ('easel task get TASK_ID'), then retry."
+    wait = f"{exc.retry_after:g} s" if exc.retry_after else "a few seconds"
+    return f"Wait {wait} and try again."
+
+
+# -- the commands ---------------------------------------------------------------------------
+
+
 @contextmanager
 def _client(server: str, key: str | None) -> Iterator[Client]:
     """A client whose errors end the command with the code, message and suggestion."""
@@ -65,7 +160,7 @@ def _client(server: str, key: str | None) -> Iterator[Client]:
         with Client(server, key) as client:
             yield client
     except EaselClientError as exc:
-        _fail(exc.message, exc.code, exc.suggestion)
+        _fail(exc.message, exc.code, cli_suggestion(exc))
     except OSError as exc:  # a local image that cannot be read, an output path not writable
         _fail(str(exc), suggestion="Check the file path.")
 
@@ -135,7 +230,8 @@ def generate(
         typer.Option("--output", "-o", help="Where to save the image (default: <task_id>.png)."),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Give up waiting after this many seconds.")
+        float | None,
+        typer.Option(help="Stop waiting after this many seconds (the task goes on)."),
     ] = None,
     server: ServerOption = DEFAULT_SERVER,
     key: KeyOption = None,

@@ -104,7 +104,8 @@ class TaskFailed(EaselClientError):
 
 
 class WaitTimeout(EaselClientError, TimeoutError):
-    """``wait`` gave up before the task ended; ``task`` is the last state seen."""
+    """``wait`` gave up ``timeout`` seconds in, before the task ended; ``task`` is the last
+    state seen."""
 
     default_suggestion = "Wait longer (timeout=…), or check the queue with get_task."
 
@@ -112,7 +113,7 @@ class WaitTimeout(EaselClientError, TimeoutError):
         super().__init__(
             f"task {task.task_id} is still {task.status.value} after {timeout:g} s",
         )
-        self.task = task
+        self.task, self.timeout = task, timeout
 
 
 _TASK_ADVICE = {
