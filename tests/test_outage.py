@@ -28,14 +28,16 @@ from obstore.store import MemoryStore, S3Store
 from PIL import Image
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from apptools import running_api, settings_for
 from badimages import garbage_idat_png
 from conftest import reset_schema
-from easel.domain.errors import ServiceUnavailable
+from easel.domain.errors import InvalidParameter, ServiceUnavailable, StoreUnavailable
 from easel.storage.objects import ObjectStore
 from easel.store import sqlite as easel_sqlite
+from easel.store.db import connection, transaction
 from easel.store.outage import is_outage
 from triggers import allow_inserts, refuse_inserts
 
@@ -397,9 +399,16 @@ async def key_error(here: Here) -> BaseException:
     return await raised(look_up())
 
 
-async def easel_error(here: Here) -> BaseException:
+async def service_unavailable(here: Here) -> BaseException:
     async def refuse() -> None:
         raise ServiceUnavailable("already decided: the API renders it as 503 itself")
+
+    return await raised(refuse())
+
+
+async def easel_error(here: Here) -> BaseException:
+    async def refuse() -> None:
+        raise InvalidParameter("a bad request is no outage, whatever caused it")
 
     return await raised(refuse())
 
@@ -417,7 +426,8 @@ async def easel_error(here: Here) -> BaseException:
         pytest.param(pillow_unidentified, False, "cannot identify", id="pillow-unidentified"),
         pytest.param(file_not_found, False, "FileNotFoundError", id="file-not-found"),
         pytest.param(key_error, False, "KeyError", id="key-error"),
-        pytest.param(easel_error, False, "ServiceUnavailable", id="easel-error"),
+        pytest.param(service_unavailable, True, "ServiceUnavailable", id="service-unavailable"),
+        pytest.param(easel_error, False, "InvalidParameter", id="easel-error"),
     ],
 )
 async def test_other_errors(
@@ -428,6 +438,39 @@ async def test_other_errors(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     check(await build(Here(tmp_path, monkeypatch)), outage, says)
+
+
+# -- the store's edge: outages leave as StoreUnavailable, bugs unchanged -------------------------
+
+
+async def test_the_store_translates_an_outage_and_lets_a_bug_through(where: Where) -> None:
+    """Above the store nobody needs a driver's exceptions: a refused connection leaves
+    ``transaction``/``connection`` as ``StoreUnavailable`` (the driver's error its cause); a
+    unique violation, a bug, leaves as itself."""
+    refused = create_async_engine(make_url(where.postgres).set(port=closed_port()))
+    live = create_async_engine(where.postgres)
+    try:
+
+        async def write(engine: AsyncEngine, *statements: str) -> None:
+            async with transaction(engine) as conn:
+                for sql in statements:
+                    await conn.execute(text(sql))
+
+        async def read(engine: AsyncEngine) -> None:
+            async with connection(engine) as conn:
+                await conn.execute(text("SELECT 1"))
+
+        for exc in (await raised(write(refused, "SELECT 1")), await raised(read(refused))):
+            assert isinstance(exc, StoreUnavailable), described(exc)
+            assert isinstance(exc.__cause__, OSError | DBAPIError), described(exc)
+            assert is_outage(exc)
+        bug = await raised(
+            write(live, "CREATE TEMP TABLE u (id int PRIMARY KEY)", "INSERT INTO u VALUES (1), (1)")
+        )
+        assert isinstance(bug, IntegrityError), described(bug)
+    finally:
+        await refused.dispose()
+        await live.dispose()
 
 
 # -- what an API client sees -------------------------------------------------------------------

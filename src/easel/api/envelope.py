@@ -22,6 +22,7 @@ from easel.domain.errors import (
     NotAllowed,
     RateLimited,
     ServiceUnavailable,
+    StoreUnavailable,
     TooManyUnfinishedTasks,
     UnknownServerError,
 )
@@ -90,6 +91,9 @@ class TraceIdMiddleware:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_easel_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EaselError)
+        if isinstance(exc, StoreUnavailable):
+            trace = request.scope.get("state", {}).get("trace_id")
+            log.warning("database unavailable (trace %s): %r", trace, exc.__cause__)
         return error_response(exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

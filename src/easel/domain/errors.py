@@ -39,6 +39,12 @@ class ServiceUnavailable(EaselError):
     default_suggestion = "The server cannot reach its storage right now; try again shortly."
 
 
+class StoreUnavailable(ServiceUnavailable):
+    """The database is away for now: what :mod:`easel.store` raises in place of a driver's
+    outage error (the driver's error is its ``__cause__``). Callers above the store see one
+    type; the API answers it like any :class:`ServiceUnavailable`."""
+
+
 class AuthenticationFailed(EaselError):
     code, status = 1002, 401
     default_suggestion = (

@@ -8,7 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from easel.store.accounts import AccountStore
-from easel.store.db import create_engine, migrate, read_only
+from easel.store.db import connection, create_engine, migrate, read_only
 from easel.store.events import EventStore
 from easel.store.files import FileStore, SecretStore
 from easel.store.metrics import MetricsStore
@@ -31,7 +31,7 @@ class Store:
     metrics: MetricsStore
 
     async def ping(self) -> None:
-        async with read_only(self.engine).connect() as conn:
+        async with connection(read_only(self.engine)) as conn:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:

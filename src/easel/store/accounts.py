@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from easel.store.db import read_only
+from easel.store.db import connection, read_only, transaction
 from easel.store.tables import accounts, api_keys, ledger
 
 KEY_PREFIX = "tsk_"
@@ -162,7 +162,7 @@ class AccountStore:
         _check_amount(credits, least=0)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         account_id, now = str(uuid.uuid4()), time.time()
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             await conn.execute(
                 insert(accounts).values(
                     id=account_id, name=name, balance=0, frozen=0, created_at=now
@@ -188,7 +188,7 @@ class AccountStore:
             return cached[1]
         if self._unknown.get(digest, 0.0) > time.monotonic():
             raise UnknownKey(key[:10])
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             row = (
                 await conn.execute(
                     select(api_keys.c.id, api_keys.c.account_id).where(
@@ -211,7 +211,7 @@ class AccountStore:
     async def is_active(self, key_id: str) -> bool:
         """Whether the key is still unrevoked, asked of the database (no cache): what an
         open event stream re-checks."""
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             row = (
                 await conn.execute(
                     select(api_keys.c.id).where(
@@ -233,7 +233,7 @@ class AccountStore:
 
     async def revoke(self, key: str) -> None:
         self._callers.pop(hash_key(key), None)
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             result = await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None))
@@ -246,7 +246,7 @@ class AccountStore:
         """Add ``credits`` (1 to MAX_CREDITS); refused with :class:`InvalidAccount`, and
         nothing written, if the account would then hold more than MAX_CREDITS."""
         _check_amount(credits, least=1)
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             account_id = await self._account_of(conn, key)
             # One conditional statement: concurrent grants cannot pass the maximum together.
             granted = await conn.execute(
@@ -263,7 +263,7 @@ class AccountStore:
         return await self.balance(account_id)
 
     async def balance(self, account_id: str) -> Balance:
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             row = (
                 await conn.execute(
                     select(accounts.c.balance, accounts.c.frozen).where(accounts.c.id == account_id)
@@ -273,7 +273,7 @@ class AccountStore:
 
     async def balance_of_key(self, key: str) -> tuple[Balance, list[LedgerRow]]:
         """Balance and the newest ledger rows (newest first) of the key's account."""
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             account_id = await self._account_of(conn, key)
             rows = (
                 await conn.execute(
@@ -291,7 +291,7 @@ class AccountStore:
 
     async def ledger_sums(self, account_id: str) -> Balance:
         """The ledger's view of the account (must equal :meth:`balance`)."""
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             row = (
                 await conn.execute(
                     select(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from easel.domain.text import load_stored
 from easel.store import sqlite
+from easel.store.outage import translated
 
 log = logging.getLogger("easel.store")
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -82,6 +85,22 @@ def create_engine(database_url: str) -> AsyncEngine:
 
 
 _PER_STATEMENT = "per-statement"
+
+
+@contextlib.asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """``engine.begin()`` at the store's edge: an outage leaves as ``StoreUnavailable``."""
+    with translated():
+        async with engine.begin() as conn:
+            yield conn
+
+
+@contextlib.asynccontextmanager
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """``engine.connect()`` at the store's edge: an outage leaves as ``StoreUnavailable``."""
+    with translated():
+        async with engine.connect() as conn:
+            yield conn
 
 
 def read_only(engine: AsyncEngine, *, snapshot: bool = True) -> AsyncEngine:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.domain.tasks import FINAL, Status
 from easel.store import webhooks
-from easel.store.db import read_only
+from easel.store.db import connection, read_only, transaction
 from easel.store.tables import accounts, events
 
 
@@ -108,13 +108,13 @@ class EventStore:
         )
         if task_id is not None:
             query = query.where(events.c.task_id == task_id)
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             rows = (await conn.execute(query)).all()
         return [Event(r.seq, r.task_id, Status(r.status), r.progress, r.created_at) for r in rows]
 
     async def last_seq_before(self, account_id: str, before: float) -> int:
         """The number of the account's last event before the time ``before`` (0 if none)."""
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             seq = await conn.scalar(
                 select(func.coalesce(func.max(events.c.seq), 0)).where(
                     events.c.account_id == account_id, events.c.created_at < before
@@ -126,7 +126,7 @@ class EventStore:
         """Forget up to ``limit`` events older than ``before``; returns how many went.
         Numbering is untouched: new events keep counting from each account's counter."""
         oldest = select(events.c.account_id, events.c.seq).where(events.c.created_at < before)
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             done = await conn.execute(
                 delete(events).where(
                     tuple_(events.c.account_id, events.c.seq).in_(oldest.limit(limit))
@@ -135,6 +135,6 @@ class EventStore:
         return int(done.rowcount or 0)
 
     async def last_seq(self, account_id: str) -> int:
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             seq = await conn.scalar(select(accounts.c.event_seq).where(accounts.c.id == account_id))
         return int(seq or 0)

@@ -10,7 +10,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from easel.store.db import read_only
+from easel.store.db import connection, read_only, transaction
 from easel.store.tables import files, secrets
 
 
@@ -34,7 +34,7 @@ class FileStore:
         self._reads = read_only(engine)
 
     async def add(self, stored: StoredFile) -> None:
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             await conn.execute(
                 insert(files).values(
                     token=stored.token,
@@ -50,7 +50,7 @@ class FileStore:
 
     async def complete(self, stored: StoredFile) -> None:
         """Record what a pending (STS) upload turned out to be, once; later calls change nothing."""
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             await conn.execute(
                 update(files)
                 .where(files.c.token == stored.token, files.c.size == 0)
@@ -68,7 +68,7 @@ class FileStore:
         """The account's file with this token or object key (another account's: None)."""
         query = select(files).where(files.c.account_id == account_id)
         query = query.where(files.c.token == token) if token else query.where(files.c.key == key)
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
@@ -83,7 +83,7 @@ class FileStore:
             .where(files.c.size == PENDING_SIZE, files.c.created_at < before)
             .limit(limit)
         )
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             rows = await conn.execute(query)
             return [
                 StoredFile(r.token, r.account_id, r.key, r.format, r.size, r.width, r.height)
@@ -92,7 +92,7 @@ class FileStore:
 
     async def forget_pending(self, token: str) -> None:
         """Drop a pending row (only while it is still pending)."""
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             await conn.execute(
                 delete(files).where(files.c.token == token, files.c.size == PENDING_SIZE)
             )
@@ -106,12 +106,12 @@ class SecretStore:
     async def get_or_create(self, name: str) -> str:
         """A random secret shared by every process on this database (made on first use)."""
         for _ in range(2):
-            async with self._reads.connect() as conn:
+            async with connection(self._reads) as conn:
                 value = await conn.scalar(select(secrets.c.value).where(secrets.c.name == name))
             if value is not None:
                 return str(value)
             try:
-                async with self._engine.begin() as conn:
+                async with transaction(self._engine) as conn:
                     await conn.execute(
                         insert(secrets).values(name=name, value=_secrets.token_hex(32))
                     )

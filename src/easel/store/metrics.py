@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.domain.tasks import Status
-from easel.store.db import read_only
+from easel.store.db import connection, read_only
 from easel.store.tables import accounts, ledger, tasks
 
 TIME_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -67,7 +67,7 @@ class MetricsStore:
 
     async def snapshot(self, now: float) -> Snapshot:
         snap = Snapshot()
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             counts = await conn.execute(
                 select(tasks.c.model_version, tasks.c.status, func.count()).group_by(
                     tasks.c.model_version, tasks.c.status

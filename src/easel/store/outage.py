@@ -39,7 +39,7 @@ from obstore.exceptions import BaseError as ObjectStoreLibraryError
 from obstore.exceptions import GenericError as ObjectStoreIOError
 from sqlalchemy import exc as sa
 
-from easel.domain.errors import EaselError
+from easel.domain.errors import EaselError, ServiceUnavailable, StoreUnavailable
 from easel.storage.objects import ObjectStoreError
 
 # SQLSTATE classes and codes of a server that cannot serve now (see the module docstring).
@@ -111,6 +111,21 @@ def outages_suppressed() -> Iterator[None]:
             raise
 
 
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """The store's edge: a database outage leaves as :class:`StoreUnavailable` (the driver's
+    error as its cause), so nothing above the store needs to know a driver's exceptions;
+    anything else (a constraint violated, a syntax error: a bug) leaves unchanged."""
+    try:
+        yield
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if is_outage(exc):
+            raise StoreUnavailable("the server's database is unavailable for now.") from exc
+        raise
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     link: BaseException | None = exc
@@ -122,8 +137,10 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _verdict(exc: BaseException) -> bool | None:
     """True: an outage; False: certainly not one; None: this link does not say."""
+    if isinstance(exc, ServiceUnavailable):
+        return True  # already translated (StoreUnavailable) or decided by its raiser
     if isinstance(exc, EaselError):
-        return False  # already a decided answer (ServiceUnavailable is rendered as 503 itself)
+        return False  # already a decided answer
     if isinstance(exc, (ObjectStoreError, ObjectStoreIOError, sa.TimeoutError)):
         return True
     if isinstance(exc, sa.DisconnectionError):

@@ -20,7 +20,7 @@ from easel.domain.errors import IdempotencyConflict, NotEnoughCredit, TooManyUnf
 from easel.domain.tasks import REFUNDED, UNFINISHED, Reference, Status, Task
 from easel.store import events
 from easel.store.accounts import Caller, record_move, write_ledger_row
-from easel.store.db import read_only
+from easel.store.db import connection, read_only, transaction
 from easel.store.notify import notify
 from easel.store.tables import accounts, attempts, idempotency_keys, tasks, workers
 
@@ -420,7 +420,7 @@ class TaskStore:
         Returns the task id.
         """
         now = time.time()
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             # Lock the account row: one submit per account at a time, on every replica, so
             # the unfinished-task count below cannot be raced (SQLite: BEGIN IMMEDIATE).
             await conn.execute(_LOCK_ACCOUNT, {"account_id": caller.account_id})
@@ -486,7 +486,7 @@ class TaskStore:
         query = select(tasks).where(tasks.c.id == task_id)
         if key_id is not None:
             query = query.where(tasks.c.api_key_id == key_id)
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _task(row)
 
@@ -499,13 +499,13 @@ class TaskStore:
             .limit(limit)
             .offset(offset)
         )
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             return [_task(row) for row in await conn.execute(query)]
 
     async def position(self, task: Task) -> int:
         """How many queued tasks workers would claim before ``task`` as things stand now
         (the claim order: fewest running tasks of the key first, then oldest)."""
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             return await _position(conn, task)
 
     async def mean_duration(self, model_version: str) -> float | None:
@@ -514,12 +514,12 @@ class TaskStore:
         recalled = self._estimates.recall_mean(model_version)
         if recalled is not None:
             return recalled[0]
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             return await self._estimates.mean(conn, model_version)
 
     async def outlook(self, task: Task) -> Outlook:
         """What the task object shows besides the row, read on one connection."""
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             return await _outlook(conn, task, self._estimates)
 
     async def view(self, task_id: str, key_id: str | None = None) -> tuple[Task, Outlook] | None:
@@ -530,7 +530,7 @@ class TaskStore:
             if key_id is None
             else (_TASK_AND_ATTEMPTS_OF_KEY, {"task_id": task_id, "key_id": key_id})
         )
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             rows = (await conn.execute(query, params)).all()
             if not rows:
                 return None
@@ -539,7 +539,7 @@ class TaskStore:
 
     async def live_models(self, within_s: float = 30.0) -> set[str]:
         """The models that workers with a recent heartbeat take."""
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             rows = await conn.execute(
                 select(workers.c.models).where(workers.c.heartbeat_at >= time.time() - within_s)
             )
@@ -548,7 +548,7 @@ class TaskStore:
     # -- worker side ----------------------------------------------------------------------
 
     async def register_worker(self, worker_id: str, models: Sequence[str], slots: int) -> None:
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             done = await conn.execute(
                 update(workers)
                 .where(workers.c.id == worker_id)
@@ -562,7 +562,7 @@ class TaskStore:
                 )
 
     async def unregister_worker(self, worker_id: str) -> None:
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             await conn.execute(workers.delete().where(workers.c.id == worker_id))
 
     async def claim(self, worker_id: str, models: Collection[str], lease_s: float) -> Task | None:
@@ -580,7 +580,7 @@ class TaskStore:
             "claimed_until": now + lease_s,
             "claimed_at": now,
         }
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             row = (await conn.execute(_CLAIM, claim)).first()
             if row is None:
                 return None
@@ -591,7 +591,7 @@ class TaskStore:
     async def heartbeat(self, task: Task, lease_s: float, progress: int) -> Heartbeat:
         """Renew the lease and store progress; say whether the claim is still ours and
         whether a cancel was requested."""
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             before = await conn.scalar(select(tasks.c.progress).where(_fenced(task)))
             row = (
                 await conn.execute(
@@ -611,7 +611,7 @@ class TaskStore:
         """Cancel a task of ``key_id``: a queued one ends ``cancelled`` at once with a refund;
         a running one is asked to stop at its next checkpoint; a final one is left as it is.
         Idempotent. None when the key has no such task."""
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             row = (
                 await conn.execute(
                     select(tasks)
@@ -641,13 +641,13 @@ class TaskStore:
             "backend": backend,
             "started_at": time.time(),
         }
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             await conn.execute(_SET_BACKEND, {**_fence(task), "set_backend": backend})
             result = await conn.execute(_INSERT_ATTEMPT, attempt)
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     async def end_attempt(self, attempt_id: int, outcome: str, error: str | None = None) -> None:
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             await _end_attempt(conn, attempt_id, outcome, error)
 
     async def complete(
@@ -655,7 +655,7 @@ class TaskStore:
     ) -> bool:
         """Success: settle the held credits (and end ``attempt_id`` as a success). False
         when the claim was lost meanwhile."""
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             if attempt_id is not None:
                 await _end_attempt(conn, attempt_id, "success")
             done = {
@@ -675,12 +675,12 @@ class TaskStore:
         """End a running task in ``status`` (failed, banned, cancelled) with a refund. False
         when the claim was lost."""
         assert status in REFUNDED
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             return await self._end_with_refund(conn, _fenced(task), task, status, code, message)
 
     async def release(self, task: Task) -> bool:
         """Put a running task back in the queue (graceful shutdown); it keeps its attempts."""
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             result = await conn.execute(
                 update(tasks)
                 .where(_fenced(task))
@@ -701,7 +701,7 @@ class TaskStore:
         """Re-queue running tasks whose lease lapsed; fail (and refund) those out of attempts."""
         now = time.time()
         lapsed = and_(tasks.c.status == Status.RUNNING.value, tasks.c.lease_until < now)
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             cancelled = (
                 await conn.execute(
                     select(tasks).where(lapsed, tasks.c.cancel_requested_at.is_not(None))
@@ -757,7 +757,7 @@ class TaskStore:
         return await self._end_queued(of_model, Status.FAILED, message)
 
     async def _end_queued(self, where: Any, status: Status, message: str) -> int:
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             rows = (
                 await conn.execute(
                     select(tasks)
@@ -775,7 +775,7 @@ class TaskStore:
     async def outputs_past(self, retention_s: float, limit: int = 500) -> list[tuple[str, str]]:
         """(task id, output key) of outputs older than ``retention_s``, oldest first."""
         cutoff = time.time() - retention_s
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             rows = await conn.execute(
                 select(tasks.c.id, tasks.c.output_key)
                 .where(
@@ -789,7 +789,7 @@ class TaskStore:
             return [(row.id, row.output_key) for row in rows]
 
     async def mark_output_deleted(self, task_id: str) -> None:
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id)

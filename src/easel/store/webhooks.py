@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from easel.domain.errors import InvalidParameter
 from easel.domain.tasks import Status
 from easel.store.accounts import Caller
-from easel.store.db import read_only
+from easel.store.db import connection, read_only, transaction
 from easel.store.tables import events, webhook_attempts, webhook_deliveries, webhooks
 
 # task.queued, task.running, task.success, task.failed, task.banned, task.expired, …
@@ -154,7 +154,7 @@ class WebhookStore:
     ) -> Webhook:
         """Register a webhook for the caller's key (at most :data:`MAX_PER_KEY` of them)."""
         hook = Webhook(str(uuid.uuid4()), url, tuple(event_types), time.time())
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             count = await conn.scalar(
                 select(func.count()).where(webhooks.c.api_key_id == caller.key_id)
             )
@@ -182,14 +182,14 @@ class WebhookStore:
         query = select(webhooks).where(webhooks.c.api_key_id == key_id)
         if webhook_id is not None:
             query = query.where(webhooks.c.id == webhook_id)
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             rows = await conn.execute(query.order_by(webhooks.c.created_at, webhooks.c.id))
             return [_webhook(row) for row in rows]
 
     async def delete(self, webhook_id: str, key_id: str) -> bool:
         """Delete the key's webhook with its deliveries and log; False when it has none such."""
         mine = and_(webhooks.c.id == webhook_id, webhooks.c.api_key_id == key_id)
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             if await conn.scalar(select(webhooks.c.id).where(mine).with_for_update()) is None:
                 return False
             ids = select(_d.c.id).where(_d.c.webhook_id == webhook_id)
@@ -211,7 +211,7 @@ class WebhookStore:
         if delivery_id is not None:
             query = query.where(_d.c.id == delivery_id)
         query = query.order_by(_d.c.created_at.desc(), _d.c.id.desc()).limit(limit)
-        async with self._reads.connect() as conn:
+        async with connection(self._reads) as conn:
             rows = (await conn.execute(query)).all()
             logged = await conn.execute(
                 select(webhook_attempts)
@@ -230,7 +230,7 @@ class WebhookStore:
         idle = or_(
             _d.c.status != "pending", _d.c.claim_token.is_(None), _d.c.next_attempt_at <= now
         )
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             if await conn.scalar(select(_d.c.id).where(this).with_for_update()) is None:
                 return False
             await conn.execute(
@@ -251,7 +251,7 @@ class WebhookStore:
     async def prune(self, before: float, limit: int = 1000) -> int:
         """Forget up to ``limit`` delivered or dead deliveries (and their attempt log) made
         before ``before``; pending ones are never touched. Returns how many went."""
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             ids = list(
                 await conn.scalars(
                     select(_d.c.id)
@@ -276,7 +276,7 @@ class WebhookStore:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             claimed = await conn.execute(
                 update(_d)
                 .where(_d.c.id.in_(due))
@@ -297,7 +297,7 @@ class WebhookStore:
         """Record the attempt and the delivery's next state (``pending`` again, ``delivered``
         or ``dead``); False when the claim was lost meanwhile."""
         window_start = attempt.created_at if due.window_start is None else due.window_start
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine) as conn:
             result = await conn.execute(
                 update(_d)
                 .where(_d.c.id == due.id, _d.c.claim_token == due.claim_token)
