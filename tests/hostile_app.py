@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from apptools import State, account_state, settings_for
 from asgi_raw import Answer, Headers, call
 from easel.api.app import create_app
+from easel.domain.accounts import Caller
 from easel.runtime import Runtime
-from easel.store.accounts import Caller
 
 CREDITS = 1_000_000
 

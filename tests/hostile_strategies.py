@@ -21,7 +21,7 @@ from urllib.parse import quote_from_bytes
 from hypothesis import strategies as st
 
 from easel.domain import catalog, templates
-from easel.store.webhooks import EVENT_TYPES
+from easel.domain.webhooks import EVENT_TYPES
 
 INT64 = range(-(2**63), 2**63)
 UNSTORABLE = [chr(0xD800), chr(0xDBFF), chr(0xDC00), chr(0xDFFF), "\x00"]

@@ -59,9 +59,9 @@ from apptools import ALL_MODELS, Api, png, running_api, settings_for
 from easel.api.app import create_app
 from easel.api.envelope import TRACE_HEADER
 from easel.domain import errors
+from easel.domain.webhooks import EVENT_TYPES
 from easel.storage.signing import UrlSigner
 from easel.store import open_store
-from easel.store.webhooks import EVENT_TYPES
 
 AnyCase = Case[Any]
 SCALE = int(os.environ.get("EASEL_FUZZ_SCALE", "1"))

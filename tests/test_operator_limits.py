@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from easel.domain.accounts import MAX_CREDITS, MAX_NAME_CHARS, InvalidAccount
 from easel.store import Store, open_store
-from easel.store.accounts import MAX_CREDITS, MAX_NAME_CHARS, InvalidAccount
 from easel.store.tables import accounts, ledger
 
 EASEL = str(Path(sys.executable).parent / "easel")

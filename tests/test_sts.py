@@ -23,6 +23,7 @@ from obstore.store import MemoryStore
 
 from apptools import Api, png, running_api, settings_for
 from easel.config import Settings
+from easel.domain.accounts import Caller
 from easel.domain.errors import EmptyImage, FileNotFound, ImageTypeNotSupported, NotAllowed
 from easel.services.upload_tokens import (
     AwsCredentials,
@@ -36,7 +37,6 @@ from easel.services.upload_tokens import (
 )
 from easel.storage.objects import ObjectStore
 from easel.store import Store, open_store
-from easel.store.accounts import Caller
 from easel.store.files import StoredFile
 from s3server import ACCESS_KEY, REGION, ROLE_ARN, SECRET_KEY, S3Server, moto_server
 

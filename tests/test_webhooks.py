@@ -23,14 +23,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from apptools import ALL_MODELS, Api, running_api, settings_for
+from easel.domain.accounts import Caller
 from easel.domain.tasks import Status
+from easel.domain.webhooks import EVENT_TYPES, Delivery
 from easel.outbound import OutboundPolicy
 from easel.runtime import Runtime, open_runtime
 from easel.services.webhooks import DAY_S, Dispatcher, RetryPolicy, new_secret, task_renderer
 from easel.store import events
-from easel.store.accounts import Caller
 from easel.store.tasks import NewTask
-from easel.store.webhooks import EVENT_TYPES, Delivery, WebhookStore
+from easel.store.webhooks import WebhookStore
 from loopback import serve_app
 
 LOOPBACK = ["127.0.0.0/8"]

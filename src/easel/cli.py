@@ -20,10 +20,10 @@ from easel import logs
 from easel.client.cli import register as register_caller_commands
 from easel.client.help import App
 from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
+from easel.domain.accounts import MAX_CREDITS, InvalidAccount, UnknownKey
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.server import uvicorn_options
 from easel.store import Store, open_store
-from easel.store.accounts import MAX_CREDITS, InvalidAccount, UnknownKey
 from easel.supervise import SupervisedRun, announce_registered
 from easel.worker import WorkerCannotRegister
 

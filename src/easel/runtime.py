@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 from easel.api.ratelimit import RateLimiter
 from easel.backends.fallback import Router
 from easel.config import Settings
+from easel.services.accounts import Accounts
+from easel.services.events import EventFeed
 from easel.services.janitor import Janitor
 from easel.services.streams import Streams
 from easel.services.tasks import TaskService
+from easel.services.upload_tokens import UploadTokens
+from easel.services.webhook_registry import WebhookRegistry
 from easel.storage.objects import ObjectStore, open_object_store
 from easel.storage.signing import UrlSigner
 from easel.store import Store, open_store
@@ -38,6 +42,10 @@ class Runtime:
     router: Router
     service: TaskService
     signer: UrlSigner
+    accounts: Accounts = field(init=False)
+    events: EventFeed = field(init=False)
+    webhooks: WebhookRegistry = field(init=False)
+    upload_tokens: UploadTokens = field(init=False)
     limiter: RateLimiter = field(init=False)  # requests per second per key, this process
     unknown_keys: RateLimiter = field(init=False)  # unknown keys per client address
     streams: Streams = field(init=False)  # open SSE and WebSocket streams, this process
@@ -46,6 +54,10 @@ class Runtime:
 
     def __post_init__(self) -> None:
         settings = self.settings
+        self.accounts = Accounts(self.store.accounts)
+        self.events = EventFeed(self.store.events)
+        self.webhooks = WebhookRegistry(self.store.webhooks, self.service.policy)
+        self.upload_tokens = UploadTokens(settings, self.objects, self.store.files)
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         self.unknown_keys = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         self.streams = Streams(
@@ -54,6 +66,10 @@ class Runtime:
             settings.max_streams_per_key,
             settings.stream_check_s,
         )
+
+    async def ping_database(self) -> None:
+        """A trivial query: raises (StoreUnavailable) when the database cannot answer."""
+        await self.store.ping()
 
     def janitor(self) -> Janitor:
         return Janitor(self.store, self.objects, self.settings)

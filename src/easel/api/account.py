@@ -19,7 +19,7 @@ health = APIRouter()
 
 @router.get("/user/balance", summary="Credits available and held")
 async def balance(caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
-    current = await runtime.store.accounts.balance(caller.account_id)
+    current = await runtime.accounts.balance(caller)
     return ok({"balance": current.balance, "frozen": current.frozen})
 
 
@@ -40,7 +40,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     of the load balancer would refuse the models it serves too."""
     checks: dict[str, str] = {}
     try:
-        await runtime.store.ping()
+        await runtime.ping_database()
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {exc}"

@@ -23,7 +23,7 @@ router = APIRouter()
 async def cancel_task(
     task_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    task = await runtime.store.tasks.cancel(task_id, caller.key_id)
+    task = await runtime.service.cancel(caller, task_id)
     if task is None:
         raise TaskNotFound(f"task {task_id} not found.")
     return ok(await runtime.service.render(task, str(request.base_url)))

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from easel.domain.accounts import KEY_PREFIX, Caller, UnknownKey
 from easel.domain.errors import AuthenticationFailed, RateLimited
 from easel.runtime import Runtime
-from easel.store.accounts import KEY_PREFIX, Caller, UnknownKey
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -37,7 +37,7 @@ async def authenticate(runtime: Runtime, header: str, address: str | None = None
             else "Authentication failed: the Authorization header is not 'Bearer tsk_…'."
         )
     try:
-        caller = await runtime.store.accounts.authenticate(key)
+        caller = await runtime.accounts.authenticate(key)
     except UnknownKey:
         _count_unknown_key(runtime, address)
         raise AuthenticationFailed("Authentication failed: unknown or revoked API key.") from None

@@ -31,12 +31,12 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from easel.api.deps import CallerDep, RuntimeDep, authenticate
+from easel.domain.accounts import Caller
 from easel.domain.errors import EaselError, InvalidParameter, RateLimited, TaskNotFound
+from easel.domain.events import Event
 from easel.domain.text import INT64_MAX
 from easel.runtime import Runtime
 from easel.services.streams import Stream, StreamEnded
-from easel.store.accounts import Caller
-from easel.store.events import Event
 
 router = APIRouter()
 
@@ -51,9 +51,7 @@ async def follow(
     ends (:class:`StreamEnded` is raised out of it then)."""
     caller = stream.caller
     while True:
-        batch = await runtime.store.events.after(
-            caller.account_id, caller.key_id, after, task_id=task_id
-        )
+        batch = await runtime.events.after(caller, after, task_id=task_id)
         for event in batch:
             after = event.seq
             yield event
@@ -152,17 +150,12 @@ async def _send_all(
 ) -> None:
     caller = stream.caller
     base_url = str(websocket.base_url).replace("ws", "http", 1)
-    after = await runtime.store.events.last_seq(caller.account_id)
+    after = await runtime.events.last_seq(caller)
     if since is not None:
-        start = await runtime.store.events.last_seq_before(caller.account_id, _since(since))
-        latest: dict[str, Event] = {}
-        for event in await runtime.store.events.after(
-            caller.account_id, caller.key_id, start, limit=100_000
-        ):
-            latest[event.task_id] = event
-        for event in latest.values():
+        latest = await runtime.events.latest_since(caller, _since(since))
+        for event in latest:
             await _send(websocket, event.kind, await render_event(runtime, event, base_url))
-        after = max([after, *(e.seq for e in latest.values())])
+        after = max([after, *(e.seq for e in latest)])
     async for event in follow(runtime, stream, after):
         await _send(websocket, event.kind, await render_event(runtime, event, base_url))
 
@@ -177,7 +170,7 @@ async def watch_task(websocket: WebSocket, task_id: str) -> None:
 
 async def _send_task(websocket: WebSocket, runtime: Runtime, stream: Stream, task_id: str) -> None:
     base_url = str(websocket.base_url).replace("ws", "http", 1)
-    task = await runtime.store.tasks.get(task_id, key_id=stream.caller.key_id)
+    task = await runtime.service.find(stream.caller, task_id)
     if task is None:
         await websocket.close(code=1008, reason=f"2001: task {task_id} not found")
         return
@@ -292,7 +285,7 @@ def _stream(
 async def task_events(
     task_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> StreamingResponse:
-    if await runtime.store.tasks.get(task_id, key_id=caller.key_id) is None:
+    if await runtime.service.find(caller, task_id) is None:
         raise TaskNotFound(f"task {task_id} not found.")
     after = _last_event_id(request) or 0
     return _stream(request, runtime, caller, after, task_id)
@@ -306,5 +299,5 @@ async def task_events(
 async def all_events(request: Request, caller: CallerDep, runtime: RuntimeDep) -> StreamingResponse:
     after = _last_event_id(request)
     if after is None:
-        after = await runtime.store.events.last_seq(caller.account_id)
+        after = await runtime.events.last_seq(caller)
     return _stream(request, runtime, caller, after, None)

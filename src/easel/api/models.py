@@ -55,7 +55,7 @@ async def unserved_models(runtime: Runtime) -> dict[str, str]:
     configured = [version for version in catalog.CATALOG if runtime.router.chain(version)]
     live: set[str] = set()  # the database is away: no worker elsewhere is known to be live
     with outages_suppressed():
-        live = await runtime.store.tasks.live_models()
+        live = await runtime.service.live_models()
     return {
         version: reason
         for version in configured

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Request
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.tasks import json_body
-from easel.services.upload_tokens import UploadTokens
 
 router = APIRouter()
 
@@ -25,5 +24,5 @@ async def upload_sts_token(
     request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
     body = await json_body(request)  # any JSON value: a wrong one is 1004 naming the formats
-    tokens = UploadTokens(runtime.settings, runtime.objects, runtime.store.files)
+    tokens = runtime.upload_tokens
     return ok(await tokens.issue(caller, body))

@@ -83,7 +83,7 @@ async def list_tasks(request: Request, caller: CallerDep, runtime: RuntimeDep) -
 
 @router.get("/account/balance", summary="v3: credits available and held")
 async def balance(caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
-    current = await runtime.store.accounts.balance(caller.account_id)
+    current = await runtime.accounts.balance(caller)
     return ok({"balance": float(current.balance), "frozen": float(current.frozen)})
 
 

@@ -16,7 +16,6 @@ import time
 from easel.config import Settings
 from easel.storage.objects import ObjectStore
 from easel.store import Store, is_outage
-from easel.store.webhooks import WebhookStore
 
 log = logging.getLogger("easel.services.janitor")
 # An STS upload may arrive until its credentials expire; after that and this margin, a row
@@ -27,7 +26,7 @@ ABANDONED_AFTER_S = 3600.0
 class Janitor:
     def __init__(self, store: Store, objects: ObjectStore, settings: Settings) -> None:
         self.store, self.objects, self.settings = store, objects, settings
-        self.webhooks = WebhookStore(store.engine)
+        self.webhooks = store.webhooks
 
     async def sweep(self) -> tuple[int, int]:
         """One pass: (tasks expired, outputs deleted)."""

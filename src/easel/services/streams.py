@@ -26,8 +26,9 @@ import time
 from collections import Counter
 
 from easel.api.ratelimit import RateLimiter
+from easel.domain.accounts import Caller
 from easel.domain.errors import AuthenticationFailed, EaselError, RateLimited
-from easel.store.accounts import AccountStore, Caller
+from easel.store.accounts import AccountStore
 from easel.store.outage import is_outage
 
 

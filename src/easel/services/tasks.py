@@ -17,6 +17,7 @@ from typing import Any
 from easel.backends.fallback import Router
 from easel.config import Settings
 from easel.domain import catalog, eta
+from easel.domain.accounts import Caller
 from easel.domain.errors import FileNotFound, ImageTypeNotSupported, InvalidParameter
 from easel.domain.images import check_image
 from easel.domain.parsing import TASK_TYPE, FileRef, GenerateImageRequest, parse_generate_image
@@ -27,7 +28,6 @@ from easel.services.upload_tokens import inspect_arrived, is_pending
 from easel.storage.objects import ObjectStore
 from easel.storage.signing import UrlSigner
 from easel.store import Store
-from easel.store.accounts import Caller
 from easel.store.files import StoredFile
 from easel.store.tasks import Idempotency, NewTask, Outlook
 
@@ -181,6 +181,19 @@ class TaskService:
             stored = await inspect_arrived(self.objects, stored, f"image[{number}]")
             await self.store.files.complete(stored)
         return stored
+
+    async def find(self, caller: Caller, task_id: str) -> Task | None:
+        """The caller's task ``task_id``; None when the key has no such task."""
+        return await self.store.tasks.get(task_id, key_id=caller.key_id)
+
+    async def cancel(self, caller: Caller, task_id: str) -> Task | None:
+        """Cancel the caller's task (see :meth:`TaskStore.cancel`); None when it has no such
+        task."""
+        return await self.store.tasks.cancel(task_id, caller.key_id)
+
+    async def live_models(self) -> set[str]:
+        """The models that workers with a recent heartbeat take."""
+        return await self.store.tasks.live_models()
 
     async def retry_after(self, model_version: str) -> int:
         """Seconds until one of the key's tasks is likely to finish (for 429/2000)."""

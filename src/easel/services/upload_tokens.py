@@ -41,10 +41,10 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 import httpx
 
 from easel.config import Settings
+from easel.domain.accounts import Caller
 from easel.domain.errors import FileNotFound, InvalidParameter, NotAllowed, UnknownServerError
 from easel.domain.images import check_image
 from easel.storage.objects import ObjectNotFound, ObjectStore
-from easel.store.accounts import Caller
 from easel.store.files import PENDING_SIZE, FileStore, StoredFile
 
 log = logging.getLogger("easel.services.upload_tokens")

@@ -39,9 +39,10 @@ import httpx
 from standardwebhooks import Webhook
 
 from easel.domain.tasks import Status
+from easel.domain.webhooks import Due, LoggedAttempt
 from easel.outbound import GuardedTransport, OutboundPolicy, OutboundRefused, guarded_client
 from easel.store import is_outage
-from easel.store.webhooks import Due, LoggedAttempt, WebhookStore
+from easel.store.webhooks import WebhookStore
 
 if TYPE_CHECKING:
     from easel.runtime import Runtime
@@ -136,7 +137,7 @@ class Dispatcher:
 
     @classmethod
     def for_runtime(cls, runtime: Runtime, **options: Any) -> Dispatcher:
-        store = WebhookStore(runtime.store.engine)
+        store = runtime.store.webhooks
         policy, poll_s = runtime.service.policy, runtime.settings.poll_interval_s
         return cls(store, task_renderer(runtime), policy, **{"poll_s": poll_s, **options})
 

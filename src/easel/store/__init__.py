@@ -14,6 +14,7 @@ from easel.store.files import FileStore, SecretStore
 from easel.store.metrics import MetricsStore
 from easel.store.outage import is_outage, outages_suppressed
 from easel.store.tasks import TaskStore
+from easel.store.webhooks import WebhookStore
 
 # Which errors are outages (retried later) and which are bugs (fail loudly) is decided in
 # one place, easel.store.outage, for the API, the worker, the janitor and the dispatcher.
@@ -29,6 +30,7 @@ class Store:
     secrets: SecretStore
     events: EventStore
     metrics: MetricsStore
+    webhooks: WebhookStore
 
     async def ping(self) -> None:
         async with connection(read_only(self.engine)) as conn:
@@ -50,4 +52,5 @@ async def open_store(database_url: str) -> Store:
         secrets=SecretStore(engine),
         events=EventStore(engine),
         metrics=MetricsStore(engine),
+        webhooks=WebhookStore(engine),
     )

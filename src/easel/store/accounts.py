@@ -2,85 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from easel.domain.accounts import (
+    KEY_PREFIX,
+    MAX_CREDITS,
+    Balance,
+    Caller,
+    InvalidAccount,
+    LedgerRow,
+    UnknownKey,
+    check_amount,
+    check_name,
+    hash_key,
+)
 from easel.store.db import connection, read_only, transaction
 from easel.store.tables import accounts, api_keys, ledger
-
-KEY_PREFIX = "tsk_"
-# The most credits an account may hold (balance and frozen together), and so the largest
-# amount one grant may add: 2^53 - 1. Every figure a client reads back is then exact in a
-# JSON number parsed as a double (JavaScript, the playground, many JSON libraries), and no
-# sum the database makes of them (a move applied to a balance, SUM over the ledger) comes
-# near 2^63, past which SQLite silently turns an INTEGER column's value into a REAL.
-MAX_CREDITS = 2**53 - 1
-MAX_NAME_CHARS = 200  # accounts.name is varchar(200)
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The authenticated owner of a request."""
-
-    key_id: str
-    account_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Balance:
-    balance: int
-    frozen: int
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerRow:
-    kind: str
-    balance_delta: int
-    frozen_delta: int
-    task_id: str | None
-    created_at: float
-
-
-class UnknownKey(LookupError):
-    """No active key with that value."""
-
-
-class InvalidAccount(ValueError):
-    """An amount or account name the ledger refuses; nothing was written."""
-
-
-def _check_amount(credits: int, *, least: int) -> None:
-    if not least <= credits <= MAX_CREDITS:
-        raise InvalidAccount(
-            f"credits must be a whole number from {least} to {MAX_CREDITS} (2^53 - 1), "
-            f"not {credits}"
-        )
-
-
-def _check_name(name: str) -> None:
-    """A name of 1 to MAX_NAME_CHARS characters of valid text, without control characters
-    (PostgreSQL refuses NUL and text that is not valid UTF-8; a name is shown in a terminal)."""
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        raise InvalidAccount("the account name is not valid text") from None
-    if not 1 <= len(name) <= MAX_NAME_CHARS:
-        raise InvalidAccount(
-            f"the account name must have 1 to {MAX_NAME_CHARS} characters, not {len(name)}"
-        )
-    if any(ord(char) < 32 or 127 <= ord(char) < 160 for char in name):
-        raise InvalidAccount("the account name may not contain control characters")
-
 
 # A credit move's statements, built once with bound parameters (every task makes two moves).
 _INSERT_LEDGER_ROW = insert(ledger)
@@ -158,8 +100,8 @@ class AccountStore:
     async def create_key(self, name: str, credits: int) -> str:
         """A new account with one key and ``credits`` granted; returns the key (shown once).
         Raises :class:`InvalidAccount` for a name or amount out of bounds."""
-        _check_name(name)
-        _check_amount(credits, least=0)
+        check_name(name)
+        check_amount(credits, least=0)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         account_id, now = str(uuid.uuid4()), time.time()
         async with transaction(self._engine) as conn:
@@ -245,7 +187,7 @@ class AccountStore:
     async def grant(self, key: str, credits: int) -> Balance:
         """Add ``credits`` (1 to MAX_CREDITS); refused with :class:`InvalidAccount`, and
         nothing written, if the account would then hold more than MAX_CREDITS."""
-        _check_amount(credits, least=1)
+        check_amount(credits, least=1)
         async with transaction(self._engine) as conn:
             account_id = await self._account_of(conn, key)
             # One conditional statement: concurrent grants cannot pass the maximum together.

@@ -8,30 +8,15 @@ number order: a reader that has seen event N and asks for ``seq > N`` misses not
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from easel.domain.tasks import FINAL, Status
+from easel.domain.events import Event
+from easel.domain.tasks import Status
 from easel.store import webhooks
 from easel.store.db import connection, read_only, transaction
 from easel.store.tables import accounts, events
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    seq: int
-    task_id: str
-    status: Status
-    progress: int
-    created_at: float
-
-    @property
-    def kind(self) -> str:
-        """``finalized`` for a final status, else ``update`` (the watch protocol's names)."""
-        return "finalized" if self.status in FINAL else "update"
-
 
 # An event's statements, built once with bound parameters: building a statement and its cache
 # key each time cost more than running it (see tasks._TASK_AND_ATTEMPTS).

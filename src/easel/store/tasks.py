@@ -16,10 +16,11 @@ from sqlalchemy import and_, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from easel.domain.accounts import Caller
 from easel.domain.errors import IdempotencyConflict, NotEnoughCredit, TooManyUnfinishedTasks
 from easel.domain.tasks import REFUNDED, UNFINISHED, Reference, Status, Task
 from easel.store import events
-from easel.store.accounts import Caller, record_move, write_ledger_row
+from easel.store.accounts import record_move, write_ledger_row
 from easel.store.db import connection, read_only, transaction
 from easel.store.notify import notify
 from easel.store.tables import accounts, attempts, idempotency_keys, tasks, workers

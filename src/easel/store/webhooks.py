@@ -15,22 +15,25 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from easel.domain.accounts import Caller
 from easel.domain.errors import InvalidParameter
 from easel.domain.tasks import Status
-from easel.store.accounts import Caller
+from easel.domain.webhooks import (
+    MAX_PER_KEY,
+    Delivery,
+    Due,
+    LoggedAttempt,
+    Webhook,
+)
 from easel.store.db import connection, read_only, transaction
 from easel.store.tables import events, webhook_attempts, webhook_deliveries, webhooks
-
-# task.queued, task.running, task.success, task.failed, task.banned, task.expired, …
-EVENT_TYPES = tuple(f"task.{s.value}" for s in Status if s is not Status.UNKNOWN)
-MAX_PER_KEY = 20
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -38,54 +41,6 @@ if TYPE_CHECKING:
 D = TypeVar("D", bound="DataclassInstance")
 
 _d = webhook_deliveries
-
-
-@dataclass(frozen=True, slots=True)
-class Webhook:
-    id: str
-    url: str
-    events: tuple[str, ...]
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedAttempt:
-    """One attempt of a delivery: the HTTP status (None: no answer), latency and error."""
-
-    number: int
-    status_code: int | None
-    latency_ms: float
-    error: str | None
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    id: str
-    task_id: str
-    event_type: str
-    status: str  # pending | delivered | dead
-    next_attempt_at: float | None
-    created_at: float
-    attempts: tuple[LoggedAttempt, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Due:
-    """A claimed delivery: what a dispatcher needs to send one attempt."""
-
-    id: str
-    claim_token: str
-    url: str
-    secret: str
-    base_url: str
-    task_id: str
-    event_type: str
-    progress: int
-    created_at: float  # the event's time
-    attempts: int
-    window_start: float | None
-    window_attempts: int
 
 
 # FOR KEY SHARE: a webhook being deleted is either waited for or, once gone, not seen. Built
