@@ -7,16 +7,15 @@ images (file picker and drag and drop), submit, watch the progress, see the imag
 balance and the gallery; an API error in words; the keyboard alone. Screenshots go to
 ``test-artifacts/playground/`` (git-ignored); their paths are printed (``pytest -s``).
 
-Chromium comes from Debian (``apt-get install -y chromium``), not ``playwright install``:
-without ``/usr/bin/chromium`` the browser tests skip, except under ``EASEL_CI=1`` where they
-fail. The last tests need no browser: they check, in process, that the page and every file it
+Chromium comes from Debian, not ``playwright install`` (see ``browser.py``): without
+``/usr/bin/chromium`` the browser tests skip, except under ``EASEL_CI=1`` where they fail.
+The last tests need no browser: they check, in process, that the page and every file it
 loads are served, and that nothing else is.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,27 +25,18 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
-from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page, expect
 
+from browser import TIMEOUT_MS, chromium
 from easel.api.envelope import install_error_handlers
 from easel.web import router
 from processes import create_key, easel_process, free_port, wait_healthy, write_config
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "playground"
 # The worker stores progress once a second (its heartbeat), so 3 s shows two steps.
 DELAY_S = 3.0
 CREDITS = 100
 PRICE = 5  # flux.1_kontext_pro, the default model
-TIMEOUT_MS = 30_000
 PROMPT = "a red fox in the snow, colours of image[1]"
 
 
@@ -85,16 +75,8 @@ def key(server: Server) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: apt-get install -y chromium"
-        if os.environ.get("EASEL_CI") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from easel import __version__
@@ -35,6 +36,7 @@ from easel.supervise import wait_for_worker, watch_in_process_worker
 from easel.web import router as playground
 
 API_PREFIX = "/v2/openapi"
+DOCS_ASSETS = "/docs-assets"
 
 
 def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
@@ -67,7 +69,10 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
             await janitor_task
             await runtime.close()
 
-    app = FastAPI(
+    # /docs and /redoc from assets packaged with fastapi-offline (Swagger UI, ReDoc), served
+    # under DOCS_ASSETS: FastAPI's own pages load them from a CDN, blank without internet.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="Easel",
         version=__version__,
         summary="Tripo 3D OpenAPI v2 generate_image task server",
