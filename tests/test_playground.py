@@ -38,6 +38,8 @@ DELAY_S = 3.0
 CREDITS = 100
 PRICE = 5  # flux.1_kontext_pro, the default model
 PROMPT = "a red fox in the snow, colours of image[1]"
+OUTAGE = "Connection lost: the server does not answer. Trying again…"
+API = "**/v2/openapi/**"
 
 
 def png(color: tuple[int, int, int], size: tuple[int, int] = (96, 96)) -> bytes:
@@ -93,8 +95,10 @@ def page(browser: Browser, server: Server) -> Iterator[Page]:
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     yield page
     context.close()
-    # API errors the page shows on purpose are answered with 4xx; the console notes those.
-    assert [e for e in errors if "status of 4" not in e] == []
+    # API errors the page shows on purpose are answered with 4xx, and an outage test aborts
+    # requests as a lost connection does; the console notes those.
+    expected = ("status of 4", "net::ERR_INTERNET_DISCONNECTED")
+    assert [e for e in errors if not any(note in e for note in expected)] == []
 
 
 def shot(page: Page, name: str, *, full_page: bool = False, show: str = "") -> Path:
@@ -110,11 +114,11 @@ def shot(page: Page, name: str, *, full_page: bool = False, show: str = "") -> P
     return path
 
 
-def enter_key(page: Page, key: str) -> None:
+def enter_key(page: Page, key: str, credits: int = CREDITS) -> None:
     page.goto("/")
     page.get_by_role("textbox", name="API key").fill(key)
     page.get_by_role("button", name="Use key").click()
-    expect(page.locator("#balance-amount")).to_have_text(str(CREDITS))
+    expect(page.locator("#balance-amount")).to_have_text(str(credits))
     expect(page.get_by_label("Model")).to_have_value("flux.1_kontext_pro")
 
 
@@ -153,9 +157,12 @@ def test_generate_with_reference_images(page: Page, key: str) -> None:
     enter_key(page, key)
     expect(page.locator("#key-hint")).to_have_text(f"Key …{key[-4:]}")
     served = page.locator("#model option:not([disabled])")
-    expect(served.first).to_contain_text("credits")
+    # Model ids as the protocol spells them, with the kind of backend that serves each.
+    expect(served.first).to_have_text("flux.1_kontext_pro · 5 credits · placeholder")
     unserved = page.locator("#model option[disabled]").first
     expect(unserved).to_contain_text("not served here")
+    expect(page.locator("#model-help")).to_contain_text("Served by dry (placeholder).")
+    expect(page.locator("#model-help")).to_contain_text("not this model's image")
     shot(page, "1-key-entered")
 
     page.get_by_label("Prompt", exact=True).fill(PROMPT)
@@ -193,6 +200,14 @@ def test_generate_with_reference_images(page: Page, key: str) -> None:
         "alt", "Generated image: a red fox in the snow, colours of image[1]"
     )
     expect(page.get_by_role("button", name="Cancel task")).to_be_hidden()
+    task_id = page.locator("#task-meta").inner_text().rsplit("task ", 1)[1]
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download image").click()
+    assert download.value.suggested_filename == f"easel-{task_id}.png"
+    saved = ARTIFACTS / "downloaded.png"
+    download.value.save_as(saved)
+    with Image.open(saved) as downloaded:
+        assert (downloaded.format, downloaded.width) == ("PNG", 512)
 
     seen: list[list[Any]] = page.evaluate("window.seen")
     values = [value for value, _ in seen]
@@ -225,6 +240,66 @@ def test_generate_with_reference_images(page: Page, key: str) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shot(page, "4-phone-390x844", show="#task-panel")
     shot(page, "4-phone-390x844-full", full_page=True)
+
+
+@pytest.mark.e2e
+def test_an_outage_is_shown_until_the_connection_is_back(page: Page, key: str) -> None:
+    enter_key(page, key)
+    page.get_by_label("Prompt", exact=True).fill("a lighthouse at dusk")
+    page.get_by_role("button", name="Generate").click()
+    detail = page.locator("#task-detail")
+    expect(detail).to_contain_text("left")
+    record_progress(page)
+
+    page.route(API, lambda route: route.abort("internetdisconnected"))
+    expect(detail).to_have_text(OUTAGE)
+    expect(detail).to_have_class(re.compile(r"\bwarn\b"))
+    shot(page, "7-outage", show="#task-panel")
+    page.wait_for_timeout(2_000)  # four ETA refreshes (every 500 ms) and several tries
+    expect(detail).to_have_text(OUTAGE)
+    details = [text for _, text in page.evaluate("window.seen")]
+    outage = details[details.index(OUTAGE) :]
+    assert set(outage) == {OUTAGE}, details  # nothing overwrote it while the server was away
+
+    page.unroute(API)
+    expect(page.locator("#task-status")).to_have_text("Done: the image is ready")
+    expect(detail).to_have_text("100% done")
+    expect(detail).not_to_have_class(re.compile(r"\bwarn\b"))
+
+
+@pytest.mark.e2e
+def test_a_balance_below_the_price_is_warned_before_submit(page: Page, server: Server) -> None:
+    enter_key(page, create_key(server.config, 7), credits=7)
+    warning = page.locator("#balance-warning")
+    expect(warning).to_be_hidden()  # flux.1_kontext_pro costs 5
+    page.get_by_label("Model").select_option("gpt_image_2")
+    expect(warning).to_have_text(
+        "gpt_image_2 costs 10 credits; the balance is 7, so the server will refuse this task. "
+        "Ask the server's operator for credits, or choose a cheaper model."
+    )
+    shot(page, "8-balance-warning", show="#submit")
+
+    # The server has the last word (a balance may have grown meanwhile); its answer keeps the
+    # model id as the protocol spells it, uncapitalised.
+    page.get_by_label("Prompt", exact=True).fill("a lighthouse at dusk")
+    page.get_by_role("button", name="Generate").click()
+    title = page.locator("#form-error .error-title")
+    expect(title).to_have_text("gpt_image_2 costs 10 credits; the balance is 7. (error 2010)")
+    page.get_by_label("Model").select_option("flux.1_kontext_pro")
+    expect(warning).to_be_hidden()
+
+
+@pytest.mark.e2e
+def test_t_pose_is_offered_once(page: Page, key: str) -> None:
+    enter_key(page, key)
+    expect(page.locator("#template option")).not_to_have_count(1)  # the templates are in
+    options = page.locator("#template option").all_inner_texts()
+    assert "Character completion" in options
+    choices = options + page.locator("#task-form label").all_inner_texts()
+    assert [c for c in choices if c.startswith("T-pose")] == [
+        "T-pose redraw the character in a T-pose"
+    ]
+    expect(page.get_by_role("checkbox", name="T-pose")).to_be_visible()
 
 
 @pytest.mark.e2e

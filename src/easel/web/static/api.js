@@ -62,6 +62,16 @@ export function createApi(getKey) {
   };
 }
 
+/** What to say while the server is away (no answer, or a proxy's 502–504 in its place, or
+ * Easel's own 503), or "" for an answer that is final for this request. */
+export function outageText(error) {
+  if (error.code === 0) return "Connection lost: the server does not answer. Trying again…";
+  if ([502, 503, 504].includes(error.status)) {
+    return `The server is unavailable (HTTP ${error.status}). Trying again…`;
+  }
+  return "";
+}
+
 export const FINAL = new Set(["success", "failed", "banned", "expired", "cancelled", "unknown"]);
 
 /** Suggestions for a failed task's error_code (the task object carries no suggestion). */
@@ -86,6 +96,20 @@ export function taskError(task) {
   return null;
 }
 
+const SPELLED = new Set(); // words shown as the protocol spells them: the model_versions
+
+/** Names that an error message starting with them must not capitalise (`midjourney`). */
+export function keepSpelling(words) {
+  for (const word of words) SPELLED.add(word);
+}
+
+/** A message as a sentence: a plain first word gets its capital, but a protocol name stays
+ * as it is spelled ("flux.1_kontext_pro costs…", "image[1] is…", "midjourney takes…"). */
+function sentenceCase(message) {
+  const first = message.match(/^[a-z]+(?![\w.[\]'-])/)?.[0];
+  return first && !SPELLED.has(first) ? first.toUpperCase().charAt(0) + message.slice(1) : message;
+}
+
 /** Render an error into `box` (a role=alert element) in words; null hides it. */
 export function showError(box, error) {
   box.replaceChildren();
@@ -94,7 +118,7 @@ export function showError(box, error) {
   const title = document.createElement("p");
   title.className = "error-title";
   const message = String(error.message || error);
-  title.textContent = message.charAt(0).toUpperCase() + message.slice(1);
+  title.textContent = sentenceCase(message);
   if (error.code) {
     const code = document.createElement("span");
     code.className = "error-code";

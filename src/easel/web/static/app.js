@@ -1,6 +1,8 @@
 // The Easel playground: key, form, live task view, gallery. Plain ES modules, no build step.
 
-import { ApiError, FINAL, createApi, showError, taskError } from "./api.js";
+import {
+  ApiError, FINAL, createApi, keepSpelling, outageText, showError, taskError,
+} from "./api.js";
 import { costText, createGallery, snapshot } from "./gallery.js";
 import { createImages } from "./images.js";
 import * as store from "./store.js";
@@ -8,6 +10,7 @@ import * as store from "./store.js";
 const $ = (id) => document.getElementById(id);
 const MAX_PROMPT = 1024;
 const POLL_MS = 700;
+const RETRY_MAX_MS = 5000; // the longest wait between tries while the server is away
 const STATUS_WORDS = {
   running: "Running",
   success: "Done: the image is ready",
@@ -18,8 +21,8 @@ const STATUS_WORDS = {
   unknown: "Unknown state",
 };
 
-const state = { key: store.loadKey(), models: [], defaultModel: "", templates: [] };
-const view = { task: null, watch: null, deadline: null, shownImage: "" };
+const state = { key: store.loadKey(), models: [], defaultModel: "", templates: [], balance: null };
+const view = { task: null, watch: null, deadline: null, shownImage: "", outage: "" };
 const api = createApi(() => state.key);
 const priceOf = (version) => state.models.find((m) => m.model_version === version)?.credits;
 const gallery = createGallery({
@@ -75,8 +78,10 @@ async function enter() {
 }
 
 function showBalance({ balance, frozen }) {
+  state.balance = balance;
   $("balance-amount").textContent = String(balance);
   $("balance-frozen").textContent = frozen ? `(${frozen} held)` : "";
+  checkForm();
 }
 
 async function refreshBalance() {
@@ -95,9 +100,10 @@ async function loadModels() {
   const data = await api.models();
   state.models = data.models;
   state.defaultModel = data.default;
+  keepSpelling(data.models.map((m) => m.model_version));
   const select = $("model");
   select.replaceChildren(...data.models.map((m) => {
-    const note = m.served ? "" : " (not served here)";
+    const note = m.served ? ` · ${backendKinds(m)}` : " (not served here)";
     const option = new Option(`${m.model_version} · ${m.credits} credits${note}`, m.model_version);
     option.disabled = !m.served;
     return option;
@@ -111,9 +117,28 @@ async function loadModels() {
   }
 }
 
+/** The kinds of a model's backends in fallback order, e.g. "openai → placeholder". */
+function backendKinds(m) {
+  const kinds = m.backends.map((b) => b.kind);
+  return kinds.filter((kind, i) => kind !== kinds[i - 1]).join(" → ") || "a worker elsewhere";
+}
+
+/** Who serves a model here, by backend name and kind; the placeholder says what it is. */
+function backendRule(m) {
+  if (!m.served) return "";
+  if (!m.backends.length) return " Served by a worker on another machine.";
+  const names = m.backends.map((b) => `${b.name} (${b.kind}${b.ready ? "" : ", not ready"})`);
+  const placeholder = m.backends.some((b) => b.kind === "placeholder")
+    ? " The placeholder draws a test image that says PLACEHOLDER, not this model's image."
+    : "";
+  return ` Served by ${names.join(", then ")}.${placeholder}`;
+}
+
 async function loadTemplates() {
   const response = await fetch("/playground/templates.json");
-  state.templates = await response.json();
+  // The t_pose template would offer T-pose a second time: the T-pose option under Options
+  // (the protocol's t_pose flag) does it for any template. The API still takes the template.
+  state.templates = (await response.json()).filter((t) => t.slug !== "t_pose");
   $("template").append(...state.templates.map((t) => new Option(t.title, t.slug)));
 }
 
@@ -174,7 +199,7 @@ function checkForm() {
   counter.textContent = `${length} / ${MAX_PROMPT}${length > MAX_PROMPT ? " (too long)" : ""}`;
   counter.classList.toggle("over", length > MAX_PROMPT);
   const m = model();
-  $("model-help").textContent = m ? `${m.description}. ${imageRule(m)}` : "";
+  $("model-help").textContent = m ? `${m.description}. ${imageRule(m)}${backendRule(m)}` : "";
   const t = template();
   $("template-help").textContent = t
     ? `${t.description}${t.images ? ` Adds ${t.images} reference image.` : ""}`
@@ -182,10 +207,21 @@ function checkForm() {
   const count = images.count + (t?.images || 0);
   const runs = effectiveModel(count);
   $("submit-price").textContent = runs ? `· ${runs.credits} credits` : "";
+  warnBalance(runs);
   const problem = state.models.length ? formProblem() : null;
   const limit = runs && runs.images !== "refuses" ? ` of at most ${runs.max_files}` : "";
   $("images-count").textContent = images.count ? `${images.count} chosen${limit}.` : "";
   $("images-count").classList.toggle("warn", Boolean(problem && images.count));
+}
+
+/** Warn, before a submit the server would refuse (2010), when the balance is below the price. */
+function warnBalance(runs) {
+  const short = Boolean(runs) && state.balance !== null && runs.credits > state.balance;
+  $("balance-warning").hidden = !short;
+  if (!short) return;
+  $("balance-warning").textContent = `${runs.model_version} costs ${runs.credits} credits; the `
+    + `balance is ${state.balance}, so the server will refuse this task. Ask the server's `
+    + "operator for credits, or choose a cheaper model.";
 }
 
 async function submit(event) {
@@ -225,6 +261,7 @@ function openTask(taskId, { scroll = true } = {}) {
   view.task = null;
   view.deadline = null;
   view.shownImage = "";
+  view.outage = "";
   $("task-empty").hidden = true;
   $("task-view").hidden = false;
   $("result").hidden = true;
@@ -246,7 +283,9 @@ const sleep = (ms, signal) => new Promise((resolve) => {
   signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
 });
 
-/** Poll the task until it is final (GET /task/{id}; EventSource cannot send the key). */
+/** Poll the task until it is final (GET /task/{id}; EventSource cannot send the key). While
+ * the server is away the panel says so (the ETA would be a guess) and polling goes on, slower,
+ * until it answers again. */
 async function watch(taskId, signal) {
   let misses = 0;
   while (!signal.aborted) {
@@ -254,18 +293,21 @@ async function watch(taskId, signal) {
       const task = await api.task(taskId, { signal });
       if (signal.aborted) return;
       misses = 0;
+      view.outage = "";
       showTask(task);
       if (FINAL.has(task.status)) return;
     } catch (error) {
       if (signal.aborted) return;
-      if (error.code !== 0 || ++misses > 30) {
+      view.outage = outageText(error);
+      if (!view.outage) {
         showError($("task-error"), error);
         $("cancel").hidden = true;
         return;
       }
-      $("task-detail").textContent = "Connection lost; trying again…";
+      misses += 1;
+      renderDetail();
     }
-    await sleep(POLL_MS, signal);
+    await sleep(misses ? Math.min(POLL_MS * 2 ** misses, RETRY_MAX_MS) : POLL_MS, signal);
   }
 }
 
@@ -297,6 +339,8 @@ function renderTask(task) {
     $("result-image").src = link;
     $("result-image").alt = `Generated image: ${task.input?.prompt || task.input?.template || ""}`;
     $("result-link").href = link;
+    $("result-download").href = link;
+    $("result-download").download = `easel-${task.task_id}.${imageExtension(link)}`;
     $("result-caption").textContent = "Open the full-size image in a new tab; the link expires.";
     $("result").hidden = false;
   }
@@ -305,7 +349,19 @@ function renderTask(task) {
   $("task-meta").textContent = `${entry.model_version} · ${cost} · task ${task.task_id}`;
 }
 
+/** The output's file extension, from the link's path (".../{task_id}.png?expires=…"). */
+function imageExtension(link) {
+  const match = new URL(link, location.href).pathname.match(/\.(png|jpe?g|webp)$/i);
+  return match ? match[1].toLowerCase() : "png";
+}
+
 function renderDetail() {
+  const detail = $("task-detail");
+  detail.classList.toggle("warn", Boolean(view.outage));
+  if (view.outage) {
+    if (detail.textContent !== view.outage) detail.textContent = view.outage;
+    return;
+  }
   const task = view.task;
   if (!task) return;
   let text = "";
@@ -316,7 +372,7 @@ function renderDetail() {
     text += `${text ? " · " : ""}${left > 0 ? `about ${eta} left` : "finishing…"}`;
   }
   if (FINAL.has(task.status)) text = task.status === "success" ? "100% done" : "";
-  $("task-detail").textContent = text;
+  detail.textContent = text;
 }
 
 async function cancel() {
