@@ -316,3 +316,15 @@ def test_balance_models_and_task_get(server: Server, tmp_path: Path) -> None:
     assert "image: http://" in task.stdout
     assert missing.returncode == 1
     assert "error 2001:" in missing.stderr
+
+
+def test_models_names_the_backends_serving_each_model(server: Server, tmp_path: Path) -> None:
+    wide = {"COLUMNS": "200"}  # one table row a line
+    out = server.run("models", "--server", server.url, "--key", server.key, cwd=tmp_path, env=wide)
+
+    assert out.returncode == 0, out.stderr
+    cells = [line.split("│")[1:-1] for line in out.stdout.splitlines() if line.count("│") == 5]
+    served_by = {model.strip(): served.strip() for model, _, served, _ in cells}
+    assert served_by["flux.1_kontext_pro (default)"] == "dry (placeholder)"
+    assert served_by["gpt_4o"] == "broken (placeholder)"
+    assert served_by["midjourney"] == "no (no backend is configured for it)"

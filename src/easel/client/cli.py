@@ -29,6 +29,7 @@ from easel.client import (
     ConnectionFailed,
     EaselClientError,
     InvalidRequest,
+    ModelInfo,
     NotEnoughCredit,
     RateLimited,
     ServerError,
@@ -299,15 +300,22 @@ def balance(server: ServerOption = DEFAULT_SERVER, key: KeyOption = None) -> Non
 
 
 def models(server: ServerOption = DEFAULT_SERVER, key: KeyOption = None) -> None:
-    """List the server's model_versions: price and whether a backend serves them."""
+    """List the server's model_versions: price, and which backends serve them (name and
+    kind, in fallback order) or why none does, as the playground shows them."""
     with _client(server, key) as client:
         rows = client.models()
-    table = Table("model", "credits", "served", "description")
+    table = Table("model", "credits", "served by", "description")
     table.columns[0].no_wrap = True
     for row in rows:
         name = f"{row.model_version} (default)" if row.default else row.model_version
-        served = "[green]yes[/green]" if row.served else "[red]no[/red]"
-        if row.reason:
-            served += f" ({escape(row.reason)})"
-        table.add_row(name, str(row.credits), served, escape(row.description))
+        table.add_row(name, str(row.credits), _served_by(row), escape(row.description))
     Console().print(table)
+
+
+def _served_by(row: ModelInfo) -> str:
+    """The backends here, one a line; a worker elsewhere; or "no" and the reason."""
+    lines = [] if row.served else [f"[red]no[/red] ({escape(row.reason or 'not served')})"]
+    for backend in row.backends:
+        ready = "" if backend.get("ready", True) else ", not ready"
+        lines.append(escape(f"{backend.get('name', '?')} ({backend.get('kind', '?')}{ready})"))
+    return "\n".join(lines) or "a worker elsewhere"
