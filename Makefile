@@ -37,7 +37,7 @@ $(BIN)/python -m pip install --quiet --upgrade -c constraints-sdk.txt --target $
 	$(BIN)/python -m pip install --quiet --upgrade -c constraints-sdk.txt --target $(VENV)/tripo3d-aiohttp 'tripo3d[async]==0.4.2'
 endef
 
-.PHONY: install install-test serve test check lint typecheck pytest bench load lock clean
+.PHONY: install install-test serve test check lint typecheck pytest browser bench load lock clean
 
 # One stamp per Python and set of extras: `make test` after `make serve` adds the dev extra.
 stamp = $(VENV)/.installed-py$(PYVER)-$(or $(subst $(comma),-,$(1)),base)
@@ -71,8 +71,13 @@ lint: install-test
 typecheck: install-test
 	$(BIN)/mypy $(MYPY_ARGS)
 
-pytest: install-test
+pytest: install-test browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# Debian's Chromium for the browser tests, installed where apt-get is usable (root or
+# passwordless sudo); elsewhere it prints the command and the browser tests skip.
+browser:
+	@scripts/ensure-chromium.sh
 
 bench: install
 	$(BIN)/python bench/throughput.py
