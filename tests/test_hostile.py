@@ -39,13 +39,13 @@ from starlette.websockets import WebSocketDisconnect
 
 from apptools import Api, State, account_state, png, running_api, settings_for
 from easel.api.app import create_app
-from easel.api.ratelimit import RateLimiter
 from easel.backends import gemini, openai
 from easel.backends._remote import RetryPolicy
 from easel.backends.base import BackendUnavailable, Job
 from easel.config import Settings
 from easel.runtime import Runtime
 from easel.server import DRAIN_MAX_BYTES
+from easel.services.ratelimit import RateLimiter
 from easel.services.upload_tokens import AwsCredentials, StsClient, StsError
 from easel.store.tables import api_keys, files, metadata
 from fakes import Control

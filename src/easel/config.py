@@ -73,7 +73,7 @@ class Settings(BaseModel):
     # task events (what watch and SSE replay, e.g. after Last-Event-ID) are forgotten after this
     event_log_retention_s: float = Field(default=7 * 86400.0, gt=0)
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with trace_id
-    # Request limits (easel.api.limits, easel.api.ratelimit): a body over max_request_bytes is
+    # Request limits (easel.api.limits, easel.services.ratelimit): a body over max_request_bytes is
     # refused (413/1004) before it is parsed (uploads: 20 MB); each API key may make
     # rate_limit_per_s requests a second (bursts up to rate_limit_burst; 0: no limit) in
     # each API process; a header block over max_header_bytes is refused by the HTTP server.

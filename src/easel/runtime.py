@@ -6,12 +6,12 @@ import gc
 import logging
 from dataclasses import dataclass, field
 
-from easel.api.ratelimit import RateLimiter
 from easel.backends.fallback import Router
 from easel.config import Settings
 from easel.services.accounts import Accounts
 from easel.services.events import EventFeed
 from easel.services.janitor import Janitor
+from easel.services.ratelimit import RateLimiter
 from easel.services.streams import Streams
 from easel.services.tasks import TaskService
 from easel.services.upload_tokens import UploadTokens

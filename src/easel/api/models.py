@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter
@@ -10,8 +11,8 @@ from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.backends.fallback import Router
 from easel.domain import catalog
+from easel.domain.errors import StoreUnavailable
 from easel.runtime import Runtime
-from easel.store import outages_suppressed
 
 router = APIRouter()
 
@@ -54,7 +55,7 @@ async def unserved_models(runtime: Runtime) -> dict[str, str]:
     readiness probe reports that outage itself."""
     configured = [version for version in catalog.CATALOG if runtime.router.chain(version)]
     live: set[str] = set()  # the database is away: no worker elsewhere is known to be live
-    with outages_suppressed():
+    with contextlib.suppress(StoreUnavailable):
         live = await runtime.service.live_models()
     return {
         version: reason

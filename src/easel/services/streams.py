@@ -25,9 +25,9 @@ import math
 import time
 from collections import Counter
 
-from easel.api.ratelimit import RateLimiter
 from easel.domain.accounts import Caller
 from easel.domain.errors import AuthenticationFailed, EaselError, RateLimited
+from easel.services.ratelimit import RateLimiter
 from easel.store.accounts import AccountStore
 from easel.store.outage import is_outage
 
