@@ -6,23 +6,27 @@ The S3 runs are against moto's server on loopback (``s3server``): plain HTTP wit
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import obstore
 import pytest
-from obstore.exceptions import BaseError
-from obstore.store import LocalStore, MemoryStore, from_url
+from obstore.store import LocalStore, MemoryStore, S3Store, from_url
 
 from easel.storage.objects import (
     LOCAL_BUCKET,
+    BucketMissing,
     ObjectNotFound,
     ObjectStore,
+    ObjectStoreError,
     open_object_store,
     s3_client_options,
 )
+from processes import free_port
 from s3server import S3Server, moto_server
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -143,24 +147,88 @@ async def test_prefix_is_honoured(backend: Backend) -> None:
     assert await backend.raw_keys() == ["tenants/b/uploads/k.png"]
 
 
-async def test_ping_answers_on_an_empty_and_a_full_store(backend: Backend) -> None:
+async def test_probe_writes_reads_and_deletes_leaving_the_store_as_it_was(
+    backend: Backend,
+) -> None:
     store = backend.open("ready")
-    await store.ping()
+    await store.probe(timeout_s=10)
+    assert await backend.raw_keys() == []
     await store.put("a.png", b"x")
-    await store.put("b.png", b"y")
-    await store.ping()
+    await store.probe(timeout_s=10)
+    assert await backend.raw_keys() == ["ready/a.png"]
 
 
 # -- S3 specifics -------------------------------------------------------------------------------
 
 
-async def test_s3_ping_fails_for_a_missing_bucket(
+MISSING = "bucket 'no-such-bucket' does not exist (create it, or set storage_create_bucket = true)"
+
+
+async def test_s3_a_missing_bucket_is_one_short_line_on_every_path(
     s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """obstore's error is about 1.3 KB of XML and Rust debug text, and a read of a missing
+    bucket says "not found" like a missing key: each path says the same short thing."""
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(BaseError, match="NoSuchBucket"):
-        await open_object_store("s3://no-such-bucket/prefix").ping()
+    store = open_object_store("s3://no-such-bucket/prefix")
+    with pytest.raises(BucketMissing) as probed:
+        await store.probe(timeout_s=10)
+    with pytest.raises(BucketMissing) as written:
+        await store.put("outputs/t.png", PNG_BYTES)
+    with pytest.raises(BucketMissing) as read:  # not ObjectNotFound: no key can be there
+        await store.get("uploads/a/t.png")
+    with pytest.raises(BucketMissing):  # not done: the bucket may only be misnamed for now
+        await store.delete("outputs/old.png")
+    assert probed.value.reason == MISSING
+    assert written.value.strerror == f"the object store failed to write outputs/t.png: {MISSING}"
+    assert read.value.strerror == f"the object store failed to read uploads/a/t.png: {MISSING}"
+    assert len(str(written.value.__cause__)) > 1000  # what the reason replaces
+
+
+def refusing_endpoint(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """An S3 endpoint (and EC2 metadata service) on a loopback port where nothing listens."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    variables = {"AWS_ENDPOINT_URL": endpoint, "AWS_METADATA_ENDPOINT": endpoint, **env}
+    for name, value in {**variables, "AWS_ALLOW_HTTP": "true"}.items():
+        monkeypatch.setenv(name, value)
+    return endpoint
+
+
+async def test_s3_an_endpoint_that_refuses_connections_is_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint = refusing_endpoint(monkeypatch, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
+    quick = S3Store(
+        "bucket",
+        endpoint=endpoint,
+        region="us-east-1",
+        skip_signature=True,
+        client_options={"allow_http": True},
+        retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=1)},
+    )
+    refused = ObjectStore(quick, "bucket", scheme="s3", endpoint=endpoint)
+    with pytest.raises(ObjectStoreError) as failed:
+        await refused.put("outputs/t.png", PNG_BYTES)
+    assert failed.value.reason == f"cannot connect to {endpoint}: is it up and reachable?"
+    retrying = open_object_store("s3://bucket/prefix")  # obstore's own retries: minutes
+    with pytest.raises(ObjectStoreError) as timed_out:
+        await retrying.probe(timeout_s=0.5)
+    assert timed_out.value.reason == f"{endpoint} did not answer within 0.5 s"
+    assert timed_out.value.errno == errno.ETIMEDOUT
+
+
+async def test_s3_without_credentials_says_which_variables_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No AWS_* credentials: obstore asks the EC2 metadata service (here a closed loopback
+    port) and reports that request's failure; the reason says what is really missing."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    refusing_endpoint(monkeypatch)
+    with pytest.raises(ObjectStoreError) as failed:
+        await open_object_store("s3://bucket/prefix").probe(timeout_s=30)
+    assert failed.value.reason.startswith("no credentials: set AWS_ACCESS_KEY_ID and AWS_SE")
 
 
 async def test_s3_object_keys_carry_the_prefix(

@@ -11,6 +11,7 @@ from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.models import unserved_models
 from easel.domain import catalog
+from easel.storage.objects import ObjectStoreError
 from easel.supervise import supervised_checks
 
 router = APIRouter()
@@ -45,10 +46,10 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"error: {exc}"
     try:
-        await runtime.objects.ping()
+        await runtime.objects.probe(timeout_s=5.0)
         checks["object_store"] = "ok"
-    except Exception as exc:
-        checks["object_store"] = f"error: {exc}"
+    except ObjectStoreError as exc:
+        checks["object_store"] = exc.reason
     unserved = await unserved_models(runtime)
     configured = sum(1 for version in catalog.CATALOG if runtime.router.chain(version))
     checks["models"] = "ok"

@@ -44,7 +44,7 @@ from easel.config import Settings
 from easel.domain.accounts import Caller
 from easel.domain.errors import FileNotFound, InvalidParameter, NotAllowed, UnknownServerError
 from easel.domain.images import check_image
-from easel.storage.objects import ObjectNotFound, ObjectStore
+from easel.storage.objects import ObjectNotFound, ObjectStore, aws_region, s3_endpoint
 from easel.store.files import PENDING_SIZE, FileStore, StoredFile
 
 log = logging.getLogger("easel.services.upload_tokens")
@@ -54,7 +54,6 @@ UPLOAD_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 MODEL_FORMATS = ("glb", "obj", "fbx", "stl")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 STS_VERSION = "2011-06-15"
-DEFAULT_REGION = "us-east-1"
 
 MULTIPART_HINT = (
     "Upload the image with POST /v2/openapi/upload (multipart/form-data, field 'file') and "
@@ -250,18 +249,6 @@ class StsClient:
 
 
 # -- what a token allows, and where the client sends the object -----------------------------
-
-
-def aws_region(env: Mapping[str, str]) -> str:
-    return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-
-
-def s3_endpoint(env: Mapping[str, str]) -> str | None:
-    """The S3 endpoint the store uses (the variables obstore reads, in its order)."""
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"):
-        if env.get(name):
-            return env[name]
-    return None
 
 
 def public_s3_host(settings: Settings, env: Mapping[str, str]) -> str:
