@@ -54,6 +54,10 @@ class Settings(BaseModel):
 
     database_url: str = "sqlite+aiosqlite:///easel-data/easel.db"
     storage_url: str = "file://easel-data/objects"
+    # Create the storage_url's S3 bucket when it does not exist (at startup, or when a later
+    # check finds it missing); otherwise the server starts, /readyz says what is wrong and
+    # no task runs until the bucket exists (easel.storage.check).
+    storage_create_bucket: bool = False
     allow_outbound_cidrs: list[str] = Field(default_factory=list)
     public_url: str | None = None
     output_url_ttl_s: int = Field(default=3600, gt=0)

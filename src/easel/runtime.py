@@ -16,6 +16,7 @@ from easel.services.streams import Streams
 from easel.services.tasks import TaskService
 from easel.services.upload_tokens import UploadTokens
 from easel.services.webhook_registry import WebhookRegistry
+from easel.storage.check import StorageCheck
 from easel.storage.objects import ObjectStore, open_object_store
 from easel.storage.signing import UrlSigner
 from easel.store import Store, open_store
@@ -42,6 +43,7 @@ class Runtime:
     router: Router
     service: TaskService
     signer: UrlSigner
+    storage: StorageCheck  # whether the object store takes writes (/readyz, the worker)
     accounts: Accounts = field(init=False)
     events: EventFeed = field(init=False)
     webhooks: WebhookRegistry = field(init=False)
@@ -75,7 +77,14 @@ class Runtime:
         return Janitor(self.store, self.objects, self.settings)
 
     def new_worker(self, models: list[str] | None = None) -> Worker:
-        return Worker(self.store, self.objects, self.router, self.settings, models=models)
+        return Worker(
+            self.store,
+            self.objects,
+            self.router,
+            self.settings,
+            models=models,
+            storage=self.storage,
+        )
 
     async def close(self) -> None:
         await self.router.close()
@@ -106,4 +115,6 @@ async def open_runtime(settings: Settings) -> Runtime:
     objects = open_object_store(settings.storage_url)
     signer = UrlSigner(await store.secrets.get_or_create("output_urls"), settings.output_url_ttl_s)
     service = TaskService(store, objects, router, settings, signer)
-    return Runtime(settings, store, objects, router, service, signer)
+    storage = StorageCheck(objects, create_bucket=settings.storage_create_bucket)
+    await storage.problem()  # probe now: a missing bucket is logged with its fix at startup
+    return Runtime(settings, store, objects, router, service, signer, storage)

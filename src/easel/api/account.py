@@ -11,7 +11,6 @@ from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.models import unserved_models
 from easel.domain import catalog
-from easel.storage.objects import ObjectStoreError
 from easel.supervise import supervised_checks
 
 router = APIRouter()
@@ -35,7 +34,8 @@ async def healthz() -> dict[str, str]:
     "process",
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """503 when the database or the object store fails, or when models are configured and
+    """503 when the database or the object store fails (the store's check says why in a
+    short line, probed at most every few seconds), or when models are configured and
     none can run (every backend failed to load, say). A server that still serves some
     models stays ready, naming the others and why under ``checks.models``: taking it out
     of the load balancer would refuse the models it serves too."""
@@ -45,11 +45,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {exc}"
-    try:
-        await runtime.objects.probe(timeout_s=5.0)
-        checks["object_store"] = "ok"
-    except ObjectStoreError as exc:
-        checks["object_store"] = exc.reason
+    checks["object_store"] = await runtime.storage.problem() or "ok"
     unserved = await unserved_models(runtime)
     configured = sum(1 for version in catalog.CATALOG if runtime.router.chain(version))
     checks["models"] = "ok"

@@ -29,6 +29,7 @@ from easel.domain.catalog import CATALOG
 from easel.domain.errors import EaselError
 from easel.domain.tasks import Status, Task
 from easel.outbound import OutboundPolicy
+from easel.storage.check import StorageCheck
 from easel.storage.objects import ObjectStore, ObjectStoreError
 from easel.store import Store, is_outage, outages_suppressed
 from easel.store.notify import QueueListener
@@ -81,8 +82,10 @@ class Worker:
         *,
         models: Collection[str] | None = None,
         worker_id: str | None = None,
+        storage: StorageCheck | None = None,
     ) -> None:
         self.store, self.objects, self.router, self.settings = store, objects, router, settings
+        self.storage = storage or StorageCheck(objects)
         self.wanted = list(models) if models is not None else list(router.chains)
         self.id = check_worker_id(worker_id) if worker_id is not None else new_worker_id()
         self.policy = OutboundPolicy.from_strings(settings.allow_outbound_cidrs)
@@ -138,6 +141,8 @@ class Worker:
 
     async def _claim_until_full(self, slots: int, stop: asyncio.Event) -> None:
         self._full = False
+        if await self.storage.problem() is not None:
+            return  # no output could be stored: the tasks stay queued (the check logs why)
         while not stop.is_set():
             if len(self._running) >= slots:
                 self._full = True
@@ -318,6 +323,7 @@ class Worker:
         try:
             await self._store_output(key, image.data)
         except ObjectStoreError as exc:
+            self.storage.recheck()  # probe before the next claim; the last verdict is stale
             await self.store.tasks.end_attempt(attempt, "success")
             message = f"the output image could not be stored: {exc.strerror}"
             await self.store.tasks.fail(task, Status.FAILED, 1001, message)
