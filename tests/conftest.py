@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from loopback import Peer, running
+from s3server import S3Server, moto_server
 
 # The tripo3d SDK starts geo-IP lookups on import unless this is set; set it before any test
 # module imports it.
@@ -88,6 +89,13 @@ def _admin(sql: str) -> None:
 
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, run()).result()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 (and STS) server on loopback, one per test module."""
+    with moto_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,11 @@ import pytest
 from apptools import Api, running_api, settings_for
 from easel.config import Settings, load_settings
 from easel.storage.check import RETRY_AFTER_S
-from s3server import S3Server, moto_server
+from s3server import S3Server
 
 CREDITS = 100
 PRICE = 5  # flux.1_kontext_pro, the default model
 PREFIX = "easel"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as server:
-        yield server
 
 
 @pytest.fixture

@@ -33,12 +33,6 @@ PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def s3_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     with moto_server(tmp_path_factory.mktemp("moto-tls"), tls=True) as server:
         yield server

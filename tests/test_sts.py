@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -38,17 +38,11 @@ from easel.services.upload_tokens import (
 from easel.storage.objects import ObjectStore
 from easel.store import Store, open_store
 from easel.store.files import StoredFile
-from s3server import ACCESS_KEY, REGION, ROLE_ARN, SECRET_KEY, S3Server, moto_server
+from s3server import ACCESS_KEY, REGION, ROLE_ARN, SECRET_KEY, S3Server
 
 TOKEN_FIELDS = {"s3_host", "resource_bucket", "resource_uri", "session_token", "sts_ak", "sts_sk"}
 PREFIX = "easel/test"
 ROUTE = "/v2/openapi/upload/sts/token"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as server:
-        yield server
 
 
 @pytest.fixture
