@@ -46,7 +46,7 @@ from easel.config import Settings
 from easel.runtime import Runtime
 from easel.server import DRAIN_MAX_BYTES
 from easel.services.ratelimit import RateLimiter
-from easel.services.upload_tokens import AwsCredentials, StsClient, StsError
+from easel.storage.sts import AwsCredentials, StsClient, StsError
 from easel.store.tables import api_keys, files, metadata
 from fakes import Control
 from loopback import serve_app
@@ -955,7 +955,7 @@ async def test_sts_gives_up_on_an_answer_that_never_ends(dripping: str) -> None:
     client = StsClient(dripping, AwsCredentials("AKID", "secret"), "us-east-1", timeout_s=1)
     async with asyncio.timeout(30):
         with pytest.raises(StsError, match="no complete answer within 1 s"):
-            await client.assume_role("arn:aws:iam::1:role/r", "s", "{}", 900)
+            await client.assume_role("arn:aws:iam::1:role/r", "easel-s", "{}", 900)
 
 
 # -- headers, through a real server ---------------------------------------------------------------

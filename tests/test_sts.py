@@ -1,18 +1,21 @@
 """``POST /v2/openapi/upload/sts/token``: temporary credentials scoped to one new key.
 
-Through the API against moto (S3 and STS on one loopback port), and as units: the session
-policy and the request to STS (captured with an httpx mock transport), SigV4 against
-botocore's signer, the answers for stores that cannot issue tokens, and a pending upload's
-first inspection.
+Through the API against moto (S3 and STS on one loopback port); against a second moto that
+checks every signature and IAM policy, as a real AWS account would (the temporary credentials
+put the one object and nothing outside the role; wrong or unauthorised server credentials are
+refused); and as units: the session policy and the request to STS (captured with an httpx mock
+transport), the answers for stores that cannot issue tokens, and a pending upload's first
+inspection.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -24,21 +27,35 @@ from obstore.store import MemoryStore
 from apptools import Api, png, running_api, settings_for
 from easel.config import Settings
 from easel.domain.accounts import Caller
-from easel.domain.errors import EmptyImage, FileNotFound, ImageTypeNotSupported, NotAllowed
+from easel.domain.errors import (
+    EmptyImage,
+    FileNotFound,
+    ImageTypeNotSupported,
+    NotAllowed,
+    UnknownServerError,
+)
 from easel.services.upload_tokens import (
-    AwsCredentials,
+    MULTIPART_HINT,
     UploadTokens,
     inspect_arrived,
     is_pending,
     public_s3_host,
     session_name,
-    sigv4_headers,
     upload_policy,
 )
 from easel.storage.objects import ObjectStore
+from easel.storage.sts import AwsCredentials
 from easel.store import Store, open_store
 from easel.store.files import StoredFile
-from s3server import ACCESS_KEY, REGION, ROLE_ARN, SECRET_KEY, S3Server
+from s3server import (
+    ACCESS_KEY,
+    REGION,
+    ROLE_ARN,
+    SECRET_KEY,
+    S3Server,
+    moto_server,
+    require_boto3,
+)
 
 TOKEN_FIELDS = {"s3_host", "resource_bucket", "resource_uri", "session_token", "sts_ak", "sts_sk"}
 PREFIX = "easel/test"
@@ -81,21 +98,26 @@ async def _token(api: Api, fmt: str = "png") -> dict[str, str]:
     return data
 
 
-def _put_with(token: dict[str, str], endpoint: str, data: bytes) -> None:
-    """What the official SDK does with a token (its endpoint is https://s3_host; moto's here
-    is plain HTTP on the same host)."""
+def _s3_client(endpoint: str, credentials: AwsCredentials) -> Any:
     import boto3  # type: ignore[import-untyped]
 
-    assert endpoint.endswith("://" + token["s3_host"])
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
-        aws_access_key_id=token["sts_ak"],
-        aws_secret_access_key=token["sts_sk"],
-        aws_session_token=token["session_token"],
+        aws_access_key_id=credentials.access_key_id,
+        aws_secret_access_key=credentials.secret_access_key,
+        aws_session_token=credentials.session_token,
         region_name=REGION,
     )
-    client.put_object(Bucket=token["resource_bucket"], Key=token["resource_uri"], Body=data)
+
+
+def _put_with(token: dict[str, str], endpoint: str, data: bytes, key: str | None = None) -> None:
+    """What the official SDK does with a token (its endpoint is https://s3_host; moto's here
+    is plain HTTP on the same host); ``key`` puts elsewhere with the same credentials."""
+    assert endpoint.endswith("://" + token["s3_host"])
+    granted = AwsCredentials(token["sts_ak"], token["sts_sk"], token["session_token"])
+    client = _s3_client(endpoint, granted)
+    client.put_object(Bucket=token["resource_bucket"], Key=key or token["resource_uri"], Body=data)
 
 
 # -- through the API, against moto -----------------------------------------------------------
@@ -383,6 +405,64 @@ async def test_no_server_credentials_is_1005(store: Store) -> None:
         await tokens.issue(caller, {"format": "png"})
 
 
+PARTIAL = ASSUMED.replace("<SessionToken>temp-session</SessionToken>", "")
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "logged"),
+    [
+        (502, "<html>bad gateway</html>", "(HTTP 502)"),
+        (200, "not xml at all", "ResponseParserError"),
+        (200, "<Other/>", "AssumeRoleResult"),
+        (200, PARTIAL, "answered without SessionToken"),
+    ],
+)
+async def test_an_answer_sts_never_gives_is_1000_and_records_nothing(
+    store: Store, caplog: pytest.LogCaptureFixture, status: int, answer: str, logged: str
+) -> None:
+    caller = await store.accounts.authenticate(await store.accounts.create_key("t", 10))
+    tokens = _tokens(store, lambda request: httpx.Response(status, text=answer))
+    with pytest.raises(UnknownServerError) as refused:
+        await tokens.issue(caller, {"format": "png"})
+    assert refused.value.suggestion == MULTIPART_HINT
+    assert logged in caplog.text
+    assert await store.files.pending_before(time.time() + 60) == []
+
+
+async def test_only_the_configured_endpoint_is_asked(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A redirect from STS is an answer, not an address to follow with signed credentials."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(307, headers={"Location": "http://169.254.169.254/latest/"})
+
+    caller = await store.accounts.authenticate(await store.accounts.create_key("t", 10))
+    with pytest.raises(UnknownServerError):
+        await _tokens(store, handler).issue(caller, {"format": "png"})
+    assert seen == ["https://sts.eu-west-1.amazonaws.com/"]
+    assert "STS AssumeRole" in caplog.text
+
+
+async def test_aws_profiles_and_config_files_are_not_read(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like the store, STS takes credentials, region and CA bundle from the environment
+    alone: a profile that does not exist, or a config file botocore cannot parse, changes
+    nothing."""
+    broken = tmp_path / "aws-config"
+    broken.write_text("[profile\nnot an ini file", encoding="utf-8")
+    monkeypatch.setenv("AWS_PROFILE", "absent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(broken))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(broken))
+    caller = await store.accounts.authenticate(await store.accounts.create_key("t", 10))
+    tokens = _tokens(store, lambda request: httpx.Response(200, text=ASSUMED))
+    data = await tokens.issue(caller, {"format": "png"})
+    assert data["sts_ak"] == "ASIATEMPORARY"
+
+
 def test_upload_policy_partitions_and_session_names() -> None:
     assert json.loads(upload_policy("b", "k/x.png", "cn-north-1"))["Statement"][0]["Resource"] == (
         "arn:aws-cn:s3:::b/k/x.png"
@@ -403,43 +483,132 @@ def test_public_s3_host() -> None:
     assert public_s3_host(public, both) == "files.example.com"
 
 
+# -- against moto with IAM enforced ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IamMoto:
+    """A moto server that, once set up, checks every signature and IAM policy."""
+
+    server: S3Server
+    bucket: str
+    role_arn: str  # may put under <PREFIX>/uploads/*, as docs/configuration.md asks
+    allowed: AwsCredentials  # a user that may assume the role and read the bucket
+    not_allowed: AwsCredentials  # a user with no policy at all
+
+
+def _policy(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+@pytest.fixture(scope="module")
+def iam_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IamMoto]:
+    require_boto3()
+    import boto3
+
+    with moto_server(tmp_path_factory.mktemp("moto-iam")) as server:
+        bucket = server.create_bucket()
+        iam = boto3.client(
+            "iam",
+            endpoint_url=server.endpoint,
+            region_name=REGION,
+            aws_access_key_id="AKIASETUP",
+            aws_secret_access_key="setup",
+        )
+        anyone = {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}
+        role = iam.create_role(RoleName="easel-uploads", AssumeRolePolicyDocument=_policy(anyone))
+        role_arn = role["Role"]["Arn"]
+        uploads = f"arn:aws:s3:::{bucket}/{PREFIX}/uploads/*"
+        put = {"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": uploads}
+        iam.put_role_policy(RoleName="easel-uploads", PolicyName="put", PolicyDocument=_policy(put))
+        keys = {}
+        for user in ("easel-server", "stranger"):
+            iam.create_user(UserName=user)
+            keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+        assume = {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_arn}
+        read = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*"}
+        iam.put_user_policy(
+            UserName="easel-server", PolicyName="server", PolicyDocument=_policy(assume, read)
+        )
+        with server.http() as http:  # from here on moto authenticates and authorises
+            http.post("/moto-api/reset-auth", content=b"0").raise_for_status()
+        allowed, stranger = (
+            AwsCredentials(keys[user]["AccessKeyId"], keys[user]["SecretAccessKey"])
+            for user in ("easel-server", "stranger")
+        )
+        yield IamMoto(server, bucket, role_arn, allowed, stranger)
+
+
+def _iam_tokens(moto: IamMoto, store: Store, credentials: AwsCredentials) -> UploadTokens:
+    """The service as a server on that account runs it (no transport of the test's)."""
+    settings = Settings(sts_endpoint=moto.server.endpoint, sts_role_arn=moto.role_arn)
+    objects = ObjectStore(MemoryStore(), moto.bucket, PREFIX, scheme="s3")
+    env = {
+        "AWS_ACCESS_KEY_ID": credentials.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
+        "AWS_REGION": REGION,
+        "AWS_ENDPOINT_URL": moto.server.endpoint,
+    }
+    return UploadTokens(settings, objects, store.files, env=env)
+
+
+def _session_policy(moto: IamMoto, access_key_id: str) -> dict[str, Any]:
+    """What moto's STS recorded for the temporary key: role, session name and policy."""
+    with moto.server.http() as http:
+        roles = http.get("/moto-api/data.json").json()["sts"]["AssumedRole"]
+    (assumed,) = (role for role in roles if role["access_key_id"] == access_key_id)
+    return {name: assumed[name] for name in ("role_arn", "session_name", "policy")}
+
+
+async def test_real_sts_credentials_put_the_one_object_and_nothing_outside_the_role(
+    iam_moto: IamMoto, store: Store
+) -> None:
+    from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+
+    caller = await store.accounts.authenticate(await store.accounts.create_key("t", 10))
+    token = await _iam_tokens(iam_moto, store, iam_moto.allowed).issue(caller, {"format": "png"})
+    assert token["sts_ak"] != iam_moto.allowed.access_key_id
+
+    # moto checks the temporary credentials' signature and the role's policy on the put.
+    _put_with(token, iam_moto.server.endpoint, png(48, 32))
+    server = _s3_client(iam_moto.server.endpoint, iam_moto.allowed)
+    got = server.get_object(Bucket=iam_moto.bucket, Key=token["resource_uri"])["Body"].read()
+    assert got == png(48, 32)
+    outside = f"{PREFIX}/outputs/{uuid.uuid4()}.png"
+    with pytest.raises(ClientError, match="AccessDenied"):
+        _put_with(token, iam_moto.server.endpoint, png(8, 8), key=outside)
+
+    # moto does not apply session policies (AWS does): the one it received names this key only.
+    assert _session_policy(iam_moto, token["sts_ak"]) == {
+        "role_arn": iam_moto.role_arn,
+        "session_name": f"easel-{caller.account_id}",
+        "policy": upload_policy(iam_moto.bucket, token["resource_uri"], REGION),
+    }
+
+
 @pytest.mark.parametrize(
-    ("url", "token"),
+    ("who", "code"),
     [
-        ("https://sts.amazonaws.com/", None),
-        ("http://127.0.0.1:4566/", "session-token"),
-        ("https://sts.eu-west-1.amazonaws.com/some/path?b=2&a=1&c=x%20y", None),
+        ("wrong secret", "SignatureDoesNotMatch"),
+        ("no policy", "AccessDenied"),
+        ("unknown key", "InvalidClientTokenId"),
     ],
 )
-def test_sigv4_agrees_with_botocore(
-    url: str, token: str | None, monkeypatch: pytest.MonkeyPatch
+async def test_real_sts_refusals_are_1000_and_record_nothing(
+    iam_moto: IamMoto, store: Store, caplog: pytest.LogCaptureFixture, who: str, code: str
 ) -> None:
-    import botocore.auth  # type: ignore[import-untyped]
-    from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
-    from botocore.credentials import Credentials  # type: ignore[import-untyped]
-
-    now = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now.replace(tzinfo=None))
-    body = b"Action=AssumeRole&Version=2011-06-15&Policy=%7B%22a%22%3A1%7D"
-    headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
-
-    theirs = AWSRequest(method="POST", url=url, data=body, headers=dict(headers))
-    botocore.auth.SigV4Auth(
-        Credentials("AKIDEXAMPLE", "secret/key", token), "sts", "eu-west-1"
-    ).add_auth(theirs)
-    ours = sigv4_headers(
-        "POST",
-        url,
-        body,
-        headers,
-        AwsCredentials("AKIDEXAMPLE", "secret/key", token),
-        region="eu-west-1",
-        service="sts",
-        now=now,
-    )
-    assert ours["Authorization"] == theirs.headers["Authorization"]
-    assert ours["X-Amz-Date"] == theirs.headers["X-Amz-Date"] == "20260304T050607Z"
-    assert ours.get("X-Amz-Security-Token") == theirs.headers.get("X-Amz-Security-Token")
+    credentials = {
+        "wrong secret": AwsCredentials(iam_moto.allowed.access_key_id, "not-the-secret"),
+        "no policy": iam_moto.not_allowed,
+        "unknown key": AwsCredentials("AKIANOSUCHKEY0000000", "whatever"),
+    }[who]
+    caller = await store.accounts.authenticate(await store.accounts.create_key("t", 10))
+    with pytest.raises(UnknownServerError) as refused:
+        await _iam_tokens(iam_moto, store, credentials).issue(caller, {"format": "png"})
+    assert refused.value.code == 1000
+    assert refused.value.suggestion == MULTIPART_HINT
+    assert f"(HTTP 403): {code}" in caplog.text
+    assert await store.files.pending_before(time.time() + 60) == []
 
 
 # -- units: a pending upload on first use -----------------------------------------------------

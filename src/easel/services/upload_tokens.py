@@ -5,8 +5,8 @@ With an ``s3://bucket/prefix`` store and an STS endpoint configured (``sts_endpo
 ``s3:PutObject`` (and ``s3:AbortMultipartUpload``, for boto3's multipart uploads of large
 files) on exactly one new key, ``<prefix>/uploads/<account_id>/<uuid>.<ext>``. The role's own
 policy must allow at least that on ``<prefix>/uploads/*``; the credentials are the
-intersection. The request to STS is signed (SigV4, here, with no AWS SDK) with the
-``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` of the
+intersection. The call to STS (:mod:`easel.storage.sts`, through botocore) is signed with
+the ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` of the
 environment; ``AWS_CA_BUNDLE`` adds trusted roots, as for the store.
 
 The key is recorded in the ``files`` table for the caller's account at once, so an
@@ -22,21 +22,15 @@ with) answers 1005 naming the multipart alternative, ``POST /v2/openapi/upload``
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import hashlib
-import hmac
 import json
 import logging
 import os
 import re
-import ssl
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -45,6 +39,7 @@ from easel.domain.accounts import Caller
 from easel.domain.errors import FileNotFound, InvalidParameter, NotAllowed, UnknownServerError
 from easel.domain.images import check_image
 from easel.storage.objects import ObjectNotFound, ObjectStore, aws_region, s3_endpoint
+from easel.storage.sts import AwsCredentials, StsClient, StsError, trust
 from easel.store.files import PENDING_SIZE, FileStore, StoredFile
 
 log = logging.getLogger("easel.services.upload_tokens")
@@ -53,199 +48,13 @@ log = logging.getLogger("easel.services.upload_tokens")
 UPLOAD_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 MODEL_FORMATS = ("glb", "obj", "fbx", "stl")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-STS_VERSION = "2011-06-15"
+DEFAULT_REGION = "us-east-1"
 
 MULTIPART_HINT = (
     "Upload the image with POST /v2/openapi/upload (multipart/form-data, field 'file') and "
     "send its image_token as file_token. The official tripo3d SDK takes that route by itself "
     "when boto3 is not installed."
 )
-
-
-# -- AWS request signing (Signature Version 4) ---------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AwsCredentials:
-    access_key_id: str
-    secret_access_key: str
-    session_token: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AwsCredentials | None:
-        key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
-        if not key or not secret:
-            return None
-        return cls(key, secret, env.get("AWS_SESSION_TOKEN") or None)
-
-
-def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode(), hashlib.sha256).digest()
-
-
-def _host_header(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return host if parts.port in (None, default) else f"{host}:{parts.port}"
-
-
-def sigv4_headers(
-    method: str,
-    url: str,
-    body: bytes,
-    headers: Mapping[str, str],
-    credentials: AwsCredentials,
-    *,
-    region: str,
-    service: str,
-    now: dt.datetime,
-) -> dict[str, str]:
-    """``headers`` plus ``Host``, ``X-Amz-Date``, ``X-Amz-Security-Token`` (with a session
-    token) and ``Authorization``: the request signed with AWS Signature Version 4."""
-    parts = urlsplit(url)
-    stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    day = stamp[:8]
-    signed = {"Host": _host_header(url), **headers, "X-Amz-Date": stamp}
-    if credentials.session_token:
-        signed["X-Amz-Security-Token"] = credentials.session_token
-    canonical = {name.lower(): " ".join(value.split()) for name, value in signed.items()}
-    names = sorted(canonical)
-    query = sorted(
-        (quote(unquote(k), safe="-_.~"), quote(unquote(v), safe="-_.~"))
-        for k, _, v in (pair.partition("=") for pair in parts.query.split("&") if pair)
-    )
-    request = "\n".join(
-        [
-            method.upper(),
-            quote(parts.path or "/", safe="/-_.~"),
-            "&".join(f"{k}={v}" for k, v in query),
-            "".join(f"{name}:{canonical[name]}\n" for name in names),
-            ";".join(names),
-            hashlib.sha256(body).hexdigest(),
-        ]
-    )
-    scope = f"{day}/{region}/{service}/aws4_request"
-    to_sign = "\n".join(
-        ["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(request.encode()).hexdigest()]
-    )
-    key = _hmac(("AWS4" + credentials.secret_access_key).encode(), day)
-    for part in (region, service, "aws4_request"):
-        key = _hmac(key, part)
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    signed["Authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={credentials.access_key_id}/{scope}, "
-        f"SignedHeaders={';'.join(names)}, Signature={signature}"
-    )
-    return signed
-
-
-# -- STS AssumeRole --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TemporaryCredentials:
-    access_key_id: str
-    secret_access_key: str
-    session_token: str
-    expiration: str
-
-
-class StsError(Exception):
-    """STS refused or could not be reached; the message says which."""
-
-
-def _local(tag: str) -> str:
-    return tag.rpartition("}")[2]
-
-
-def _find_text(root: ET.Element, name: str) -> str | None:
-    for element in root.iter():
-        if _local(element.tag) == name:
-            return (element.text or "").strip()
-    return None
-
-
-class StsClient:
-    """The one STS action Easel needs, over httpx."""
-
-    def __init__(
-        self,
-        endpoint: str,
-        credentials: AwsCredentials,
-        region: str,
-        *,
-        verify: ssl.SSLContext | bool = True,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout_s: float = 10.0,
-    ) -> None:
-        self.endpoint = endpoint.rstrip("/") + "/"
-        self.credentials, self.region = credentials, region
-        self._verify, self._transport, self._timeout_s = verify, transport, timeout_s
-
-    async def assume_role(
-        self, role_arn: str, session_name: str, policy: str, duration_s: int
-    ) -> TemporaryCredentials:
-        body = urlencode(
-            {
-                "Action": "AssumeRole",
-                "Version": STS_VERSION,
-                "RoleArn": role_arn,
-                "RoleSessionName": session_name,
-                "Policy": policy,
-                "DurationSeconds": str(duration_s),
-            }
-        ).encode()
-        headers = sigv4_headers(
-            "POST",
-            self.endpoint,
-            body,
-            {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
-            self.credentials,
-            region=self.region,
-            service="sts",
-            now=dt.datetime.now(dt.UTC),
-        )
-        try:  # httpx's timeout bounds each read; asyncio's, the whole answer
-            async with (
-                asyncio.timeout(self._timeout_s),
-                httpx.AsyncClient(
-                    verify=self._verify, transport=self._transport, timeout=self._timeout_s
-                ) as http,
-            ):
-                response = await http.post(self.endpoint, content=body, headers=headers)
-        except TimeoutError:
-            raise StsError(
-                f"STS at {self.endpoint} sent no complete answer within {self._timeout_s:g} s"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise StsError(f"STS at {self.endpoint} could not be reached: {exc!r}") from None
-        try:
-            root = ET.fromstring(response.content)
-        except ET.ParseError:
-            raise StsError(
-                f"STS answered HTTP {response.status_code} with a body that is not XML: "
-                f"{response.text[:200]!r}"
-            ) from None
-        if response.status_code != 200:
-            code = _find_text(root, "Code") or "?"
-            message = _find_text(root, "Message") or ""
-            raise StsError(f"STS AssumeRole failed (HTTP {response.status_code}): {code} {message}")
-        values = {
-            name: _find_text(root, name)
-            for name in ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
-        }
-        missing = [name for name, value in values.items() if not value]
-        if missing:
-            raise StsError(f"STS AssumeRole answered without {', '.join(missing)}")
-        return TemporaryCredentials(
-            str(values["AccessKeyId"]),
-            str(values["SecretAccessKey"]),
-            str(values["SessionToken"]),
-            str(values["Expiration"]),
-        )
 
 
 # -- what a token allows, and where the client sends the object -----------------------------
@@ -308,17 +117,12 @@ def upload_format(body: Any) -> str:
     )
 
 
-def _trust(env: Mapping[str, str]) -> ssl.SSLContext | bool:
-    bundle = env.get("AWS_CA_BUNDLE", "").strip()
-    if not bundle:
-        return True
-    context = ssl.create_default_context()
-    context.load_verify_locations(cafile=os.path.expanduser(bundle))
-    return context
-
-
 class UploadTokens:
-    """Issues STS upload tokens and records their keys (the service behind the route)."""
+    """Issues STS upload tokens and records their keys (the service behind the route).
+
+    One lives as long as the server (:class:`easel.runtime.Runtime`), so its STS client, and
+    botocore's beneath it, are built once.
+    """
 
     def __init__(
         self,
@@ -333,8 +137,10 @@ class UploadTokens:
         self.env = os.environ if env is None else env
         self._transport = transport
 
-    def _client(self) -> StsClient:
-        """The STS client, or 1005 naming what is missing and the alternative."""
+    @cached_property
+    def _sts(self) -> StsClient:
+        """The STS client, or 1005 naming what is missing and the alternative (asked again
+        on the next call: a failed lookup is not cached)."""
         settings = self.settings
         if self.objects.scheme != "s3":
             raise NotAllowed(
@@ -356,7 +162,7 @@ class UploadTokens:
             settings.sts_endpoint,
             credentials,
             aws_region(self.env),
-            verify=_trust(self.env),
+            verify=trust(self.env),
             transport=self._transport,
         )
 
@@ -364,7 +170,7 @@ class UploadTokens:
         """The token's ``data``: ``s3_host``, ``resource_bucket``, ``resource_uri``,
         ``session_token``, ``sts_ak``, ``sts_sk`` (what the official SDK reads)."""
         fmt = upload_format(body)
-        client = self._client()
+        client = self._sts
         token = str(uuid.uuid4())
         key = f"uploads/{caller.account_id}/{token}.{EXTENSIONS[fmt]}"
         object_key = self.objects.object_key(key)

@@ -1,2 +1,3 @@
 """Where files live: the object store port (:mod:`.objects`), whether it takes writes now
-(:mod:`.check`) and signed output URLs (:mod:`.signing`)."""
+(:mod:`.check`), signed output URLs (:mod:`.signing`) and STS's temporary credentials for
+direct S3 uploads (:mod:`.sts`)."""
