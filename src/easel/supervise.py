@@ -29,13 +29,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
+
+from easel.services.loops import Backoff, timestamp
 
 log = logging.getLogger("easel.supervise")
 
@@ -46,24 +47,6 @@ WORKER_STOP_S = 30.0  # how long the worker gets to put its running tasks back i
 OK = "ok"
 
 
-@dataclass(slots=True)
-class Backoff:
-    """When to start a dead child again, and when to stop trying."""
-
-    first_s: float = 1.0
-    max_s: float = 30.0
-    stable_s: float = 60.0  # a child that ran this long before dying starts the count again
-    give_up_after: int = 5  # deaths in a row, each within stable_s of starting
-    quick_deaths: int = 0
-
-    def after_death(self, lived_s: float) -> float | None:
-        """Seconds to wait before the next start, or None: give up."""
-        self.quick_deaths = 1 if lived_s >= self.stable_s else self.quick_deaths + 1
-        if self.quick_deaths >= self.give_up_after:
-            return None
-        return min(self.max_s, self.first_s * 2.0 ** (self.quick_deaths - 1))
-
-
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -71,10 +54,6 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with status {code}"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(slots=True)
@@ -91,7 +70,7 @@ class Child:
     def died(self, pid: int | None, code: int | None) -> bool:
         """Record a death; False when it is time to give up."""
         how = describe_exit(code) if code is not None else "stopped answering and was killed"
-        self.death = f"the {self.name} (pid {pid}) {how} at {_now()}"
+        self.death = f"the {self.name} (pid {pid}) {how} at {timestamp()}"
         delay = self.backoff.after_death(time.monotonic() - self.started_at)
         if delay is None:
             self.state = (
@@ -298,7 +277,8 @@ def watch_in_process_worker(task: asyncio.Task[None], problems: dict[str, str]) 
     def ended(done: asyncio.Task[None]) -> None:
         if done.cancelled() or done.exception() is None:
             return
-        problems["worker"] = f"stopped at {_now()}: {done.exception()}; this process runs no tasks"
+        error = done.exception()
+        problems["worker"] = f"stopped at {timestamp()}: {error}; this process runs no tasks"
         log.error("the worker %s", problems["worker"])
 
     task.add_done_callback(ended)
