@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from easel.api.app import create_app
 from easel.config import Settings
 from easel.runtime import Runtime
+from easel.services.loops import LOOP_RESTARTS, Backoff
 from easel.store.tables import files, ledger, tasks, webhooks
 
 UNFINISHED = ("queued", "running")
@@ -91,9 +92,13 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def running_api(
-    settings: Settings, *, run_worker: bool = True, credits: int = 100
+    settings: Settings,
+    *,
+    run_worker: bool = True,
+    credits: int = 100,
+    restarts: Backoff = LOOP_RESTARTS,
 ) -> AsyncIterator[Api]:
-    app = create_app(settings, run_worker=run_worker)
+    app = create_app(settings, run_worker=run_worker, restarts=restarts)
     async with app.router.lifespan_context(app):
         runtime: Runtime = app.state.runtime
         key = await runtime.store.accounts.create_key("test", credits)

@@ -12,9 +12,14 @@ import re
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
+from sqlalchemy import text
 
+from apptools import Api, running_api, settings_for
 from easel.services.loops import Backoff, LoopGroup
+from easel.store import Store, open_store
+from test_worker_registration import refuse_new_workers
 
 QUICK = Backoff(first_s=0.05, max_s=0.2, stable_s=0.5)
 NEVER_SOON = Backoff(first_s=60.0, max_s=60.0, stable_s=60.0)
@@ -199,3 +204,79 @@ async def test_an_error_while_stopping_is_logged_and_not_restarted(
     assert runs == 1 and problems == {}
     [failed] = [r for r in caplog.records if "failed while stopping" in r.getMessage()]
     assert failed.exc_info is not None and "could not say goodbye" in str(failed.exc_info[1])
+
+
+# -- through the app: the in-process worker of `easel serve` ----------------------------------
+
+
+async def allow_new_workers(store: Store) -> None:
+    """Undo :func:`refuse_new_workers`."""
+    async with store.engine.begin() as conn:
+        if store.engine.dialect.name == "sqlite":
+            await conn.execute(text("DROP TRIGGER refuse_workers"))
+            return
+        await conn.execute(text("DROP TRIGGER refuse_workers ON workers"))
+        await conn.execute(text("DROP FUNCTION refuse_workers()"))
+
+
+async def readyz_until(api: Api, holds: Callable[[httpx.Response], bool]) -> httpx.Response:
+    async with asyncio.timeout(20):
+        while not holds(answer := await api.client.get("/readyz")):  # noqa: ASYNC110 - HTTP
+            await asyncio.sleep(0.05)
+    return answer
+
+
+async def refusing_workers(database_url: str) -> None:
+    store = await open_store(database_url)
+    try:
+        await refuse_new_workers(store)
+    finally:
+        await store.close()
+
+
+async def test_a_crashing_in_process_worker_shows_in_readyz_is_restarted_and_recovers(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its registration is refused (a real trigger) until the test drops the trigger: /readyz
+    answers 503 naming the crash while the API keeps serving, then 200 once the restarted
+    worker has run ``stable_s``, and the task accepted meanwhile runs."""
+    caplog.set_level(logging.INFO, logger="easel.services.loops")
+    await refusing_workers(database_url)
+    restarts = Backoff(first_s=0.1, max_s=0.4, stable_s=1.0)
+    async with running_api(settings_for(database_url), restarts=restarts) as api:
+        down = await readyz_until(api, lambda r: "worker" in r.json()["checks"])
+        assert down.status_code == 503
+        assert re.fullmatch(
+            rf"crashed at {STAMP}: WorkerCannotRegister: worker '[^']+' cannot register with "
+            r"the database: .*workers refused by the test; restarting in 0\.[124] s; "
+            r"meanwhile this process runs no tasks",
+            down.json()["checks"]["worker"],
+        ), down.json()
+        submitted = await api.submit(prompt="accepted while the worker is down")
+        assert submitted.status_code == 200, submitted.text
+        task_id = submitted.json()["data"]["task_id"]
+        assert (await api.client.get("/healthz")).status_code == 200
+        await until(lambda: crashes(caplog) >= 3)  # restarted, and refused again
+        assert (await api.task(task_id))["status"] == "queued"
+
+        await allow_new_workers(api.runtime.store)
+        up = await readyz_until(api, lambda r: r.status_code == 200)
+        assert "worker" not in up.json()["checks"]
+        assert (await api.wait(task_id))["status"] == "success"
+    assert any("starting the worker loop again" in r.getMessage() for r in caplog.records)
+
+
+def crashes(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(1 for r in caplog.records if "the worker loop crashed" in r.getMessage())
+
+
+async def test_the_api_shuts_down_promptly_while_a_crashed_loop_waits_to_restart(
+    database_url: str,
+) -> None:
+    await refusing_workers(database_url)
+    async with running_api(settings_for(database_url), restarts=NEVER_SOON) as api:
+        down = await readyz_until(api, lambda r: "worker" in r.json()["checks"])
+        assert "restarting in 60 s" in down.json()["checks"]["worker"]
+        assert (await api.balance()) == {"balance": 100, "frozen": 0}  # the API serves
+        leaving = time.monotonic()
+    assert time.monotonic() - leaving < 5.0

@@ -23,6 +23,7 @@ from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from easel.domain.accounts import MAX_CREDITS, InvalidAccount, UnknownKey
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.server import uvicorn_options
+from easel.services.loops import JANITOR_DOWN, LoopGroup
 from easel.store import Store, open_store
 from easel.supervise import SupervisedRun, announce_registered
 from easel.worker import WorkerCannotRegister
@@ -143,12 +144,15 @@ async def _run_worker(settings: Settings, models: list[str] | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    janitor = asyncio.create_task(runtime.janitor().run(stop))
+    # The worker runs in front: when it stops by itself (it could not register), so does
+    # the command, exiting 1 for the parent or the orchestrator to see. The janitor beside it
+    # is restarted if it crashes.
+    loops = LoopGroup(runtime.problems)
+    loops.add("janitor", runtime.janitor().run, meanwhile=JANITOR_DOWN)
     try:
-        await runtime.new_worker(models).run(stop, on_registered=announce_registered)
+        async with loops.running(stop):
+            await runtime.new_worker(models).run(stop, on_registered=announce_registered)
     finally:
-        stop.set()  # the worker may have stopped by itself (it could not register)
-        await janitor
         await runtime.close()
 
 

@@ -14,12 +14,13 @@ process watches every child twice a second (uvicorn's loop, extended here):
   it, with the reason (the API processes read what the parent writes to a small JSON file,
   named by ``$EASEL_SUPERVISOR_STATE``; the worker touches ``$EASEL_WORKER_READY_FILE``
   once it has registered with the database).
+
+The loops inside one process (the worker of a one-process ``easel serve``, the webhook
+dispatcher, the janitor) are kept running the same way by :mod:`easel.services.loops`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -268,23 +269,3 @@ def announce_registered() -> None:
     path = os.environ.get(READY_ENV)
     if path is not None:
         Path(path).touch()
-
-
-def watch_in_process_worker(task: asyncio.Task[None], problems: dict[str, str]) -> None:
-    """The worker inside ``easel serve`` (one process): if it stops by itself (it could not
-    register), log why and let /readyz say so instead of accepting tasks silently."""
-
-    def ended(done: asyncio.Task[None]) -> None:
-        if done.cancelled() or done.exception() is None:
-            return
-        error = done.exception()
-        problems["worker"] = f"stopped at {timestamp()}: {error}; this process runs no tasks"
-        log.error("the worker %s", problems["worker"])
-
-    task.add_done_callback(ended)
-
-
-async def wait_for_worker(task: asyncio.Task[None]) -> None:
-    """Await the in-process worker at shutdown; its failure was logged when it happened."""
-    with contextlib.suppress(Exception):
-        await task

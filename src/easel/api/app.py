@@ -31,42 +31,46 @@ from easel.api.limits import RequestLimits
 from easel.config import Settings, load_settings
 from easel.runtime import freeze_startup_objects, log_served, open_runtime
 from easel.server import ON_SHUTDOWN
+from easel.services.loops import (
+    DISPATCHER_DOWN,
+    JANITOR_DOWN,
+    LOOP_RESTARTS,
+    WORKER_DOWN,
+    Backoff,
+    LoopGroup,
+)
 from easel.services.webhooks import Dispatcher
-from easel.supervise import wait_for_worker, watch_in_process_worker
 from easel.web import router as playground
 
 API_PREFIX = "/v2/openapi"
 DOCS_ASSETS = "/docs-assets"
 
 
-def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
-    """The API; with ``run_worker`` an in-process worker runs tasks beside it."""
+def create_app(
+    settings: Settings, *, run_worker: bool = True, restarts: Backoff = LOOP_RESTARTS
+) -> FastAPI:
+    """The API; with ``run_worker`` an in-process worker runs tasks beside it. ``restarts``
+    says when a crashed background loop starts again (tests shorten it)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[Mapping[str, Any]]:
         runtime = await open_runtime(settings)
         app.state.runtime = runtime
         log_served(runtime.router)
-        stop = asyncio.Event()
-        worker_task = None
+        loops = LoopGroup(runtime.problems, restarts)
         if run_worker:
             worker = runtime.new_worker()
             runtime.service.on_submit = worker.wake
-            worker_task = asyncio.create_task(worker.run(stop))
-            watch_in_process_worker(worker_task, runtime.problems)
-        dispatcher_task = asyncio.create_task(Dispatcher.for_runtime(runtime).run(stop))
-        janitor_task = asyncio.create_task(runtime.janitor().run(stop))
-        freeze_startup_objects()
+            loops.add("worker", worker.run, meanwhile=WORKER_DOWN)
+        loops.add("webhooks", Dispatcher.for_runtime(runtime).run, meanwhile=DISPATCHER_DOWN)
+        loops.add("janitor", runtime.janitor().run, meanwhile=JANITOR_DOWN)
         try:
-            # The server calls this when it begins to shut down (easel.server): open event
-            # streams end then, instead of holding the shutdown until their clients leave.
-            yield {ON_SHUTDOWN: runtime.streams.end_all}
+            async with loops.running(asyncio.Event()):
+                freeze_startup_objects()
+                # The server calls this when it begins to shut down (easel.server): open event
+                # streams end then, instead of holding the shutdown until their clients leave.
+                yield {ON_SHUTDOWN: runtime.streams.end_all}
         finally:
-            stop.set()
-            if worker_task is not None:
-                await wait_for_worker(worker_task)
-            await dispatcher_task
-            await janitor_task
             await runtime.close()
 
     # /docs and /redoc from assets packaged with fastapi-offline (Swagger UI, ReDoc), served
