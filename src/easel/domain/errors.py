@@ -156,3 +156,10 @@ class RouteNotSupported(EaselError):
 
     code, status = 2002, 501
     default_suggestion = "This server generates images only."
+
+
+def first_line(exc: BaseException) -> str:
+    """The exception's type and first line, bounded: enough for the client to report, and
+    no SQL statement or parameters (SQLAlchemy puts them on the following lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__

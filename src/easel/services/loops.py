@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from easel.worker.attempts import first_line
+from easel.domain.errors import first_line
 
 log = logging.getLogger("easel.services.loops")
 

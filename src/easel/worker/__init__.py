@@ -26,14 +26,14 @@ from easel.backends.base import (
 from easel.backends.fallback import Router
 from easel.config import Settings
 from easel.domain.catalog import CATALOG
-from easel.domain.errors import EaselError
+from easel.domain.errors import EaselError, first_line
 from easel.domain.tasks import Status, Task
 from easel.outbound import OutboundPolicy
 from easel.storage.check import StorageCheck
 from easel.storage.objects import ObjectStore, ObjectStoreError
 from easel.store import Store, is_outage, outages_suppressed
 from easel.store.notify import QueueListener
-from easel.worker.attempts import first_line, outcome_of, run_attempt
+from easel.worker.attempts import outcome_of, run_attempt
 from easel.worker.identity import (
     WorkerCannotRegister,
     check_worker_id,

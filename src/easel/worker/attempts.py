@@ -23,6 +23,7 @@ from easel.backends.base import (
     JobCancelled,
     JobControl,
 )
+from easel.domain.errors import first_line
 from easel.store import is_outage
 
 log = logging.getLogger("easel.worker")
@@ -47,13 +48,6 @@ async def run_attempt(
             raise BackendUnavailable(message) from exc
         log.error("task %s: %s", job.task_id, message, exc_info=exc)
         raise BackendFailed(message) from exc
-
-
-def first_line(exc: BaseException) -> str:
-    """The exception's type and first line, bounded: enough for the client to report, and
-    no SQL statement or parameters (SQLAlchemy puts them on the following lines)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 async def _within(
