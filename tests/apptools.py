@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,14 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
     }
     data.update(overrides)
     return Settings.model_validate(data)
+
+
+def has_estimate(task: Mapping[str, Any]) -> bool:
+    """An unfinished task's ``running_left_time`` is seconds ahead, or -1 with the server's
+    word that nothing is measured yet (``running_left_basis`` "none")."""
+    if task["running_left_basis"] == "none":
+        return bool(task["running_left_time"] == -1)
+    return bool(task["running_left_time"] >= 1)
 
 
 def png(width: int = 64, height: int = 64, color: str = "red", fmt: str = "PNG") -> bytes:

@@ -298,12 +298,14 @@ async def test_the_template_prompt_and_instructions_reach_the_backend_in_order(a
     assert (await api.wait(task_id))["status"] == "success"
 
 
-async def test_queued_tasks_report_their_real_position_and_an_estimate(idle_api: Api) -> None:
+async def test_queued_tasks_report_their_real_position_and_no_estimate_before_any_run(
+    idle_api: Api,
+) -> None:
     ids = [(await idle_api.submit(prompt=f"n{i}")).json()["data"]["task_id"] for i in range(3)]
     tasks_ = [await idle_api.task(task_id) for task_id in ids]
     assert [t["queuing_num"] for t in tasks_] == [0, 1, 2]
-    assert all(t["status"] == "queued" and t["running_left_time"] >= 1 for t in tasks_)
-    assert tasks_[2]["running_left_time"] >= tasks_[0]["running_left_time"]
+    assert all(t["status"] == "queued" and t["running_left_time"] == -1 for t in tasks_)
+    assert all(t["running_left_basis"] == "none" for t in tasks_)  # see test_eta
 
 
 async def test_a_failing_backend_ends_the_task_failed_with_a_refund(database_url: str) -> None:

@@ -328,3 +328,27 @@ def test_models_names_the_backends_serving_each_model(server: Server, tmp_path: 
     assert served_by["flux.1_kontext_pro (default)"] == "dry (placeholder)"
     assert served_by["gpt_4o"] == "broken (placeholder)"
     assert served_by["midjourney"] == "no (no backend is configured for it)"
+
+
+def test_progress_says_estimating_while_the_model_has_no_measured_run(tmp_path: Path) -> None:
+    """No worker runs the task, so the model never gets a run to measure: the progress line
+    and ``task get`` say "estimating…" rather than a number made up."""
+    config = write_config(tmp_path)
+    key = create_key(config, 100)
+    port, log = free_port(), tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    with easel_process(
+        "serve", "--no-worker", "--config", str(config), "--port", str(port), log=log
+    ) as proc:
+        wait_healthy(url, proc, log)
+        server = Server(url, key, poor_key=key, spare_key=key)  # only .call is used here
+        waited = server.call("generate", "a fox", "--timeout", "1.5", cwd=tmp_path)
+        task_id = waited.stderr.split("task ", 1)[1].split()[0]
+        shown = server.call("task", "get", task_id, cwd=tmp_path)
+
+    assert waited.returncode == 1
+    assert "0 ahead in the queue · estimating…" in waited.stderr, waited.stderr
+    assert "ETA" not in waited.stderr
+    assert shown.returncode == 0, shown.stderr
+    assert "status: queued" in shown.stdout
+    assert "running_left_time: estimating…" in shown.stdout

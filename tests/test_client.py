@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import easel.client
-from apptools import png, settings_for
+from apptools import has_estimate, png, settings_for
 from easel.api.app import create_app
 from easel.client import (
     AsyncClient,
@@ -167,8 +167,8 @@ async def test_generate_uploads_a_local_image_and_wait_reports_queue_and_progres
 ) -> None:
     reference = tmp_path / "fox.png"
     reference.write_bytes(png(color="orange"))
-    # Long enough that a poll lands while it runs: the client sleeps at most half the
-    # estimate (5 s before any task has finished), i.e. 2.5 s.
+    # Long enough that a poll lands while it runs: the client sleeps half the estimate, and
+    # 0.5 s while there is none (no task of the model has finished yet).
     options = {"worker_concurrency": 1, "placeholder": {"delay_s": 4.0}}
     async with connected(tmp_path, **options) as client:
         first = await client.generate_image("the task ahead")
@@ -184,7 +184,9 @@ async def test_generate_uploads_a_local_image_and_wait_reports_queue_and_progres
         assert updates[-1] == task
         queued = [u for u in updates if u.status is TaskStatus.QUEUED]
         assert queued, "the second task waits behind the first"
-        assert all(u.queuing_num >= 0 and u.running_left_time > 0 for u in queued)
+        # Nothing has finished yet: no estimate, and the server says so.
+        assert all(u.queuing_num >= 0 and u.running_left_time == -1 for u in queued)
+        assert all(u.raw["running_left_basis"] == "none" for u in queued)
         running = [u for u in updates if u.status is TaskStatus.RUNNING]
         assert running, "a poll lands while it runs"
         assert all(0 <= u.progress < 100 and u.queuing_num == -1 for u in running)
@@ -386,7 +388,8 @@ def test_the_sync_client_uploads_generates_waits_and_downloads(
 
     assert task.succeeded
     assert updates[-1].status is TaskStatus.SUCCESS
-    assert all(u.running_left_time > 0 for u in updates[:-1])
+    # An estimate on every update before the end, or the word that there is none yet.
+    assert all(has_estimate(u.raw) for u in updates[:-1])
     with Image.open(path) as image:
         assert image.format == "PNG"
     assert after.balance == before.balance - 5

@@ -1,41 +1,60 @@
-"""ETA honesty: queued and running estimates against the placeholder's known run time."""
+"""ETA honesty: queued and running estimates against known run times (the placeholder's
+configured delay, a loopback provider's), per backend and kind of request; none before any
+measured run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from apptools import running_api, settings_for
+from apptools import Api, png, running_api, settings_for
+from easel.config import Settings
 from easel.domain import eta
+from fake_providers import OPENAI_KEY, FakeOpenAI
+from loopback import serve_app
 
 DELAY_S = 0.8
 
 
+MEASURED = eta.Measured(10.0, eta.Basis.BACKEND)
+
+
 @pytest.mark.parametrize(
-    ("mean", "elapsed", "progress", "expected"),
+    ("measured", "elapsed", "progress", "expected"),
     [
-        (None, 0.0, 0, 5),  # the prior: "a few seconds"
-        (10.0, 4.0, 0, 6),  # measured mean minus time spent
-        (10.0, 12.0, 0, 1),  # overdue: never below one second
-        (10.0, 3.0, 50, 3),  # progress reported: extrapolate the pace
+        (None, 0.0, 0, eta.UNKNOWN),  # nothing measured: no number made up
+        (MEASURED, 4.0, 0, eta.Estimate(6, eta.Basis.BACKEND)),  # the mean minus time spent
+        (MEASURED, 12.0, 0, eta.Estimate(1, eta.Basis.BACKEND)),  # overdue: at least 1 s
+        (MEASURED, 3.0, 50, eta.Estimate(3, eta.Basis.PROGRESS)),  # extrapolate the pace
+        (None, 3.0, 50, eta.Estimate(3, eta.Basis.PROGRESS)),  # progress is a measure too
     ],
 )
 def test_running_estimates(
-    mean: float | None, elapsed: float, progress: int, expected: int
+    measured: eta.Measured | None, elapsed: float, progress: int, expected: eta.Estimate
 ) -> None:
-    assert eta.running_left(mean, elapsed, progress) == expected
+    assert eta.running_left(measured, elapsed, progress) == expected
 
 
 @pytest.mark.parametrize(
     ("mean", "ahead", "slots", "expected"),
-    [(2.0, 0, 1, 2), (2.0, 3, 1, 8), (2.0, 3, 2, 4), (2.0, 3, 0, 8), (None, 0, 4, 5)],
+    [(2.0, 0, 1, 2), (2.0, 3, 1, 8), (2.0, 3, 2, 4), (2.0, 3, 0, 8), (None, 0, 4, None)],
 )
-def test_queued_estimates(mean: float | None, ahead: int, slots: int, expected: int) -> None:
-    assert eta.queued_left(mean, ahead, slots) == expected
+def test_queued_estimates(mean: float | None, ahead: int, slots: int, expected: int | None) -> None:
+    measured = None if mean is None else eta.Measured(mean, eta.Basis.MODEL)
+    left = eta.queued_left(measured, ahead, slots)
+    assert left.seconds == expected
+    assert left.protocol_value == (-1 if expected is None else expected)
+
+
+def test_retry_after_is_a_number_even_before_any_run() -> None:
+    assert eta.retry_after(eta.Measured(7.2, eta.Basis.BACKEND)) == 8
+    assert eta.retry_after(None) == eta.RETRY_WITHOUT_DATA_S
 
 
 def record_figures(errors: list[float]) -> None:
@@ -72,3 +91,95 @@ async def test_estimates_track_measured_run_times(tmp_path: Path) -> None:
     # Whole seconds of estimate against sub-second reality: allow the rounding, no more.
     assert max(errors) < 0.75, errors
     assert sum(errors) / len(errors) < 0.5, errors
+
+
+MODEL = "gpt_image_2"
+KEY_ENV = "EASEL_TEST_OPENAI_KEY"
+TEXT_S, EDIT_S = 0.4, 1.2  # the provider's run times: text only, with a reference image
+
+
+def served_by(database_url: str, name: str, backend: dict[str, Any]) -> Settings:
+    """MODEL served by one backend, one task at a time."""
+    return settings_for(
+        database_url,
+        backends={name: backend},
+        models={MODEL: {"backends": [name]}},
+        worker_concurrency=1,
+    )
+
+
+async def submit(api: Api, reference: str | None = None) -> str:
+    files = [{"type": "png", "file_token": reference}] if reference else []
+    response = await api.submit(prompt="a teapot", model_version=MODEL, files=files)
+    assert response.status_code == 200, response.text
+    task_id: str = response.json()["data"]["task_id"]
+    return task_id
+
+
+async def run(api: Api, reference: str | None = None) -> None:
+    assert (await api.wait(await submit(api, reference)))["status"] == "success"
+
+
+async def running_on_a_backend(api: Api, task_id: str) -> dict[str, Any]:
+    """The task once a backend runs it (claimed, its attempt begun)."""
+    async with asyncio.timeout(10):
+        while True:
+            task = await api.wait(task_id, until={"running"})
+            if task["attempts"]:
+                return task
+
+
+async def test_a_model_without_measured_runs_shows_no_estimate(database_url: str) -> None:
+    settings = settings_for(database_url, max_unfinished_tasks=1)
+    async with running_api(settings, run_worker=False) as api:
+        task = await api.task(await submit(api))
+        assert task["status"] == "queued" and task["queuing_num"] == 0
+        assert (task["running_left_time"], task["running_left_basis"]) == (-1, "none")
+        refused = await api.submit(prompt="one more", model_version=MODEL)
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == str(eta.RETRY_WITHOUT_DATA_S)
+
+
+async def test_each_backend_and_kind_of_request_has_its_own_estimate(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model first runs on a placeholder that answers at once, then on a provider (an
+    OpenAI stand-in on loopback) that takes TEXT_S for text and EDIT_S for an edit: each
+    estimate follows the runs of the backend and kind of request it is about."""
+    monkeypatch.setenv(KEY_ENV, OPENAI_KEY)
+    async with running_api(served_by(database_url, "quick", {"kind": "placeholder"})) as api:
+        for _ in range(2):
+            await run(api)
+    fake = FakeOpenAI(delay_s=TEXT_S)
+    with serve_app(fake.app()) as url:
+        provider = {"kind": "openai", "base_url": f"{url}/v1", "api_key_env": KEY_ENV}
+        async with running_api(served_by(database_url, "provider", provider)) as api:
+            first = await submit(api)
+            running = await running_on_a_backend(api, first)
+            assert running["running_left_basis"] == "model"  # the provider has no run yet
+            await api.wait(first)
+            await run(api)
+            reference = await api.upload(png())
+            fake.delay_s = EDIT_S
+            edit = await submit(api, reference)
+            running = await running_on_a_backend(api, edit)
+            assert running["running_left_basis"] == "backend"  # the provider's text runs
+            await api.wait(edit)
+            await run(api, reference)
+
+            text = await api.runtime.store.tasks.measured(MODEL, edits=False)
+            edits = await api.runtime.store.tasks.measured(MODEL, edits=True)
+            assert text is not None and edits is not None
+            assert text.basis is edits.basis is eta.Basis.BACKEND
+            assert TEXT_S <= text.mean_s < TEXT_S + 0.5, text  # not the placeholder's
+            assert EDIT_S <= edits.mean_s < EDIT_S + 0.5, edits
+
+            await submit(api, reference)  # runs first, then the two below in order
+            queued = [await api.task(await submit(api, ref)) for ref in (None, reference)]
+            assert [t["running_left_basis"] for t in queued] == ["backend", "backend"]
+            # The text task's estimate is its own kind's run time, not an edit's nor a mix...
+            assert queued[0]["running_left_time"] == 1
+            # ...and the edit behind it waits for one run and takes another, both edits.
+            assert queued[1]["running_left_time"] >= 2 * EDIT_S
+            for task in queued:
+                await api.wait(task["task_id"])

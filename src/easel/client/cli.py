@@ -178,9 +178,16 @@ def _progress_info(task: Task) -> str:
     parts = []
     if task.status is TaskStatus.QUEUED and task.queuing_num >= 0:
         parts.append(f"{task.queuing_num} ahead in the queue")
-    if task.running_left_time >= 0:
-        parts.append(f"ETA {task.running_left_time} s")
+    if not task.is_final:
+        parts.append(_eta(task, "ETA {} s"))
     return " · ".join(parts)
+
+
+def _eta(task: Task, known: str) -> str:
+    """An unfinished task's estimate in ``known``'s words; "estimating…" while the server
+    has none (``running_left_time`` -1: no measured run of the model yet)."""
+    left = task.running_left_time
+    return known.format(left) if left >= 0 else "estimating…"
 
 
 def _wait_with_progress(client: Client, task_id: str, timeout: float | None) -> Task:
@@ -282,7 +289,7 @@ def task_get(
         "progress": f"{task.progress}%",
         "model_version": task.model_version,
         "queuing_num": task.queuing_num if task.queuing_num >= 0 else None,
-        "running_left_time": task.running_left_time if task.running_left_time >= 0 else None,
+        "running_left_time": None if task.is_final else _eta(task, "{}"),
         "consumed_credit": task.consumed_credit,
         "image": task.image_url,
         "error": f"{task.error_code}: {task.error_msg}" if task.error_code else None,

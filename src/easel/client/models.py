@@ -59,7 +59,8 @@ class Task:
     queuing_num: int = -1
     """Queued tasks ahead of this one; -1 when not queued."""
     running_left_time: int = -1
-    """Estimated seconds until the task ends; -1 once final."""
+    """Estimated seconds until the task ends; -1 once final, and while the server has no
+    estimate yet (no measured run of the model: ``raw["running_left_basis"]`` is "none")."""
     image_url: str | None = None
     """``output.generated_image``: a signed link to the image, once the task succeeded."""
     consumed_credit: int = 0

@@ -139,6 +139,8 @@ def render_task(task: Task, v2: dict[str, Any]) -> dict[str, Any]:
     if task.status in WITH_ERROR:
         data["error_code"] = v2["error_code"]
         data["error_message"] = v2["error_msg"]
+    if "running_left_basis" in v2:
+        data["running_left_basis"] = v2["running_left_basis"]
     if "output_note" in v2:
         data["output_note"] = v2["output_note"]
     return data

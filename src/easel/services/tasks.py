@@ -29,7 +29,7 @@ from easel.storage.objects import ObjectStore
 from easel.storage.signing import UrlSigner
 from easel.store import Store
 from easel.store.files import StoredFile
-from easel.store.tasks import Idempotency, NewTask, Outlook
+from easel.store.tasks import Attempt, Idempotency, NewTask, Outlook
 
 
 class TaskService:
@@ -86,7 +86,7 @@ class TaskService:
             caller,
             new,
             max_unfinished=self.settings.max_unfinished_tasks,
-            retry_after_s=await self.retry_after(version),
+            retry_after_s=await self.retry_after(version, edits=bool(refs)),
             idempotency=idempotency,
         )
         self.on_submit()
@@ -195,10 +195,9 @@ class TaskService:
         """The models that workers with a recent heartbeat take."""
         return await self.store.tasks.live_models()
 
-    async def retry_after(self, model_version: str) -> int:
+    async def retry_after(self, model_version: str, *, edits: bool) -> int:
         """Seconds until one of the key's tasks is likely to finish (for 429/2000)."""
-        mean = await self.store.tasks.mean_duration(model_version)
-        return eta.queued_left(mean, 0, 1)
+        return eta.retry_after(await self.store.tasks.measured(model_version, edits))
 
     # -- read -----------------------------------------------------------------------------
 
@@ -239,13 +238,13 @@ class TaskService:
     ) -> dict[str, Any]:
         """The protocol's task object."""
         outlook = outlook or await self.store.tasks.outlook(task)
-        queuing_num, left = -1, -1
+        queuing_num, left = -1, None
         if outlook.position is not None:
             queuing_num = outlook.position
-            left = eta.queued_left(outlook.mean_duration, queuing_num, outlook.live_slots or 0)
+            left = eta.queued_left(outlook.measured, queuing_num, outlook.live_slots or 0)
         elif not task.is_final:
-            elapsed = time.time() - (task.started_at or task.created_at)
-            left = eta.running_left(outlook.mean_duration, elapsed, task.progress)
+            elapsed = time.time() - _running_since(task, outlook.attempts)
+            left = eta.running_left(outlook.measured, elapsed, task.progress)
         data: dict[str, Any] = {
             "task_id": task.id,
             "type": task.type,
@@ -256,8 +255,10 @@ class TaskService:
             "create_time": int(task.created_at),
             "consumed_credit": task.consumed_credit,
             "queuing_num": queuing_num,
-            "running_left_time": left,
+            "running_left_time": -1 if left is None else left.protocol_value,
         }
+        if left is not None:  # an extension: what the estimate rests on ("none": estimating)
+            data["running_left_basis"] = left.basis.value
         if task.status is Status.SUCCESS and task.output_key:
             data["output"] = {
                 "generated_image": self.signer.sign(
@@ -305,3 +306,10 @@ class TaskService:
         await self.store.files.add(
             StoredFile(token, account_id, key, info.format, len(data), info.width, info.height)
         )
+
+
+def _running_since(task: Task, attempts: list[Attempt]) -> float:
+    """When the current backend run began: the means are of single runs, so time a failed
+    attempt before it took is not counted against it."""
+    current = [a.started_at for a in attempts if a.ended_at is None and a.claim == task.attempts]
+    return current[-1] if current else task.started_at or task.created_at

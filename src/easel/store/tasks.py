@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.domain.accounts import Caller
 from easel.domain.errors import IdempotencyConflict, NotEnoughCredit, TooManyUnfinishedTasks
+from easel.domain.eta import Basis, Measured
 from easel.domain.tasks import REFUNDED, UNFINISHED, Reference, Status, Task
 from easel.store import events
 from easel.store.accounts import record_move, write_ledger_row
@@ -86,17 +87,39 @@ def _task(row: Row[Any]) -> Task:
 
 @dataclass(frozen=True, slots=True)
 class Outlook:
-    mean_duration: float | None  # unfinished tasks only
+    measured: Measured | None  # unfinished tasks only: the mean run time its estimate uses
     position: int | None  # queued tasks only
     live_slots: int | None  # queued tasks only
     attempts: list[Attempt]
 
 
 _Recalled = tuple[float | None] | None  # a remembered value (which may be None), or nothing
+# A mean's key: the model, the backend (None: any) and whether the tasks had reference
+# images (None: either way).
+_MeanKey = tuple[str, str | None, bool | None]
+
+
+def _fallbacks(
+    model_version: str, backend: str | None, edits: bool
+) -> list[tuple[_MeanKey, Basis]]:
+    """The means an estimate may rest on, best first: this backend and kind of request,
+    this backend, this kind of request on any backend, the model."""
+    model_wide: list[tuple[_MeanKey, Basis]] = [
+        ((model_version, None, edits), Basis.MODEL),
+        ((model_version, None, None), Basis.MODEL),
+    ]
+    if backend is None:
+        return model_wide
+    return [
+        ((model_version, backend, edits), Basis.BACKEND),
+        ((model_version, backend, None), Basis.BACKEND),
+        *model_wide,
+    ]
 
 
 class _Estimates:
-    """Run-time means and live worker slots, remembered for ``ttl_s``.
+    """Run-time means, the backend that ran each model last and live worker slots,
+    remembered for ``ttl_s``.
 
     They feed the estimates every poll shows (``running_left_time``, ``Retry-After``), are
     averages over many tasks, and cost a statement each; polling clients ask for them many
@@ -105,23 +128,64 @@ class _Estimates:
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
-        self._means: dict[tuple[str, str | None], tuple[float, float | None]] = {}
+        self._means: dict[_MeanKey, tuple[float, float | None]] = {}
+        self._latest: dict[str, tuple[float, str | None]] = {}
         self._slots: tuple[float, int] | None = None
 
-    def recall_mean(self, model_version: str, backend: str | None = None) -> _Recalled:
+    def _recall_mean(self, key: _MeanKey) -> _Recalled:
         """The remembered mean, when it is fresh: ``(mean,)``; else None."""
-        hit = self._means.get((model_version, backend))
+        hit = self._means.get(key)
         return (hit[1],) if hit is not None and hit[0] > time.monotonic() else None
 
-    async def mean(
-        self, conn: AsyncConnection, model_version: str, backend: str | None = None
-    ) -> float | None:
-        recalled = self.recall_mean(model_version, backend)
+    async def _mean(self, conn: AsyncConnection, key: _MeanKey) -> float | None:
+        recalled = self._recall_mean(key)
         if recalled is not None:
             return recalled[0]
-        mean = await _mean_duration(conn, model_version, backend)
-        self._means[(model_version, backend)] = (time.monotonic() + self.ttl_s, mean)
+        mean = await _mean_duration(conn, *key)
+        self._means[key] = (time.monotonic() + self.ttl_s, mean)
         return mean
+
+    def recall_measured(
+        self, model_version: str, backend: str | None, edits: bool
+    ) -> tuple[Measured | None] | None:
+        """``measured``'s answer when every mean it needs is remembered; else None."""
+        for key, basis in _fallbacks(model_version, backend, edits):
+            recalled = self._recall_mean(key)
+            if recalled is None:
+                return None
+            if recalled[0] is not None:
+                return (Measured(recalled[0], basis),)
+        return (None,)
+
+    async def measured(
+        self, conn: AsyncConnection, model_version: str, backend: str | None, edits: bool
+    ) -> Measured | None:
+        """The best-keyed mean there is data for (see ``_fallbacks``), or None."""
+        for key, basis in _fallbacks(model_version, backend, edits):
+            mean = await self._mean(conn, key)
+            if mean is not None:
+                return Measured(mean, basis)
+        return None
+
+    def recall_latest(self, model_version: str) -> tuple[str | None] | None:
+        hit = self._latest.get(model_version)
+        return (hit[1],) if hit is not None and hit[0] > time.monotonic() else None
+
+    async def latest_backend(self, conn: AsyncConnection, model_version: str) -> str | None:
+        """The backend of the model's latest successful run: the likeliest to run the next
+        task (the first ready backend of its chain)."""
+        recalled = self.recall_latest(model_version)
+        if recalled is not None:
+            return recalled[0]
+        backend = await conn.scalar(_LATEST_BACKEND, {"model_version": model_version})
+        self._latest[model_version] = (time.monotonic() + self.ttl_s, backend)
+        return backend
+
+    def forget(self, model_version: str) -> None:
+        """Drop what is remembered of the model: one of its runs just ended here, and the
+        next poll should count it (other processes see it within ``ttl_s``)."""
+        self._means = {k: v for k, v in self._means.items() if k[0] != model_version}
+        self._latest.pop(model_version, None)
 
     async def slots(self, conn: AsyncConnection) -> int:
         now = time.monotonic()
@@ -139,19 +203,19 @@ async def _outlook(
     attempts_read: list[Attempt] | None = None,
 ) -> Outlook:
     """The rest of the task object; ``attempts_read`` when the caller read them already."""
-    mean = position = slots = None
+    measured = position = slots = None
     if not task.is_final:
-        # A running task's backend is known: its own pace first, else the model's.
-        running_on = task.backend if task.status is Status.RUNNING else None
-        mean = await estimates.mean(conn, task.model_version, running_on)
-        if mean is None and running_on is not None:
-            mean = await estimates.mean(conn, task.model_version)
+        # A running task's backend is known; a queued one will likely run where the
+        # model's latest task ran.
+        backend = task.backend if task.status is Status.RUNNING else None
+        backend = backend or await estimates.latest_backend(conn, task.model_version)
+        measured = await estimates.measured(conn, task.model_version, backend, bool(task.refs))
     if task.status is Status.QUEUED:
         position = await _position(conn, task)
         slots = await estimates.slots(conn)
     if attempts_read is None:
         attempts_read = await _attempts(conn, task.id)
-    return Outlook(mean, position, slots, attempts_read)
+    return Outlook(measured, position, slots, attempts_read)
 
 
 async def _position(conn: AsyncConnection, task: Task) -> int:
@@ -159,17 +223,41 @@ async def _position(conn: AsyncConnection, task: Task) -> int:
     return int(await conn.scalar(_AHEAD, params) or 0)
 
 
+# Successful runs of a model, newest first: the successful attempt of each successful task
+# (a run on one backend, without the time a failed attempt before it took).
+_SUCCESSFUL_RUNS = (
+    select(tasks.c.id)
+    .select_from(tasks.join(attempts, attempts.c.task_id == tasks.c.id))
+    .where(
+        tasks.c.model_version == bindparam("model_version"),
+        tasks.c.status == Status.SUCCESS.value,
+        attempts.c.outcome == "success",
+    )
+    .order_by(tasks.c.finished_at.desc())
+)
+_LATEST_BACKEND = _SUCCESSFUL_RUNS.with_only_columns(attempts.c.backend).limit(1)
+
+
 async def _mean_duration(
-    conn: AsyncConnection, model_version: str, backend: str | None = None, sample: int = 20
+    conn: AsyncConnection,
+    model_version: str,
+    backend: str | None = None,
+    edits: bool | None = None,
+    sample: int = 20,
 ) -> float | None:
-    """Mean run time of the latest successful tasks of the model (on ``backend``, if given)."""
-    recent = select((tasks.c.finished_at - tasks.c.started_at).label("duration")).where(
-        tasks.c.model_version == model_version, tasks.c.status == Status.SUCCESS.value
+    """Mean run time of the model's latest successful runs (on ``backend``, of tasks with
+    or without reference images, where given)."""
+    recent = _SUCCESSFUL_RUNS.with_only_columns(
+        (attempts.c.ended_at - attempts.c.started_at).label("duration")
     )
     if backend is not None:
-        recent = recent.where(tasks.c.backend == backend)
-    window = recent.order_by(tasks.c.finished_at.desc()).limit(sample).subquery()
-    mean = await conn.scalar(select(func.avg(window.c.duration)))
+        recent = recent.where(attempts.c.backend == backend)
+    if edits is not None:
+        has_refs = func.json_array_length(tasks.c.refs) > 0
+        recent = recent.where(has_refs if edits else ~has_refs)
+    window = recent.limit(sample).subquery()
+    params = {"model_version": model_version}
+    mean = await conn.scalar(select(func.avg(window.c.duration)), params)
     return None if mean is None else float(mean)
 
 
@@ -509,14 +597,18 @@ class TaskStore:
         async with connection(self._reads) as conn:
             return await _position(conn, task)
 
-    async def mean_duration(self, model_version: str) -> float | None:
-        """Mean run time of the model's latest successful tasks, or None without data
-        (remembered for a moment, as every estimate: see ``_Estimates``)."""
-        recalled = self._estimates.recall_mean(model_version)
-        if recalled is not None:
-            return recalled[0]
+    async def measured(self, model_version: str, edits: bool) -> Measured | None:
+        """The mean run time a new task of the model (with reference images or not) would
+        be estimated by, or None without data (remembered for a moment, as every estimate:
+        see ``_Estimates``)."""
+        latest = self._estimates.recall_latest(model_version)
+        if latest is not None:
+            recalled = self._estimates.recall_measured(model_version, latest[0], edits)
+            if recalled is not None:
+                return recalled[0]
         async with connection(self._reads) as conn:
-            return await self._estimates.mean(conn, model_version)
+            backend = await self._estimates.latest_backend(conn, model_version)
+            return await self._estimates.measured(conn, model_version, backend, edits)
 
     async def outlook(self, task: Task) -> Outlook:
         """What the task object shows besides the row, read on one connection."""
@@ -670,6 +762,7 @@ class TaskStore:
                 return False
             await record_move(conn, task.account_id, task.id, "settle", 0, -task.price)
             await _event(conn, task, Status.SUCCESS, 100)
+        self._estimates.forget(task.model_version)
         return True
 
     async def fail(self, task: Task, status: Status, code: int | None, message: str | None) -> bool:

@@ -370,6 +370,8 @@ function renderDetail() {
     const left = Math.max(0, Math.round((view.deadline - Date.now()) / 1000));
     const eta = left >= 90 ? `${Math.round(left / 60)} min` : `${left} s`;
     text += `${text ? " · " : ""}${left > 0 ? `about ${eta} left` : "finishing…"}`;
+  } else {
+    text += `${text ? " · " : ""}estimating…`; // no measured run of the model yet
   }
   if (FINAL.has(task.status)) text = task.status === "success" ? "100% done" : "";
   detail.textContent = text;
