@@ -1,13 +1,22 @@
-"""``GET /metrics``: Prometheus text from the database, the same on every replica."""
+"""``GET /metrics``: Prometheus text from the database, the same on every replica, and the
+server's HTTP requests per route template."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from apptools import Api, running_api, settings_for
+from apptools import ALL_MODELS, Api, running_api, settings_for
+from processes import create_key, easel_process, free_port, wait_healthy, write_config
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+TASK_ROUTE = "/v2/openapi/task/{task_id}"
 
 
 @pytest.fixture
@@ -16,15 +25,25 @@ async def api(database_url: str) -> AsyncIterator[Api]:
         yield api
 
 
-async def samples(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def samples(api: Api) -> Samples:
     response = await api.client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+def parse(text: str) -> Samples:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(response.text)
+        for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def requests(got: Samples, route: str, method: str, status: str) -> float:
+    """easel_http_requests_total of one route, method and status class (0 when absent)."""
+    labels = (("method", method), ("route", route), ("status", status))
+    return got.get(("easel_http_requests_total", labels), 0.0)
 
 
 async def test_metrics_count_outcomes_times_and_credits(api: Api) -> None:
@@ -53,3 +72,75 @@ async def test_metrics_show_the_queue(database_url: str) -> None:
         assert got[("easel_queue_depth", (("model_version", "flux.1_kontext_pro"),))] == 3
         assert got[("easel_credits_held", ())] == 15
         assert got[("easel_queue_oldest_wait_seconds", ())] >= 0
+
+
+async def test_every_served_model_has_queue_and_running_gauges_even_at_zero(api: Api) -> None:
+    got = await samples(api)
+    served = {
+        m["model_version"]
+        for m in (await api.client.get("/v2/openapi/models")).json()["data"]["models"]
+        if m["served"]
+    }
+    assert served == set(ALL_MODELS)
+    for name in ("easel_queue_depth", "easel_tasks_running"):
+        series = {labels[0][1]: value for (n, labels), value in got.items() if n == name}
+        assert series == dict.fromkeys(served, 0.0), name  # the unserved model: no series
+
+
+async def test_http_requests_are_counted_and_timed_per_route_template(api: Api) -> None:
+    missing = [str(uuid.uuid4()) for _ in range(3)]
+    for task_id in missing:
+        assert (await api.client.get(f"/v2/openapi/task/{task_id}")).status_code == 404
+    task_id = (await api.submit(prompt="counted")).json()["data"]["task_id"]
+    assert (await api.client.get(f"/v2/openapi/task/{task_id}")).status_code == 200
+    assert (await api.client.get(f"/no/such/{task_id}")).status_code == 403
+    # Refused before routing (the body is over max_request_bytes): counted by its route too.
+    too_large = b"x" * (1024 * 1024 + 1)
+    assert (await api.client.post("/v2/openapi/task", content=too_large)).status_code == 413
+
+    got = await samples(api)
+    assert requests(got, TASK_ROUTE, "GET", "4xx") == 3
+    assert requests(got, TASK_ROUTE, "GET", "2xx") == 1
+    assert requests(got, "/v2/openapi/task", "POST", "2xx") == 1
+    assert requests(got, "/v2/openapi/task", "POST", "4xx") == 1
+    assert requests(got, "unmatched", "GET", "4xx") == 1
+    timed = (("method", "GET"), ("route", TASK_ROUTE), ("status", "4xx"))
+    assert got[("easel_http_request_duration_seconds_count", timed)] == 3
+    assert 0 < got[("easel_http_request_duration_seconds_sum", timed)] < 10
+    routes = {dict(labels)["route"] for _, labels in got if "route" in dict(labels)}
+    assert not any(i in route for route in routes for i in [*missing, task_id])  # no ids
+    # The scrape itself is counted once it has answered.
+    assert requests(await samples(api), "/metrics", "GET", "2xx") == 1
+
+
+@pytest.mark.e2e
+def test_every_process_of_a_server_reports_the_whole_servers_requests(tmp_path: Path) -> None:
+    """Under ``--processes 2`` a scrape reaches either process: each reports the requests
+    both served (prometheus_client's multiprocess mode), not its own share."""
+    config = write_config(tmp_path)
+    key = create_key(config, 10)
+    port, log = free_port(), tmp_path / "serve.log"
+    base = f"http://127.0.0.1:{port}"
+    command = ("serve", "--processes", "2", "--no-worker", "--port", str(port))
+    with easel_process(*command, "--config", str(config), log=log) as serve:
+        wait_healthy(base, serve, log)
+        api_pids = {
+            p.pid
+            for p in psutil.Process(serve.pid).children(recursive=True)
+            if "spawn_main" in " ".join(p.cmdline())
+        }
+        assert len(api_pids) == 2
+        shared = Path(psutil.Process(min(api_pids)).environ()["PROMETHEUS_MULTIPROC_DIR"])
+        sent = 0
+        # A fresh connection per request: the kernel hands each to either process. Go on
+        # until both have served some (each keeps its values in a file named by its pid).
+        while not all(list(shared.glob(f"*_{pid}.db")) for pid in api_pids):
+            assert sent < 500, "one process served every request"
+            missing = httpx.get(
+                f"{base}/v2/openapi/task/{uuid.uuid4()}",
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert missing.status_code == 404
+            sent += 1
+        scrapes = [parse(httpx.get(f"{base}/metrics").text) for _ in range(6)]
+    assert [requests(got, TASK_ROUTE, "GET", "4xx") for got in scrapes] == [sent] * 6

@@ -43,6 +43,7 @@ log = logging.getLogger("easel.supervise")
 
 STATE_ENV = "EASEL_SUPERVISOR_STATE"
 READY_ENV = "EASEL_WORKER_READY_FILE"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's name
 WORKER_COMMAND = (sys.executable, "-m", "easel", "worker")
 WORKER_STOP_S = 30.0  # how long the worker gets to put its running tasks back in the queue
 OK = "ok"
@@ -243,12 +244,22 @@ class SupervisedRun:
         sock = config.bind_socket()
         with tempfile.TemporaryDirectory(prefix="easel-serve-") as state_dir:
             os.environ[STATE_ENV] = str(Path(state_dir) / "state.json")  # the API processes
+            share_http_metrics(Path(state_dir) / "metrics")
             supervisor = Supervisor(config, [sock], Path(state_dir), worker=self.worker)
             try:
                 supervisor.run()
             finally:
                 sock.close()
             self.gave_up = supervisor.gave_up
+
+
+def share_http_metrics(directory: Path) -> None:
+    """Let the API processes (spawned after this) keep their HTTP metrics in ``directory``,
+    so a scrape that reaches any one of them reports the whole server's (prometheus_client's
+    multiprocess mode; see easel.api.metrics). A fresh directory for each run: values left
+    by an earlier run would be added in."""
+    directory.mkdir()
+    os.environ[MULTIPROCESS_ENV] = str(directory)
 
 
 def supervised_checks() -> dict[str, str]:

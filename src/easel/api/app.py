@@ -90,6 +90,13 @@ def create_app(
         # The client is the right-most X-Forwarded-For hop that is not a trusted proxy (what
         # rate limits count by); from any other peer the header is ignored.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+    # Outermost: every request counts, those refused before routing too.
+    app.state.http_metrics = http_metrics = metrics.HttpMetrics()
+    app.add_middleware(
+        metrics.HttpMetricsMiddleware,
+        metrics=http_metrics,
+        documented=lambda: app.openapi()["paths"],
+    )
     install_error_handlers(app)
     openapi.install(app)
     for router in (
