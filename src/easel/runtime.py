@@ -11,6 +11,7 @@ from easel.config import Settings
 from easel.services.accounts import Accounts
 from easel.services.events import EventFeed
 from easel.services.janitor import Janitor
+from easel.services.metrics import Metrics
 from easel.services.ratelimit import RateLimiter
 from easel.services.streams import Streams
 from easel.services.tasks import TaskService
@@ -46,6 +47,7 @@ class Runtime:
     storage: StorageCheck  # whether the object store takes writes (/readyz, the worker)
     accounts: Accounts = field(init=False)
     events: EventFeed = field(init=False)
+    metrics: Metrics = field(init=False)
     webhooks: WebhookRegistry = field(init=False)
     upload_tokens: UploadTokens = field(init=False)
     limiter: RateLimiter = field(init=False)  # requests per second per key, this process
@@ -58,6 +60,7 @@ class Runtime:
         settings = self.settings
         self.accounts = Accounts(self.store.accounts)
         self.events = EventFeed(self.store.events)
+        self.metrics = Metrics(self.store.metrics)
         self.webhooks = WebhookRegistry(self.store.webhooks, self.service.policy)
         self.upload_tokens = UploadTokens(settings, self.objects, self.store.files)
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)

@@ -26,7 +26,7 @@ from easel.domain.errors import (
     TooManyUnfinishedTasks,
     UnknownServerError,
 )
-from easel.store.outage import OUTAGE_CARRIERS, is_outage
+from easel.storage.objects import ObjectStoreError
 
 TRACE_HEADER = "X-Tripo-Trace-ID"
 _UNPARSABLE_BODY = "There was an error parsing the body"  # FastAPI, for UTF-8 and depth errors
@@ -76,8 +76,12 @@ class TraceIdMiddleware:
         scope.setdefault("state", {})["trace_id"] = trace_id
         logs.trace_id.set(trace_id)
 
+        started = False
+
         async def send_with_trace(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 message["headers"] = [
                     *message["headers"],
@@ -85,7 +89,17 @@ class TraceIdMiddleware:
                 ]
             await send(message)
 
-        await self.app(scope, receive, send_with_trace)
+        try:
+            await self.app(scope, receive, send_with_trace)
+        except Exception as exc:
+            # A bug no handler took: 500 and its traceback, logged once. Answered here, not
+            # by Starlette's outermost middleware, which would answer and then re-raise to
+            # the server (a second traceback; an exception in an in-process client).
+            if started:
+                raise
+            log.error("unhandled error (trace %s)", trace_id, exc_info=exc)
+            error = UnknownServerError(f"unexpected server error (trace {trace_id})")
+            await refuse(error, scope, receive, send_with_trace)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -128,28 +142,20 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         return error_response(InvalidParameter(str(exc.detail)))
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        """The database or the object store is away (easel.store.outage decides): 503, so
-        clients retry, and a one-line warning. Anything else is a bug: 500 and a traceback."""
+    async def on_storage_error(request: Request, exc: Exception) -> JSONResponse:
+        """The object store failed a read or a write (easel.storage.objects decided): 503, so
+        clients retry, and a one-line warning. The database's outages come as
+        StoreUnavailable, an EaselError, and are answered above."""
         trace = request.scope.get("state", {}).get("trace_id")
-        if is_outage(exc):
-            log.warning("storage unavailable (trace %s): %s: %s", trace, type(exc).__name__, exc)
-            return error_response(
-                ServiceUnavailable(
-                    f"the server's database or object store is unavailable for now (trace {trace})."
-                )
-            )
-        log.error("unhandled error (trace %s)", trace, exc_info=exc)
-        return error_response(UnknownServerError(f"unexpected server error (trace {trace})"))
+        log.warning("object store unavailable (trace %s): %s", trace, exc)
+        return error_response(
+            ServiceUnavailable(f"the server's object store is unavailable for now (trace {trace}).")
+        )
 
     app.add_exception_handler(EaselError, _with_request_id(on_easel_error))
     app.add_exception_handler(RequestValidationError, _with_request_id(on_validation_error))
     app.add_exception_handler(StarletteHTTPException, _with_request_id(on_http_error))
-    # A handler per type answers without re-raising to the server (the handler of Exception
-    # does re-raise): registered for the types that may be, or carry, an outage.
-    for carrier in OUTAGE_CARRIERS:
-        app.add_exception_handler(carrier, _with_request_id(on_unexpected))
-    app.add_exception_handler(Exception, _with_request_id(on_unexpected))
+    app.add_exception_handler(ObjectStoreError, _with_request_id(on_storage_error))
 
 
 Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]

@@ -38,8 +38,8 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from easel.api.deps import RuntimeDep
+from easel.domain.metrics import Histogram, Snapshot
 from easel.domain.tasks import FINAL, Status
-from easel.store.metrics import Histogram, Snapshot
 from easel.supervise import MULTIPROCESS_ENV
 
 router = APIRouter()
@@ -215,7 +215,7 @@ class SnapshotCollector(Collector):
 )
 async def metrics(request: Request, runtime: RuntimeDep) -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    snap = await runtime.store.metrics.snapshot(time.time())
+    snap = await runtime.metrics.snapshot()
     registry.register(SnapshotCollector(snap, await runtime.service.served()))
     http: HttpMetrics = request.app.state.http_metrics
     http.register(registry)

@@ -7,34 +7,15 @@ cumulative over all finished tasks (monotonic, as Prometheus expects).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from easel.domain.metrics import TIME_BUCKETS_S, Histogram, Snapshot
 from easel.domain.tasks import Status
 from easel.store.db import connection, read_only
 from easel.store.tables import accounts, ledger, tasks
-
-TIME_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Histogram:
-    buckets: list[tuple[float, int]]  # (upper bound, cumulative count)
-    count: int
-    total: float
-
-
-@dataclass(slots=True)
-class Snapshot:
-    tasks: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, status) → n
-    oldest_queued_s: float = 0.0
-    run_seconds: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # model, backend
-    wait_seconds: dict[str, Histogram] = field(default_factory=dict)  # model
-    credits_held: int = 0
-    credits: dict[str, int] = field(default_factory=dict)  # ledger kind → credits moved
 
 
 async def _histograms(

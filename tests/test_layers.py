@@ -1,0 +1,84 @@
+"""The layer table of docs/architecture.md, enforced on the source: which package may import
+what. A module that breaks a rule is named with the import that breaks it."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import easel
+
+PACKAGE = Path(easel.__file__).parent
+IO_LIBRARIES = ("sqlalchemy", "asyncpg", "alembic", "obstore", "httpx", "fastapi", "starlette")
+
+
+def modules(layer: str) -> list[Path]:
+    return sorted((PACKAGE / layer).rglob("*.py"))
+
+
+def imports(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, module) for every import of ``path``, at any depth (a lazy import counts)."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+
+
+def under(module: str, *prefixes: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def breaches(layer: str, *forbidden: str) -> list[str]:
+    return [
+        f"{path.relative_to(PACKAGE)}:{line} imports {module}"
+        for path in modules(layer)
+        for line, module in imports(path)
+        if under(module, *forbidden)
+    ]
+
+
+def test_the_api_reaches_the_database_only_through_services() -> None:
+    """``api/`` parses, authenticates, calls a service and renders: no store module, no
+    SQLAlchemy, no worker, and no ``runtime.store`` (the store's handle) either."""
+    assert breaches("api", "easel.store", "easel.worker", "sqlalchemy", "asyncpg") == []
+    reaching = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno}"
+        for path in modules("api")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "store"
+    ]
+    assert reaching == []
+
+
+def test_the_domain_is_pure() -> None:
+    """``domain/`` imports nothing of Easel outside it, and no library that does I/O."""
+    easel_outside = [
+        f"{path.relative_to(PACKAGE)}:{line} imports {module}"
+        for path in modules("domain")
+        for line, module in imports(path)
+        if under(module, "easel") and not under(module, "easel.domain")
+    ]
+    assert easel_outside == []
+    assert breaches("domain", *IO_LIBRARIES) == []
+
+
+@pytest.mark.parametrize(
+    ("layer", "forbidden"),
+    [
+        ("store", ("easel.api", "easel.services", "easel.worker", "easel.backends")),
+        ("services", ("easel.api", "easel.worker")),
+        ("backends", ("easel.api", "easel.services", "easel.store", "easel.worker")),
+        ("storage", ("easel.api", "easel.services", "easel.store", "easel.worker")),
+    ],
+)
+def test_lower_layers_do_not_import_upper_ones(layer: str, forbidden: tuple[str, ...]) -> None:
+    assert breaches(layer, *forbidden) == []
+
+
+def test_the_top_level_holds_entry_points_and_wiring_only() -> None:
+    top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in {"__init__", "__main__"})
+    assert top == ["cli", "config", "logs", "runtime", "server", "supervise"]
