@@ -371,7 +371,7 @@ async def test_a_task_of_a_dead_worker_is_requeued_and_charged_once(database_url
     settings = settings_for(database_url, lease_s=0.3)
     async with running_api(settings, run_worker=False) as api:
         task_id = (await api.submit(prompt="x")).json()["data"]["task_id"]
-        claimed = await api.runtime.store.tasks.claim("dead-worker", ["flux.1_kontext_pro"], 0.3)
+        claimed = await api.runtime.store.queue.claim("dead-worker", ["flux.1_kontext_pro"], 0.3)
         assert claimed is not None and claimed.id == task_id  # …and it never heartbeats
         await asyncio.sleep(0.4)
         stop = asyncio.Event()
@@ -381,7 +381,7 @@ async def test_a_task_of_a_dead_worker_is_requeued_and_charged_once(database_url
         await worker
         assert task["status"] == "success"
         # The dead worker comes back and tries to finish: its claim is fenced off.
-        assert not await api.runtime.store.tasks.complete(claimed, "outputs/late.png", "dry")
+        assert not await api.runtime.store.queue.complete(claimed, "outputs/late.png", "dry")
         assert await ledger_kinds(api, task_id) == ["hold", "settle"]
         assert await api.balance() == {"balance": 95, "frozen": 0}
         stored = await api.runtime.store.tasks.get(task_id)
@@ -392,7 +392,7 @@ async def test_a_task_that_keeps_losing_its_worker_fails_with_a_refund(database_
     settings = settings_for(database_url, lease_s=0.1, max_attempts=2)
     async with running_api(settings, run_worker=False) as api:
         task_id = (await api.submit(prompt="x")).json()["data"]["task_id"]
-        store = api.runtime.store.tasks
+        store = api.runtime.store.queue
         for _ in range(2):
             assert await store.claim("dying-worker", ["flux.1_kontext_pro"], 0.1) is not None
             await asyncio.sleep(0.15)
@@ -453,7 +453,7 @@ async def test_models_lists_the_catalog_with_prices_and_serving_backends(api: Ap
 async def test_a_model_taken_by_a_live_worker_elsewhere_is_served(idle_api: Api) -> None:
     model = "gemini_3.1_flash_image_preview"  # no backend in this process
     assert_error(await idle_api.submit(prompt="x", model_version=model), 400, 1004)
-    await idle_api.runtime.store.tasks.register_worker("gpu-box-1", [model], slots=1)
+    await idle_api.runtime.store.queue.register_worker("gpu-box-1", [model], slots=1)
     assert (await idle_api.submit(prompt="x", model_version=model)).status_code == 200
     rows = (await idle_api.client.get("/v2/openapi/models")).json()["data"]["models"]
     assert {row["model_version"]: row["served"] for row in rows}[model] is True

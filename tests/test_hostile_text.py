@@ -22,7 +22,7 @@ from asgi_raw import Answer, connect
 from easel.config import Settings
 from easel.domain.text import decode_json
 from easel.store.tables import webhooks
-from easel.store.tasks import NewTask
+from easel.store.task_rows import NewTask
 from hostile_app import Served, serve
 
 TASK = "/v2/openapi/task"

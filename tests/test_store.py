@@ -10,9 +10,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, event, func, select
 
 from easel.domain.errors import NotEnoughCredit, TooManyUnfinishedTasks
+from easel.domain.tasks import AttemptOutcome
 from easel.store import open_store
 from easel.store.tables import metadata, tasks
-from easel.store.tasks import NewTask
+from easel.store.task_rows import NewTask
 
 
 async def test_migrations_create_exactly_the_schema_of_the_models(database_url: str) -> None:
@@ -75,7 +76,7 @@ async def test_two_workers_never_claim_the_same_task(database_url: str) -> None:
         for _ in range(30):
             await store.tasks.submit(caller, new_task(), max_unfinished=100, retry_after_s=1)
         claims = await asyncio.gather(
-            *(store.tasks.claim(f"w{i}", ["flux.1_kontext_pro"], 30) for i in range(40))
+            *(store.queue.claim(f"w{i}", ["flux.1_kontext_pro"], 30) for i in range(40))
         )
         ids = [task.id for task in claims if task is not None]
         assert len(ids) == 30
@@ -114,7 +115,7 @@ async def test_a_key_with_fewer_running_tasks_goes_first(database_url: str) -> N
             for _ in range(3)
         ]
         models = ["flux.1_kontext_pro"]
-        first = await store.tasks.claim("w", models, 30)
+        first = await store.queue.claim("w", models, 30)
         assert first is not None
         assert first.id == busy_ids[0]
         calm_id = await store.tasks.submit(calm, new_task(), max_unfinished=10, retry_after_s=1)
@@ -124,7 +125,7 @@ async def test_a_key_with_fewer_running_tasks_goes_first(database_url: str) -> N
             assert task is not None
             positions[task_id] = await store.tasks.position(task)
         assert positions == {calm_id: 0, busy_ids[1]: 1, busy_ids[2]: 2}
-        claimed = [await store.tasks.claim("w", models, 30) for _ in range(3)]
+        claimed = [await store.queue.claim("w", models, 30) for _ in range(3)]
         assert [t.id for t in claimed if t is not None] == [calm_id, busy_ids[1], busy_ids[2]]
     finally:
         await store.close()
@@ -137,13 +138,13 @@ async def test_a_poll_is_one_statement_with_the_attempts_in_order(database_url: 
     try:
         caller = await store.accounts.authenticate(await store.accounts.create_key("p", 50))
         task_id = await store.tasks.submit(caller, new_task(), max_unfinished=5, retry_after_s=1)
-        task = await store.tasks.claim("w", ["flux.1_kontext_pro"], 30)
+        task = await store.queue.claim("w", ["flux.1_kontext_pro"], 30)
         assert task is not None
-        first = await store.tasks.start_attempt(task, "fast")
-        await store.tasks.end_attempt(first, "retryable", "busy")
-        second = await store.tasks.start_attempt(task, "slow")
-        await store.tasks.end_attempt(second, "success")
-        assert await store.tasks.complete(task, "outputs/x.png", "slow")
+        first = await store.queue.start_attempt(task, "fast")
+        await store.queue.end_attempt(first, AttemptOutcome.RETRYABLE, "busy")
+        second = await store.queue.start_attempt(task, "slow")
+        await store.queue.end_attempt(second, AttemptOutcome.SUCCESS)
+        assert await store.queue.complete(task, "outputs/x.png", "slow")
 
         statements: list[str] = []
 

@@ -30,7 +30,7 @@ from easel.outbound import OutboundPolicy
 from easel.runtime import Runtime, open_runtime
 from easel.services.webhooks import DAY_S, Dispatcher, RetryPolicy, new_secret, task_renderer
 from easel.store import events
-from easel.store.tasks import NewTask
+from easel.store.task_rows import NewTask
 from easel.store.webhooks import WebhookStore
 from loopback import serve_app
 
@@ -287,14 +287,14 @@ class Outbox:
 
     async def finish_task(self, progress: Sequence[int] = ()) -> str:
         """Submit, claim and complete a task through the store (no worker runs)."""
-        tasks = self.runtime.store.tasks
+        store = self.runtime.store
         new = NewTask(str(uuid.uuid4()), "generate_image", MODEL, {"prompt": "x"}, "x", (), 5)
-        await tasks.submit(self.caller, new, max_unfinished=100, retry_after_s=1)
-        task = await tasks.claim("test-worker", [MODEL], 30)
+        await store.tasks.submit(self.caller, new, max_unfinished=100, retry_after_s=1)
+        task = await store.queue.claim("test-worker", [MODEL], 30)
         assert task is not None
         for value in progress:
-            await tasks.heartbeat(task, 30, value)
-        assert await tasks.complete(task, f"outputs/{task.id}.png", "dry")
+            await store.queue.heartbeat(task, 30, value)
+        assert await store.queue.complete(task, f"outputs/{task.id}.png", "dry")
         return task.id
 
     async def settled(self, webhook_id: str) -> list[Delivery]:

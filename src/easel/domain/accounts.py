@@ -5,6 +5,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class LedgerKind(StrEnum):
+    """What moved credits (the ledger's ``kind``)."""
+
+    GRANT = "grant"  # the operator added credits to the balance
+    HOLD = "hold"  # a submit moved the price from the balance to frozen
+    SETTLE = "settle"  # a success consumed the held price
+    REFUND = "refund"  # a task that did not succeed gave the held price back
+
 
 KEY_PREFIX = "tsk_"
 # The most credits an account may hold (balance and frozen together), and so the largest

@@ -24,8 +24,10 @@ FINAL = frozenset(Status) - UNFINISHED
 REFUNDED = frozenset({Status.FAILED, Status.BANNED, Status.EXPIRED, Status.CANCELLED})
 WITH_ERROR = frozenset({Status.FAILED, Status.BANNED, Status.EXPIRED})
 
-# queued → running → success | failed | banned;  running → queued (lease lapsed / released);
-# queued → expired | cancelled | failed.
+# The one definition of how a task moves; the store's statements are built from it (each
+# moves only a row whose status is among ``sources(target)``):
+# queued → running → success | failed | banned;  running → queued (lease lapsed, released);
+# queued → expired | cancelled | failed;  running → cancelled.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.RUNNING, Status.EXPIRED, Status.CANCELLED, Status.FAILED}),
     Status.RUNNING: frozenset(
@@ -36,6 +38,22 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 def can_move(current: Status, target: Status) -> bool:
     return target in TRANSITIONS.get(current, frozenset())
+
+
+def sources(target: Status) -> frozenset[Status]:
+    """The statuses a task may move to ``target`` from."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+class AttemptOutcome(StrEnum):
+    """How one backend's attempt at a task ended (the attempts table's ``outcome``)."""
+
+    SUCCESS = "success"
+    FAILED = "failed"  # the backend failed; the next backend of the chain may run
+    RETRYABLE = "retryable"  # failed in a way that may pass on a later try
+    REJECTED = "rejected"  # the provider refused the request (moderation): no fallback
+    SKIPPED = "skipped"  # not run: the backend was not ready
+    CANCELLED = "cancelled"  # the client cancelled the task meanwhile
 
 
 @dataclass(frozen=True, slots=True)

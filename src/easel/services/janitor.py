@@ -30,7 +30,7 @@ class Janitor:
 
     async def sweep(self) -> tuple[int, int]:
         """One pass: (tasks expired, outputs deleted)."""
-        expired = await self.store.tasks.expire_queued(self.settings.queue_timeout_s)
+        expired = await self.store.queue.expire_queued(self.settings.queue_timeout_s)
         if expired:
             log.warning(
                 "expired %d task(s) that waited over %.0f s", expired, self.settings.queue_timeout_s

@@ -28,8 +28,10 @@ from easel.services.upload_tokens import inspect_arrived, is_pending
 from easel.storage.objects import ObjectStore
 from easel.storage.signing import UrlSigner
 from easel.store import Store
+from easel.store.estimates import Outlook
 from easel.store.files import StoredFile
-from easel.store.tasks import Attempt, Idempotency, NewTask, Outlook
+from easel.store.task_rows import Attempt, NewTask
+from easel.store.tasks import Idempotency
 
 
 class TaskService:
@@ -94,10 +96,10 @@ class TaskService:
 
     async def is_served(self, version: str) -> bool:
         """A backend here is ready for it, or a live worker elsewhere takes it."""
-        return self.router.is_served(version) or version in await self.store.tasks.live_models()
+        return self.router.is_served(version) or version in await self.store.queue.live_models()
 
     async def served(self) -> list[str]:
-        live = await self.store.tasks.live_models()
+        live = await self.store.queue.live_models()
         return [v for v in catalog.CATALOG if v in live or self.router.is_served(v)]
 
     async def _references(
@@ -193,7 +195,7 @@ class TaskService:
 
     async def live_models(self) -> set[str]:
         """The models that workers with a recent heartbeat take."""
-        return await self.store.tasks.live_models()
+        return await self.store.queue.live_models()
 
     async def retry_after(self, model_version: str, *, edits: bool) -> int:
         """Seconds until one of the key's tasks is likely to finish (for 429/2000)."""

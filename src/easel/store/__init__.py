@@ -9,10 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from easel.store.accounts import AccountStore
 from easel.store.db import connection, create_engine, migrate, read_only
+from easel.store.estimates import Estimates
 from easel.store.events import EventStore
 from easel.store.files import FileStore, SecretStore
 from easel.store.metrics import MetricsStore
 from easel.store.outage import is_outage, outages_suppressed
+from easel.store.queue import QueueStore
 from easel.store.tasks import TaskStore
 from easel.store.webhooks import WebhookStore
 
@@ -21,11 +23,16 @@ from easel.store.webhooks import WebhookStore
 __all__ = ["Store", "is_outage", "open_store", "outages_suppressed"]
 
 
+# How long run-time means and live worker slots are remembered between polls.
+ESTIMATES_TTL_S = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class Store:
     engine: AsyncEngine
     accounts: AccountStore
     tasks: TaskStore
+    queue: QueueStore
     files: FileStore
     secrets: SecretStore
     events: EventStore
@@ -44,10 +51,12 @@ async def open_store(database_url: str) -> Store:
     """Connect, migrate to the newest schema and return the stores."""
     engine = create_engine(database_url)
     await migrate(engine)
+    estimates = Estimates(ESTIMATES_TTL_S)
     return Store(
         engine=engine,
         accounts=AccountStore(engine),
-        tasks=TaskStore(engine),
+        tasks=TaskStore(engine, estimates),
+        queue=QueueStore(engine, estimates),
         files=FileStore(engine),
         secrets=SecretStore(engine),
         events=EventStore(engine),

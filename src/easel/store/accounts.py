@@ -15,6 +15,7 @@ from easel.domain.accounts import (
     Balance,
     Caller,
     InvalidAccount,
+    LedgerKind,
     LedgerRow,
     UnknownKey,
     check_amount,
@@ -50,7 +51,7 @@ async def write_ledger_row(
     conn: AsyncConnection,
     account_id: str,
     task_id: str | None,
-    kind: str,
+    kind: LedgerKind,
     balance: int,
     frozen: int,
 ) -> None:
@@ -72,7 +73,7 @@ async def record_move(
     conn: AsyncConnection,
     account_id: str,
     task_id: str | None,
-    kind: str,
+    kind: LedgerKind,
     balance: int,
     frozen: int,
 ) -> None:
@@ -120,7 +121,7 @@ class AccountStore:
                 )
             )
             if credits:
-                await record_move(conn, account_id, None, "grant", credits, 0)
+                await record_move(conn, account_id, None, LedgerKind.GRANT, credits, 0)
         return key
 
     async def authenticate(self, key: str) -> Caller:
@@ -201,7 +202,7 @@ class AccountStore:
                     f"granting {credits} credits would take the account past the maximum of "
                     f"{MAX_CREDITS} credits (it holds {held}, frozen included)"
                 )
-            await write_ledger_row(conn, account_id, None, "grant", credits, 0)
+            await write_ledger_row(conn, account_id, None, LedgerKind.GRANT, credits, 0)
         return await self.balance(account_id)
 
     async def balance(self, account_id: str) -> Balance:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from easel.domain.accounts import LedgerKind
 from easel.domain.metrics import TIME_BUCKETS_S, Histogram, Snapshot
 from easel.domain.tasks import Status
 from easel.store.db import connection, read_only
@@ -78,5 +79,5 @@ class MetricsStore:
             )
             # grant moves the balance; hold, settle and refund each move the held credits.
             for kind, balance, frozen in moves:
-                snap.credits[kind] = int((balance if kind == "grant" else frozen) or 0)
+                snap.credits[kind] = int((balance if kind == LedgerKind.GRANT else frozen) or 0)
         return snap

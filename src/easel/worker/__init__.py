@@ -26,8 +26,8 @@ from easel.backends.base import (
 from easel.backends.fallback import Router
 from easel.config import Settings
 from easel.domain.catalog import CATALOG
-from easel.domain.errors import EaselError, first_line
-from easel.domain.tasks import Status, Task
+from easel.domain.errors import EaselError, FatalServerError, first_line
+from easel.domain.tasks import AttemptOutcome, Status, Task
 from easel.outbound import OutboundPolicy
 from easel.storage.check import StorageCheck
 from easel.storage.objects import ObjectStore, ObjectStoreError
@@ -147,7 +147,7 @@ class Worker:
             if len(self._running) >= slots:
                 self._full = True
                 return
-            task = await self.store.tasks.claim(self.id, self.models, self.settings.lease_s)
+            task = await self.store.queue.claim(self.id, self.models, self.settings.lease_s)
             if task is None:
                 return
             runner = asyncio.create_task(self.run_task(task))
@@ -177,12 +177,12 @@ class Worker:
         reasons = {m: r for m in self.wanted if (r := self.router.load_failure(m)) is not None}
         if not reasons:
             return
-        live = await self.store.tasks.live_models()
+        live = await self.store.queue.live_models()
         for model, reason in reasons.items():
             if model in live:
                 continue
             message = f"model_version {model!r} cannot run on this server: {reason}"
-            failed = await self.store.tasks.fail_queued(model, message)
+            failed = await self.store.queue.fail_queued(model, message)
             if failed:
                 log.warning("failed %d queued task(s) of %s: %s", failed, model, reason)
 
@@ -199,9 +199,9 @@ class Worker:
         self._last_housekeeping = now
         await self._listener.ensure()
         try:
-            await self.store.tasks.register_worker(self.id, self.models, slots)
+            await self.store.queue.register_worker(self.id, self.models, slots)
             await self._fail_unloadable()
-            reclaimed = await self.store.tasks.reclaim_lapsed(self.settings.max_attempts)
+            reclaimed = await self.store.queue.reclaim_lapsed(self.settings.max_attempts)
             if reclaimed:
                 log.warning("reclaimed %d task(s) whose worker stopped responding", reclaimed)
         except Exception as exc:
@@ -220,7 +220,7 @@ class Worker:
 
         return await register(
             self.id,
-            lambda: self.store.tasks.register_worker(self.id, self.models, slots),
+            lambda: self.store.queue.register_worker(self.id, self.models, slots),
             sleep,
             patience_s=self.settings.worker_register_timeout_s,
             first_wait_s=self.settings.poll_interval_s,
@@ -239,7 +239,7 @@ class Worker:
             runner.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self.store.tasks.unregister_worker(self.id)
+            await self.store.queue.unregister_worker(self.id)
 
     # -- one task -------------------------------------------------------------------------
 
@@ -250,7 +250,7 @@ class Worker:
             await self._execute(task, control)
         except asyncio.CancelledError:
             with outages_suppressed():  # else its lease lapses: reclaimed
-                await self.store.tasks.release(task)  # shutdown: back to the queue, not lost
+                await self.store.queue.release(task)  # shutdown: back to the queue, not lost
             raise
         except Exception as exc:
             if is_outage(exc):
@@ -262,8 +262,8 @@ class Worker:
             # with a refund; the traceback is in the log.
             log.exception("task %s failed unexpectedly", task.id)
             with outages_suppressed():
-                await self.store.tasks.fail(
-                    task, Status.FAILED, 1001, f"internal error: {first_line(exc)}"
+                await self.store.queue.fail(
+                    task, Status.FAILED, FatalServerError.code, f"internal error: {first_line(exc)}"
                 )
         finally:
             heartbeat.cancel()
@@ -275,7 +275,7 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
-                beat = await self.store.tasks.heartbeat(
+                beat = await self.store.queue.heartbeat(
                     task, self.settings.lease_s, int(control.fraction * 99)
                 )
             except Exception as exc:
@@ -299,36 +299,36 @@ class Worker:
                 task.refs, model, self.objects, self.policy, self.settings.fetch_timeout_s
             )
         except EaselError as exc:
-            await self.store.tasks.fail(task, Status.FAILED, exc.code, exc.message)
+            await self.store.queue.fail(task, Status.FAILED, exc.code, exc.message)
             return
         try:
             image, backend, attempt = await self._generate(task, images, control)
         except JobCancelled:
             if control.cancel_requested:
-                await self.store.tasks.fail(task, Status.CANCELLED, None, None)
+                await self.store.queue.fail(task, Status.CANCELLED, None, None)
             return  # otherwise the claim was lost; its new owner finishes the task
         except BackendRejected as exc:
-            await self.store.tasks.fail(task, Status.BANNED, exc.error_code, str(exc))
+            await self.store.queue.fail(task, Status.BANNED, exc.error_code, str(exc))
             return
         except (BackendError, _NoBackend) as exc:
-            await self.store.tasks.fail(task, Status.FAILED, 1001, str(exc))
+            await self.store.queue.fail(task, Status.FAILED, FatalServerError.code, str(exc))
             return
         # The successful attempt is recorded with the task's completion, in one transaction,
         # or here when the task ends otherwise.
         if control.cancel_requested:  # the backend finished before its next checkpoint
-            await self.store.tasks.end_attempt(attempt, "success")
-            await self.store.tasks.fail(task, Status.CANCELLED, None, None)
+            await self.store.queue.end_attempt(attempt, AttemptOutcome.SUCCESS)
+            await self.store.queue.fail(task, Status.CANCELLED, None, None)
             return
         key = f"outputs/{task.id}.{'jpg' if image.format == 'jpeg' else 'png'}"
         try:
             await self._store_output(key, image.data)
         except ObjectStoreError as exc:
             self.storage.recheck()  # probe before the next claim; the last verdict is stale
-            await self.store.tasks.end_attempt(attempt, "success")
+            await self.store.queue.end_attempt(attempt, AttemptOutcome.SUCCESS)
             message = f"the output image could not be stored: {exc.strerror}"
-            await self.store.tasks.fail(task, Status.FAILED, 1001, message)
+            await self.store.queue.fail(task, Status.FAILED, FatalServerError.code, message)
             return
-        await self.store.tasks.complete(task, key, backend, attempt)
+        await self.store.queue.complete(task, key, backend, attempt)
 
     async def _store_output(self, key: str, data: bytes) -> None:
         """Write the output, trying again a few times: the image is paid for and in hand,
@@ -350,13 +350,13 @@ class Worker:
     ) -> tuple[GeneratedImage, str, int]:
         """Run the model's backends in order until one succeeds; record every attempt.
         Returns the image, the backend and its attempt, which is left for the caller to end."""
-        tasks_, problems = self.store.tasks, []
+        queue, problems = self.store.queue, []
         for leg in self.router.chain(task.model_version):
             backend = leg.backend
-            attempt = await tasks_.start_attempt(task, backend.name)
+            attempt = await queue.start_attempt(task, backend.name)
             reason = backend.unavailable_reason()
             if reason is not None:
-                await tasks_.end_attempt(attempt, "skipped", reason)
+                await queue.end_attempt(attempt, AttemptOutcome.SKIPPED, reason)
                 problems.append(f"{backend.name}: {reason}")
                 continue
             job = Job(task.id, task.model_version, task.prompt, images, leg.provider_model)
@@ -364,7 +364,7 @@ class Worker:
                 image = await run_attempt(backend, job, control, leg.timeout_s)
             except BackendError as exc:
                 outcome = outcome_of(exc)
-                await tasks_.end_attempt(attempt, outcome, str(exc))
+                await queue.end_attempt(attempt, outcome, str(exc))
                 if outcome != "retryable":
                     raise
                 log.warning("backend %s failed for task %s: %s", backend.name, task.id, exc)
@@ -372,7 +372,7 @@ class Worker:
                 continue
             except JobCancelled:
                 reason = "cancelled by the client" if control.cancel_requested else "claim lost"
-                await tasks_.end_attempt(attempt, "cancelled", reason)
+                await queue.end_attempt(attempt, AttemptOutcome.CANCELLED, reason)
                 raise
             return image, backend.name, attempt
         raise _NoBackend("no backend could run the task: " + "; ".join(problems or ["none"]))

@@ -24,6 +24,7 @@ from easel.backends.base import (
     JobControl,
 )
 from easel.domain.errors import first_line
+from easel.domain.tasks import AttemptOutcome
 from easel.store import is_outage
 
 log = logging.getLogger("easel.worker")
@@ -67,7 +68,7 @@ async def _within(
         ) from None
 
 
-def outcome_of(exc: BackendError) -> str:
+def outcome_of(exc: BackendError) -> AttemptOutcome:
     if isinstance(exc, BackendRejected):
-        return "rejected"
-    return "retryable" if exc.retryable else "failed"
+        return AttemptOutcome.REJECTED
+    return AttemptOutcome.RETRYABLE if exc.retryable else AttemptOutcome.FAILED

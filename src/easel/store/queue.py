@@ -1,0 +1,258 @@
+"""The queue as workers use it: register, claim, heartbeat, record attempts, finish, put back,
+and the janitor's sweeps (lapsed leases, tasks waited too long). The database is the queue;
+each move of a task goes through :mod:`easel.store.lifecycle`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+
+from sqlalchemy import ColumnElement, and_, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from easel.domain.errors import FatalServerError
+from easel.domain.tasks import AttemptOutcome, Status, Task
+from easel.store import lifecycle
+from easel.store.db import connection, read_only, transaction
+from easel.store.estimates import Estimates
+from easel.store.lifecycle import (
+    FENCE,
+    end_attempt,
+    end_with_refund,
+    event,
+    fence,
+    fenced,
+    may_move,
+    moved,
+    queued,
+    succeed,
+)
+from easel.store.tables import attempts, tasks, workers
+from easel.store.task_rows import Heartbeat, running_of, task_from_row
+
+_CLAIM = (
+    update(tasks)
+    .where(
+        tasks.c.id
+        == select(tasks.c.id)
+        .where(
+            tasks.c.status == Status.QUEUED.value,
+            tasks.c.model_version.in_(bindparam("models", expanding=True)),
+        )
+        .order_by(running_of(tasks.c.api_key_id), tasks.c.created_at, tasks.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery(),
+        may_move(Status.RUNNING),
+    )
+    .values(
+        status=Status.RUNNING.value,
+        attempts=tasks.c.attempts + 1,
+        worker_id=bindparam("claimed_by"),
+        lease_until=bindparam("claimed_until"),
+        started_at=bindparam("claimed_at"),
+        progress=0,
+    )
+    .returning(*tasks.c)
+)
+_SET_BACKEND = update(tasks).where(FENCE).values(backend=bindparam("set_backend"))
+_INSERT_ATTEMPT = insert(attempts)
+
+
+class QueueStore:
+    def __init__(self, engine: AsyncEngine, estimates: Estimates) -> None:
+        self._engine = engine
+        self._reads = read_only(engine, snapshot=False)
+        self._estimates = estimates  # a finished run is counted at once by this process
+
+    async def live_models(self, within_s: float = 30.0) -> set[str]:
+        """The models that workers with a recent heartbeat take."""
+        async with connection(self._reads) as conn:
+            rows = await conn.execute(
+                select(workers.c.models).where(workers.c.heartbeat_at >= time.time() - within_s)
+            )
+            return {model for (models,) in rows for model in models}
+
+    # -- worker side ----------------------------------------------------------------------
+
+    async def register_worker(self, worker_id: str, models: Sequence[str], slots: int) -> None:
+        async with transaction(self._engine) as conn:
+            done = await conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(models=list(models), slots=slots, heartbeat_at=time.time())
+            )
+            if done.rowcount == 0:
+                await conn.execute(
+                    insert(workers).values(
+                        id=worker_id, models=list(models), slots=slots, heartbeat_at=time.time()
+                    )
+                )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        async with transaction(self._engine) as conn:
+            await conn.execute(workers.delete().where(workers.c.id == worker_id))
+
+    async def claim(self, worker_id: str, models: Collection[str], lease_s: float) -> Task | None:
+        """Take the next queued task of ``models`` (SKIP LOCKED on PostgreSQL).
+
+        Fair between keys: the task of the key with the fewest running tasks goes first,
+        then the oldest, so no single key starves the others.
+        """
+        if not models:
+            return None
+        now = time.time()
+        claim = {
+            "models": list(models),
+            "claimed_by": worker_id,
+            "claimed_until": now + lease_s,
+            "claimed_at": now,
+        }
+        async with transaction(self._engine) as conn:
+            row = (await conn.execute(_CLAIM, claim)).first()
+            if row is None:
+                return None
+            task = task_from_row(row)
+            await moved(conn, task, Status.RUNNING, 0)
+        return task
+
+    async def heartbeat(self, task: Task, lease_s: float, progress: int) -> Heartbeat:
+        """Renew the lease and store progress; say whether the claim is still ours and
+        whether a cancel was requested."""
+        async with transaction(self._engine) as conn:
+            before = await conn.scalar(select(tasks.c.progress).where(fenced(task)))
+            row = (
+                await conn.execute(
+                    update(tasks)
+                    .where(fenced(task))
+                    .values(lease_until=time.time() + lease_s, progress=progress)
+                    .returning(tasks.c.cancel_requested_at)
+                )
+            ).first()
+            if row is None:
+                return Heartbeat(ours=False, cancel=False)
+            if before != progress:
+                await event(conn, task, Status.RUNNING, progress)
+        return Heartbeat(ours=True, cancel=row.cancel_requested_at is not None)
+
+    async def start_attempt(self, task: Task, backend: str) -> int:
+        """Record that ``backend`` starts running ``task``; returns the attempt's id."""
+        attempt = {
+            "task_id": task.id,
+            "claim": task.attempts,
+            "backend": backend,
+            "started_at": time.time(),
+        }
+        async with transaction(self._engine) as conn:
+            await conn.execute(_SET_BACKEND, {**fence(task), "set_backend": backend})
+            result = await conn.execute(_INSERT_ATTEMPT, attempt)
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    async def end_attempt(
+        self, attempt_id: int, outcome: AttemptOutcome, error: str | None = None
+    ) -> None:
+        async with transaction(self._engine) as conn:
+            await end_attempt(conn, attempt_id, outcome, error)
+
+    async def complete(
+        self,
+        task: Task,
+        output_key: str,
+        backend: str,
+        attempt_id: int | None = None,
+    ) -> bool:
+        """Success: settle the held credits (and end ``attempt_id`` as a success). False
+        when the claim was lost meanwhile."""
+        async with transaction(self._engine) as conn:
+            if attempt_id is not None:
+                await end_attempt(conn, attempt_id, AttemptOutcome.SUCCESS)
+            if not await succeed(conn, task, output_key, backend):
+                return False
+        self._estimates.forget(task.model_version)
+        return True
+
+    async def fail(self, task: Task, status: Status, code: int | None, message: str | None) -> bool:
+        """End a running task in ``status`` (failed, banned, cancelled) with a refund. False
+        when the claim was lost."""
+        async with transaction(self._engine) as conn:
+            return await end_with_refund(conn, fenced(task), task, status, code, message)
+
+    async def release(self, task: Task) -> bool:
+        """Put a running task back in the queue (graceful shutdown); it keeps its attempts."""
+        async with transaction(self._engine) as conn:
+            return await lifecycle.release(conn, task)
+
+    async def reclaim_lapsed(self, max_attempts: int) -> int:
+        """Re-queue running tasks whose lease lapsed; fail (and refund) those out of attempts."""
+        now = time.time()
+        lapsed = and_(tasks.c.status == Status.RUNNING.value, tasks.c.lease_until < now)
+        async with transaction(self._engine) as conn:
+            cancelled = (
+                await conn.execute(
+                    select(tasks).where(lapsed, tasks.c.cancel_requested_at.is_not(None))
+                )
+            ).all()
+            for row in cancelled:
+                task = task_from_row(row)
+                await end_with_refund(conn, fenced(task), task, Status.CANCELLED, None, None)
+            lapsed = and_(lapsed, tasks.c.cancel_requested_at.is_(None))
+            requeued = (
+                await conn.execute(
+                    update(tasks)
+                    .where(lapsed, tasks.c.attempts < max_attempts, may_move(Status.QUEUED))
+                    .values(
+                        status=Status.QUEUED.value, worker_id=None, lease_until=None, progress=0
+                    )
+                    .returning(*tasks.c)
+                )
+            ).all()
+            for row in requeued:
+                await moved(conn, task_from_row(row), Status.QUEUED, 0)
+            dead = (
+                await conn.execute(select(tasks).where(lapsed, tasks.c.attempts >= max_attempts))
+            ).all()
+            for row in dead:
+                task = task_from_row(row)
+                await end_with_refund(
+                    conn,
+                    fenced(task),
+                    task,
+                    Status.FAILED,
+                    FatalServerError.code,
+                    f"The task's worker stopped responding {task.attempts} times; giving up.",
+                )
+        return len(requeued) + len(dead) + len(cancelled)
+
+    async def expire_queued(self, max_wait_s: float) -> int:
+        """End ``expired`` (with a refund) every task queued longer than ``max_wait_s``."""
+        message = (
+            f"The task waited more than {max_wait_s:.0f} s in the queue and expired; "
+            "its credits were refunded."
+        )
+        waited = tasks.c.created_at < time.time() - max_wait_s
+        return await self._end_queued(waited, Status.EXPIRED, message)
+
+    async def fail_queued(self, model_version: str, message: str) -> int:
+        """End ``failed`` (1001, with a refund) every queued task of ``model_version``: no
+        worker can run it (its backends failed to load), so waiting would only delay the
+        refund until the queue timeout."""
+        of_model = tasks.c.model_version == model_version
+        return await self._end_queued(of_model, Status.FAILED, message)
+
+    async def _end_queued(self, where: ColumnElement[bool], status: Status, message: str) -> int:
+        async with transaction(self._engine) as conn:
+            rows = (
+                await conn.execute(
+                    select(tasks)
+                    .where(tasks.c.status == Status.QUEUED.value, where)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            ended = 0
+            for row in rows:
+                task = task_from_row(row)
+                ended += await end_with_refund(
+                    conn, queued(task), task, status, FatalServerError.code, message
+                )
+        return ended
