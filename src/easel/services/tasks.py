@@ -18,7 +18,12 @@ from easel.backends.fallback import Router
 from easel.config import Settings
 from easel.domain import catalog, eta
 from easel.domain.accounts import Caller
-from easel.domain.errors import FileNotFound, ImageTypeNotSupported, InvalidParameter
+from easel.domain.errors import (
+    FatalServerError,
+    FileNotFound,
+    ImageTypeNotSupported,
+    InvalidParameter,
+)
 from easel.domain.images import check_image
 from easel.domain.parsing import TASK_TYPE, FileRef, GenerateImageRequest, parse_generate_image
 from easel.domain.tasks import WITH_ERROR, Reference, Status, Task
@@ -282,7 +287,7 @@ class TaskService:
             for a in outlook.attempts
         ]
         if task.status in WITH_ERROR:
-            data["error_code"] = task.error_code or 1001
+            data["error_code"] = task.error_code or FatalServerError.code
             data["error_msg"] = task.error_msg or "the task failed"
         return data
 
