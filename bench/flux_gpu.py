@@ -12,7 +12,7 @@ time is printed), then timed over ``--runs`` full pipeline calls (28 denoising s
 VAE decode to a PIL image, as the worker does) with ``torch.cuda.synchronize`` around each:
 
 * ``plain``: ``FluxPipeline`` in bf16, eager;
-* ``easel``: the same pipeline after ``easel.backends.diffusers.optimize_pipeline``, the
+* ``easel``: the same pipeline after ``easel.backends._diffusers_load.optimize_pipeline``, the
   function the worker runs at load time (fused QKV, channels-last VAE, fp8 when torchao and
   an fp8 GPU are there, ``torch.compile``);
 * ``easel+fbc`` (opt-in, ``--first-block-cache``): plus first-block step caching, which
@@ -156,7 +156,7 @@ def measure(pipe: Any, label: str, args: argparse.Namespace, applied: list[str])
 
 
 def run_one(label: str, args: argparse.Namespace, fbc: float | None = None) -> Result:
-    from easel.backends.diffusers import optimize_pipeline
+    from easel.backends._diffusers_load import optimize_pipeline
 
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
     pipe = build(args.tiny, args.device, dtype)
