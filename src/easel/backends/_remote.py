@@ -32,11 +32,11 @@ from easel.backends.base import (
     BackendRejected,
     BackendUnavailable,
     GeneratedImage,
+    ImageBackend,
     InputImage,
     Job,
     JobCancelled,
     JobControl,
-    LoadState,
 )
 from easel.outbound import CredentialScope, GuardedTransport, OutboundPolicy
 from easel.outbound.fetch import read_at_most
@@ -280,12 +280,13 @@ async def download_image(client: httpx.AsyncClient, url: str, provider: str) -> 
     return to_generated_image(body, provider)
 
 
-class RemoteBackend:
-    """Base of the remote kinds: key check, concurrency limit, bounded retries, cancel checks."""
+class RemoteBackend(ImageBackend):
+    """Base of the remote kinds: key check, concurrency limit, bounded retries, cancel checks.
+
+    A provider's API has nothing to load (``load_state`` stays ``NOTHING_TO_LOAD``)."""
 
     kind: str = "remote"
     provider: str = "the provider"
-    load_state = LoadState.NOTHING_TO_LOAD  # a provider's API: nothing to load here
     credential_headers: tuple[str, ...] = ()  # the headers that carry the API key
     packages: ClassVar[tuple[tuple[str, str], ...]] = ()  # (import name, distribution): its SDK
 
@@ -299,6 +300,7 @@ class RemoteBackend:
     ) -> None:
         self.name = name
         self.options = options
+        self.timeout_s = options.timeout_s
         self.retry = retry
         self.outbound = outbound or OutboundPolicy()
         self._slots = asyncio.Semaphore(options.max_concurrency)
@@ -329,9 +331,6 @@ class RemoteBackend:
     def unavailable_reason(self) -> str | None:
         return self.missing_package or self.configuration_problem()
 
-    async def load(self) -> None:
-        return None
-
     def api_key(self) -> str:
         """The key, or BackendUnavailable naming the variable to set (another backend may run)."""
         key = read_api_key(self.options)
@@ -353,6 +352,3 @@ class RemoteBackend:
 
         async with self._slots:
             return await with_retries(checked, self.retry)
-
-    async def close(self) -> None:
-        return None

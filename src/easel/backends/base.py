@@ -9,6 +9,7 @@ worker decides retry, fallback and the task's final state from these classes alo
 from __future__ import annotations
 
 import enum
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,22 +64,42 @@ class LoadState(enum.Enum):
     FAILED = "failed"  # unavailable_reason() says why
 
 
-class ImageBackend(Protocol):
+class ImageBackend(ABC):
+    """The port. :meth:`generate` is the one thing every backend does; the rest are optional
+    abilities, declared here with the default of a backend that lacks them, so the worker and
+    the router call them directly. A kind overrides what it has:
+
+    - ``load_state`` and :meth:`load`: what it must load before its first task (local
+      pipelines); the worker calls :meth:`load` at start for ``NOT_LOADED`` backends.
+    - ``timeout_s``: the deadline of one attempt, everything in it (requests, retries, polls,
+      downloads); the worker enforces it (:func:`easel.worker.attempts.run_attempt`), nothing
+      else does. None: no deadline (an inference on this machine cannot stop mid-step).
+    - :meth:`unavailable_reason`: why it cannot take tasks now (a missing key, no GPU).
+    - :meth:`close`: what it holds open (SDK clients, a pipeline in GPU memory).
+    """
+
     name: str
     kind: str
-    load_state: LoadState
+    load_state: LoadState = LoadState.NOTHING_TO_LOAD
+    timeout_s: float | None = None
 
     def unavailable_reason(self) -> str | None:
         """None when the backend can take tasks, else why not (missing key, no GPU, weights
         that failed to load), in a few words a client may read."""
+        return None
 
     async def load(self) -> None:
         """Load what the first task needs (a no-op for kinds with nothing to load); on
         failure ``load_state`` becomes ``FAILED`` and :class:`BackendUnavailable` is raised."""
+        return None
 
-    async def generate(self, job: Job, control: JobControl) -> GeneratedImage: ...
+    @abstractmethod
+    async def generate(self, job: Job, control: JobControl) -> GeneratedImage:
+        """One image for ``job``; provider and library errors as :class:`BackendError`."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release what the backend holds; a later task may open it again."""
+        return None
 
 
 class BackendError(Exception):

@@ -41,6 +41,7 @@ from easel.backends.base import (
     BackendFailed,
     BackendUnavailable,
     GeneratedImage,
+    ImageBackend,
     Job,
     JobCancelled,
     JobControl,
@@ -85,7 +86,7 @@ def _missing_extra() -> str | None:
     return f"the diffusers backend needs {', '.join(missing)}: {INSTALL_HINT}"
 
 
-class DiffusersBackend:
+class DiffusersBackend(ImageBackend):
     kind = "diffusers"
 
     def __init__(self, name: str, options: Options) -> None:

@@ -22,15 +22,6 @@ class Leg:
 
     backend: ImageBackend
     provider_model: str | None
-    timeout_s: float | None = None  # the worker ends an attempt that runs longer
-
-
-def attempt_timeout(backend: ImageBackend) -> float | None:
-    """The backend's ``timeout_s`` option, for kinds that take one. The worker bounds every
-    attempt by it, so a backend that hangs falls back to the next one instead of holding
-    its task (and its credits) for ever."""
-    value = getattr(getattr(backend, "options", None), "timeout_s", None)
-    return None if value is None else float(value)
 
 
 @dataclass(slots=True)
@@ -46,8 +37,7 @@ class Router:
         }
         chains = {
             version: [
-                Leg(backends[name], table.provider_model.get(name), attempt_timeout(backends[name]))
-                for name in table.backends
+                Leg(backends[name], table.provider_model.get(name)) for name in table.backends
             ]
             for version, table in settings.models.items()
         }

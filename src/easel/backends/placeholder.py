@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from easel.backends.base import (
     BackendUnavailable,
     GeneratedImage,
+    ImageBackend,
     Job,
     JobCancelled,
     JobControl,
-    LoadState,
 )
 from easel.outbound import OutboundPolicy
 
@@ -88,19 +88,13 @@ def draw(job: Job, width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-class PlaceholderBackend:
+class PlaceholderBackend(ImageBackend):
     kind = "placeholder"
-    load_state = LoadState.NOTHING_TO_LOAD
 
     def __init__(self, name: str, options: Options) -> None:
         self.name = name
         self.options = options
-
-    def unavailable_reason(self) -> str | None:
-        return None
-
-    async def load(self) -> None:
-        return None
+        self.timeout_s = options.timeout_s
 
     async def generate(self, job: Job, control: JobControl) -> GeneratedImage:
         steps = int(self.options.delay_s / _STEP_S)
@@ -119,9 +113,6 @@ class PlaceholderBackend:
         data = await asyncio.to_thread(draw, job, self.options.width, self.options.height)
         control.progress(1.0)
         return GeneratedImage(data=data, format="png")
-
-    async def close(self) -> None:
-        return None
 
 
 def create(name: str, options: Options, outbound: OutboundPolicy) -> PlaceholderBackend:

@@ -9,7 +9,7 @@ module never imports its vendor SDK or torch; that happens when the backend firs
 from __future__ import annotations
 
 import importlib
-from typing import Any, cast
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -46,4 +46,9 @@ def create_backend(
             for e in exc.errors()
         )
         raise ConfigError(f"[backends.{name}] (kind {table.kind!r}): {problems}") from None
-    return cast(ImageBackend, module.create(name, options, outbound or OutboundPolicy()))
+    backend = module.create(name, options, outbound or OutboundPolicy())
+    if not isinstance(backend, ImageBackend):
+        raise TypeError(
+            f"{module_name}.create made a {type(backend).__name__}, not an ImageBackend"
+        )
+    return backend

@@ -361,7 +361,7 @@ class Worker:
                 continue
             job = Job(task.id, task.model_version, task.prompt, images, leg.provider_model)
             try:
-                image = await run_attempt(backend, job, control, leg.timeout_s)
+                image = await run_attempt(backend, job, control)
             except BackendError as exc:
                 outcome = outcome_of(exc)
                 await queue.end_attempt(attempt, outcome, str(exc))

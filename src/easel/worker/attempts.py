@@ -30,16 +30,15 @@ from easel.store import is_outage
 log = logging.getLogger("easel.worker")
 
 
-async def run_attempt(
-    backend: ImageBackend, job: Job, control: JobControl, timeout_s: float | None
-) -> GeneratedImage:
-    """Run one backend attempt. An exception a backend should not let out (a bug, or its
-    library failing on the inputs, such as Pillow's OSError on a reference) is logged with
-    its traceback and becomes a backend error, so the task falls back or ends with a refund
-    now, instead of passing for a database outage and being re-queued. A network error
+async def run_attempt(backend: ImageBackend, job: Job, control: JobControl) -> GeneratedImage:
+    """Run one backend attempt within the backend's ``timeout_s``: the one place that
+    deadline is enforced. An exception a backend should not let out (a bug, or its library
+    failing on the inputs, such as Pillow's OSError on a reference) is logged with its
+    traceback and becomes a backend error, so the task falls back or ends with a refund now,
+    instead of passing for a database outage and being re-queued. A network error
     counts as the provider being away: the next backend of the chain may run the task."""
     try:
-        return await _within(timeout_s, backend.generate(job, control), backend.name)
+        return await _within(backend.timeout_s, backend.generate(job, control), backend.name)
     except (BackendError, JobCancelled):
         raise
     except Exception as exc:
