@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -35,6 +36,17 @@ from starlette.routing import Route
 from fakes import image_bytes
 
 Answer = tuple[int, dict[str, Any]]  # HTTP status, JSON body
+
+
+async def stall(request: Request, seconds: float) -> None:
+    """Wait ``seconds`` before answering, or until the client hangs up: an answer the client
+    gave up on (its request timed out) must not hold the server's shutdown."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(min(left, 0.05))
+
 
 # --- OpenAI Images API -------------------------------------------------------------------------
 
@@ -70,13 +82,15 @@ class OpenAIRequest:
 
 @dataclass
 class FakeOpenAI:
-    """Answers the ``script`` in order, then ``otherwise`` for every further request."""
+    """Answers the ``script`` in order, then ``otherwise`` for every further request. Each
+    answer waits the next of ``stalls`` (seconds), then ``delay_s`` once they are used up."""
 
     key: str = OPENAI_KEY
     script: list[Answer] = field(default_factory=list)
     otherwise: Answer = field(default_factory=openai_image)
     seen: list[OpenAIRequest] = field(default_factory=list)
     delay_s: float = 0.0
+    stalls: list[float] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
 
@@ -101,7 +115,7 @@ class FakeOpenAI:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(self.delay_s)
+            await stall(request, self.stalls.pop(0) if self.stalls else self.delay_s)
         finally:
             self.in_flight -= 1
         if seen.headers.get("authorization") != f"Bearer {self.key}":

@@ -15,7 +15,7 @@ from easel.backends.base import BackendUnavailable, ImageBackend, InputImage, Jo
 from processes import free_port
 
 # Bounded like the default policy (three attempts), but without its seconds of back-off.
-FAST_RETRY = RetryPolicy(attempts=3, wait_initial_s=0.01, wait_max_s=0.02, timeout_s=10)
+FAST_RETRY = RetryPolicy(attempts=3, wait_initial_s=0.01, wait_max_s=0.02)
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 

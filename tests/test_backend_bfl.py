@@ -25,6 +25,7 @@ from easel.backends.base import (
 from easel.backends.bfl import BflBackend, Options
 from easel.backends.registry import create_backend
 from easel.config import BackendTable
+from easel.worker.attempts import run_attempt
 from fake_providers import BFL_KEY, BFL_PENDING, BFL_READY, FakeBfl
 from fakes import FAST_RETRY, Control, check_missing_key, image_bytes, reference
 from loopback import serve_app
@@ -225,11 +226,13 @@ async def test_cancel_between_polls_stops_polling(fake: FakeBfl, base_url: str) 
     assert len(fake.polls) == 2
 
 
-async def test_a_task_that_never_finishes_times_out(fake: FakeBfl, base_url: str) -> None:
+async def test_a_task_that_never_finishes_ends_at_the_attempts_deadline(
+    fake: FakeBfl, base_url: str
+) -> None:
     fake.statuses = [BFL_PENDING]
 
-    with pytest.raises(BackendUnavailable, match=r"did not finish within 0\.3 s"):
-        await backend(base_url, timeout_s=0.3).generate(job(), Control())
+    with pytest.raises(BackendUnavailable, match=r"backend 'bfl' did not finish within 0\.3 s"):
+        await run_attempt(backend(base_url, timeout_s=0.3), job(), Control())
 
 
 async def test_missing_key_makes_the_backend_unavailable(

@@ -191,7 +191,7 @@ async def test_timeout_is_retried_then_unavailable(fake: FakeOpenAI, options: Op
     fake.delay_s = 0.5
     backend = OpenAIBackend(
         "slow",
-        options.model_copy(update={"timeout_s": 0.1}),
+        options.model_copy(update={"request_timeout_s": 0.1}),
         retry=RetryPolicy(attempts=2, wait_initial_s=0.01, wait_max_s=0.01),
     )
     try:

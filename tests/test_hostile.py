@@ -934,11 +934,13 @@ async def test_an_sdk_backend_gives_up_on_an_answer_that_never_ends(
     backend: openai.OpenAIBackend | gemini.GeminiBackend
     if kind == "openai":
         options = openai.Options(
-            base_url=f"{dripping}/v1", api_key_env="EASEL_TEST_DRIP_KEY", timeout_s=1
+            base_url=f"{dripping}/v1", api_key_env="EASEL_TEST_DRIP_KEY", request_timeout_s=1
         )
         backend, model = openai.OpenAIBackend("drip", options, retry=once), "gpt_image_2"
     else:
-        goptions = gemini.Options(base_url=dripping, api_key_env="EASEL_TEST_DRIP_KEY", timeout_s=1)
+        goptions = gemini.Options(
+            base_url=dripping, api_key_env="EASEL_TEST_DRIP_KEY", request_timeout_s=1
+        )
         backend, model = (
             gemini.GeminiBackend("drip", goptions, retry=once),
             "gemini_2.5_flash_image_preview",

@@ -3,10 +3,12 @@
 - :class:`SdkBackend` (``openai``, ``gemini``): one vendor SDK client, made on first use, and
   one request per job under the concurrency limit and the retry policy.
 - :class:`PollingBackend` (``bfl``, ``midjourney-proxy``): over plain httpx, submit a task,
-  poll it until it ends and download the result, all under the concurrency limit and one
-  overall ``timeout_s``.
+  poll it until it ends and download the result, under the concurrency limit, each request
+  under the retry policy.
 
-A cancelled task stops either between steps.
+Each request has ``request_timeout_s`` for its whole answer and is retried past it
+(:meth:`~easel.backends._remote.RemoteBackend.request`); the job as a whole has ``timeout_s``,
+which the worker enforces. A cancelled task stops either between steps.
 """
 
 from __future__ import annotations
@@ -27,20 +29,11 @@ from easel.backends._remote import (
     model_for,
     refused,
 )
-from easel.backends.base import (
-    BackendError,
-    BackendUnavailable,
-    GeneratedImage,
-    Job,
-    JobCancelled,
-    JobControl,
-)
+from easel.backends.base import BackendError, GeneratedImage, Job, JobCancelled, JobControl
 from easel.outbound import OutboundPolicy, OutboundRefused, find_refusal, guarded_client
 
 C = TypeVar("C")  # a vendor SDK's client
 R = TypeVar("R")  # the SDK's answer to one request
-
-REQUEST_TIMEOUT_S = 30.0  # one HTTP request of a polling kind, at most (and at most timeout_s)
 
 
 class SdkBackend(RemoteBackend, ABC, Generic[C, R]):
@@ -72,29 +65,21 @@ class SdkBackend(RemoteBackend, ABC, Generic[C, R]):
         if self._client is None:
             self._client = self._open()
         client = self._client
-        answer = await self.call(lambda: self._deadline(client, model, job), control, job.task_id)
+        answer = await self.call(lambda: self._refusals(client, model, job), control, job.task_id)
         image = self._image(answer, model)
         control.progress(1.0)
         return image
 
-    async def _deadline(self, client: C, model: str, job: Job) -> R:
-        """One request within ``timeout_s`` in all. The SDKs' own timeout bounds each read,
-        not the whole answer: a provider (or proxy) that sends a byte now and then would hold
-        the task for ever; past the deadline it is BackendUnavailable, retried as one."""
-        timeout_s = self.options.timeout_s
+    async def _refusals(self, client: C, model: str, job: Job) -> R:
+        """One request; a URL the outbound rules refused fails it (BackendFailed), even where
+        the SDK wrapped the refusal its transport raised."""
         try:
-            async with asyncio.timeout(timeout_s):
-                return await self._request(client, model, job)
-        except (BackendError, OutboundRefused) as exc:  # an SDK may wrap what its transport
-            refusal = find_refusal(exc)  # raises: look inside
+            return await self._request(client, model, job)
+        except (BackendError, OutboundRefused) as exc:
+            refusal = find_refusal(exc)
             if refusal is None:
                 raise
             raise refused(self.provider, refusal.url, refusal.reason) from exc
-        except TimeoutError:
-            raise BackendUnavailable(
-                f"{self.provider} at {self.options.base_url} timed out: no complete answer "
-                f"within {timeout_s:g} s"
-            ) from None
 
     async def close(self) -> None:
         if self._client is not None:
@@ -121,24 +106,20 @@ class PollingBackend(RemoteBackend):
             self.poll_interval_s = poll_interval_s
 
     @asynccontextmanager
-    async def session(self, what: str) -> AsyncIterator[httpx.AsyncClient]:
+    async def session(self) -> AsyncIterator[httpx.AsyncClient]:
         """A guarded HTTP client for one job (:meth:`transport`: the address rules on every
-        URL a provider names, the key only to trusted hosts), under the concurrency limit and
-        ``timeout_s`` in all; past that, BackendUnavailable: "``what`` did not finish within
-        … s". A URL the rules refuse fails the job (BackendFailed), unfetched."""
-        timeout_s = self.options.timeout_s
-        request_timeout_s = min(REQUEST_TIMEOUT_S, timeout_s)
+        URL a provider names, the key only to trusted hosts), under the concurrency limit.
+        Send each request through :meth:`request` (its time limit and retries). A URL the
+        rules refuse fails the job (BackendFailed), unfetched."""
+        limit_s = self.options.request_limit_s
         try:
             async with (
                 self._slots,
-                asyncio.timeout(timeout_s),
                 guarded_client(
-                    self.transport(), timeout_s=request_timeout_s, follow_redirects=True
+                    self.transport(), timeout_s=limit_s, follow_redirects=True
                 ) as client,
             ):
                 yield client
-        except TimeoutError:
-            raise BackendUnavailable(f"{what} did not finish within {timeout_s:g} s") from None
         except OutboundRefused as refusal:
             raise refused(self.provider, refusal.url, refusal.reason) from None
 

@@ -3,7 +3,8 @@
 A remote kind (``openai``, ``gemini``, ``bfl``, ``midjourney-proxy``) subclasses
 :class:`RemoteOptions` to set its defaults and :class:`RemoteBackend` (through one of the
 job shapes in :mod:`easel.backends._flows`) to get the key check, the concurrency limit and
-the bounded retry policy. Provider answers are translated into the
+the bounded retry policy (:meth:`RemoteBackend.request`: one request within
+``request_timeout_s``, retried on 429, 5xx and timeouts). Provider answers are translated into the
 :mod:`easel.backends.base` error tree here, once: :func:`http_error` for an HTTP status and
 :func:`unreachable` for timeouts and refused connections.
 """
@@ -37,6 +38,7 @@ from easel.backends.base import (
     Job,
     JobCancelled,
     JobControl,
+    within,
 )
 from easel.outbound import CredentialScope, GuardedTransport, OutboundPolicy
 from easel.outbound.fetch import read_at_most
@@ -58,24 +60,38 @@ class RemoteOptions(BaseModel):
     ``trusted_hosts`` are the hosts, besides ``base_url``'s own origin, that may receive the
     API key over https: exact names or ``*.domain``. A kind's default is its provider's
     documented domains; a polling or result URL anywhere else is fetched without the key.
+
+    Two time limits: ``request_timeout_s`` for one HTTP request, its whole answer (past it the
+    request counts as a timeout, which the retry policy tries again), and ``timeout_s`` for
+    the whole attempt, requests, retries, waits and polls together (the worker enforces it;
+    past it the next backend of the chain runs the task).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     base_url: str
     api_key_env: str
     trusted_hosts: tuple[str, ...] = ()
-    timeout_s: float = Field(default=120, gt=0)
+    timeout_s: float = Field(default=300, gt=0)
+    request_timeout_s: float = Field(default=120, gt=0)
     max_concurrency: int = Field(default=4, ge=1)
+
+    @property
+    def request_limit_s(self) -> float:
+        """``request_timeout_s``, at most ``timeout_s``: a configuration that only lowers
+        ``timeout_s`` (as before ``request_timeout_s`` existed) bounds each request too."""
+        return min(self.request_timeout_s, self.timeout_s)
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often and how patiently a remote call is retried on 429, 5xx and timeouts."""
+    """How often and how patiently a remote request is retried on 429, 5xx and timeouts.
+
+    It has no time limit of its own: the backend's ``timeout_s``, which the worker enforces on
+    the whole attempt, ends a retry loop that would outlast it."""
 
     attempts: int = 3
     wait_initial_s: float = 0.5
     wait_max_s: float = 5.0
-    timeout_s: float = 60.0  # total time spent retrying, on top of the call's own timeout
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -100,7 +116,7 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy = D
     async for attempt in stamina.retry_context(
         on=BackendUnavailable,  # BackendRateLimited is a subclass
         attempts=policy.attempts,
-        timeout=policy.timeout_s,
+        timeout=None,  # the attempt's deadline (timeout_s) bounds it, in the worker
         wait_initial=policy.wait_initial_s,
         wait_max=policy.wait_max_s,
         wait_jitter=policy.wait_initial_s,
@@ -340,10 +356,24 @@ class RemoteBackend(ImageBackend):
             )
         return key
 
+    async def request(self, send: Callable[[], Awaitable[T]]) -> T:
+        """One provider request, retried as :attr:`retry` allows on 429, 5xx and timeouts.
+
+        Each try must bring its whole answer within ``request_timeout_s``: an SDK's (or
+        httpx's) own timeout bounds each read, so a provider sending a byte now and then would
+        hold it for ever. Past that the try is BackendUnavailable, tried again like a 5xx."""
+        limit_s = self.options.request_limit_s
+        late = (
+            f"{self.provider} at {shorten(self.origin, 200)} timed out: no complete answer "
+            f"within {limit_s:g} s"
+        )
+        return await with_retries(lambda: within(limit_s, send(), late), self.retry)
+
     async def call(
         self, attempt: Callable[[], Awaitable[T]], control: JobControl, task_id: str
     ) -> T:
-        """Run one provider request under the concurrency limit with the retry policy."""
+        """Run one provider request (:meth:`request`) under the concurrency limit, unless
+        the task was cancelled before a try."""
 
         async def checked() -> T:
             if control.cancelled:
@@ -351,4 +381,4 @@ class RemoteBackend(ImageBackend):
             return await attempt()
 
         async with self._slots:
-            return await with_retries(checked, self.retry)
+            return await self.request(checked)

@@ -8,10 +8,14 @@ worker decides retry, fallback and the task's final state from these classes alo
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +135,18 @@ class BackendFailed(BackendError):
 
 class JobCancelled(Exception):
     """The backend stopped because the task was cancelled."""
+
+
+async def within(seconds: float, work: Awaitable[T], late: str) -> T:
+    """Await ``work`` for at most ``seconds``; past that it is cancelled and becomes
+    ``BackendUnavailable(late)``: retryable, so a retry or the next backend may succeed.
+    The worker bounds an attempt with it (``timeout_s``), a remote kind one request
+    (``request_timeout_s``). A ``TimeoutError`` raised inside ``work`` is its own and passes."""
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            return await work
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise BackendUnavailable(late) from None

@@ -36,7 +36,6 @@ from easel.backends._remote import (
     png_or_jpeg,
     shorten,
     unreachable,
-    with_retries,
 )
 from easel.backends.base import (
     BackendError,
@@ -61,7 +60,7 @@ class Options(RemoteOptions):
     base_url: str = "https://api.bfl.ai"
     api_key_env: str = "BFL_API_KEY"
     trusted_hosts: tuple[str, ...] = ("bfl.ai", "*.bfl.ai")
-    timeout_s: float = Field(default=300, gt=0)
+    request_timeout_s: float = Field(default=30, gt=0)  # submit, one poll, the download
 
 
 def endpoint_for(job: Job) -> str:
@@ -141,7 +140,7 @@ class BflBackend(PollingBackend):
         endpoint = endpoint_for(job)
         body = request_body(endpoint, job)
         headers = {"x-key": self.api_key(), "accept": "application/json"}
-        async with self.session("Black Forest Labs") as client:
+        async with self.session() as client:
             url = f"{self.options.base_url.rstrip('/')}/v1/{endpoint}"
             submitted = await self._json(client, "POST", url, endpoint, headers, body)
             polling_url = submitted.get("polling_url")
@@ -155,7 +154,7 @@ class BflBackend(PollingBackend):
                 control,
                 job.task_id,
             )
-            image = await with_retries(lambda: download_image(client, sample, PROVIDER), self.retry)
+            image = await self.request(lambda: download_image(client, sample, PROVIDER))
         control.progress(1.0)
         return image
 
@@ -179,7 +178,7 @@ class BflBackend(PollingBackend):
                 raise _error(response, endpoint)
             return response
 
-        response = await with_retries(once, self.retry)
+        response = await self.request(once)
         try:
             answer = response.json()
         except ValueError:

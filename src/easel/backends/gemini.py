@@ -150,7 +150,7 @@ class GeminiBackend(SdkBackend["Client", "GenerateContentResponse"]):
             http_options=types.HttpOptions(
                 base_url=self.options.base_url,
                 api_version=_API_VERSION,
-                timeout=int(self.options.timeout_s * 1000),  # milliseconds
+                timeout=int(self.options.request_limit_s * 1000),  # milliseconds
                 # the guarded transport; with it the SDK also uses httpx, never aiohttp
                 async_client_args={"transport": self.transport()},
             ),

@@ -40,7 +40,6 @@ from easel.backends._remote import (
     read_api_key,
     shorten,
     unreachable,
-    with_retries,
 )
 from easel.backends.base import (
     BackendFailed,
@@ -67,6 +66,7 @@ class Options(RemoteOptions):
     base_url: str = ""  # empty: read MJ_PROXY_URL
     api_key_env: str = "MJ_API_SECRET"
     timeout_s: float = Field(default=600, gt=0)
+    request_timeout_s: float = Field(default=30, gt=0)  # submit, one poll, the download
 
 
 def parse_progress(value: object) -> float | None:
@@ -155,11 +155,11 @@ class MidjourneyProxyBackend(PollingBackend):
         secret = read_api_key(self.options)
         headers = {"mj-api-secret": secret} if secret else {}
         body = {"prompt": job.prompt, "base64Array": _data_urls(job)}
-        async with self.session("the Midjourney task") as client:
-            task_id = await with_retries(lambda: self._submit(client, headers, body), self.retry)
+        async with self.session() as client:
+            task_id = await self.request(lambda: self._submit(client, headers, body))
             image_url = await self._poll(client, task_id, headers, control, job)
             url = str(httpx.URL(f"{self.root}/").join(image_url))
-            image = await with_retries(lambda: download_image(client, url, PROVIDER), self.retry)
+            image = await self.request(lambda: download_image(client, url, PROVIDER))
         control.progress(1.0)
         return image
 
@@ -182,7 +182,7 @@ class MidjourneyProxyBackend(PollingBackend):
         path = f"/mj/task/{quote(task_id, safe='')}/fetch"  # the proxy's id, as one segment
 
         async def fetch() -> dict[str, Any]:
-            task = await with_retries(lambda: self._json(client, "GET", path, headers), self.retry)
+            task = await self.request(lambda: self._json(client, "GET", path, headers))
             if not isinstance(task, dict):
                 raise BackendFailed(f"the Midjourney proxy no longer knows task {task_id}")
             return task

@@ -110,14 +110,14 @@ class OpenAIBackend(SdkBackend["AsyncOpenAI", "ImagesResponse"]):
         return AsyncOpenAI(
             api_key=self.api_key(),
             base_url=self.options.base_url,
-            timeout=self.options.timeout_s,
+            timeout=self.options.request_limit_s,
             max_retries=0,
             # httpx's client on the guarded transport: the SDK, built on httpx2, takes an
             # httpx client too (openai._httpx2.is_legacy_httpx_async_client), untyped
             http_client=cast(
                 "Any",
                 guarded_client(
-                    self.transport(), timeout_s=self.options.timeout_s, follow_redirects=True
+                    self.transport(), timeout_s=self.options.request_limit_s, follow_redirects=True
                 ),
             ),
         )

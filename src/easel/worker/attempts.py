@@ -8,9 +8,7 @@ path (easel.store.outage) and re-queues the task as if the database were down.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable
 
 from easel.backends.base import (
     BackendError,
@@ -22,6 +20,7 @@ from easel.backends.base import (
     Job,
     JobCancelled,
     JobControl,
+    within,
 )
 from easel.domain.errors import first_line
 from easel.domain.tasks import AttemptOutcome
@@ -38,7 +37,7 @@ async def run_attempt(backend: ImageBackend, job: Job, control: JobControl) -> G
     instead of passing for a database outage and being re-queued. A network error
     counts as the provider being away: the next backend of the chain may run the task."""
     try:
-        return await _within(backend.timeout_s, backend.generate(job, control), backend.name)
+        return await _within_deadline(backend, job, control)
     except (BackendError, JobCancelled):
         raise
     except Exception as exc:
@@ -50,21 +49,15 @@ async def run_attempt(backend: ImageBackend, job: Job, control: JobControl) -> G
         raise BackendFailed(message) from exc
 
 
-async def _within(
-    timeout_s: float | None, attempt: Awaitable[GeneratedImage], backend: str
-) -> GeneratedImage:
-    """Await one backend attempt; past ``timeout_s`` it is cancelled and counts as a
-    retryable failure, so the next backend of the chain runs the task."""
-    limit = asyncio.timeout(timeout_s)
-    try:
-        async with limit:
-            return await attempt
-    except TimeoutError:
-        if not limit.expired():
-            raise  # the backend's own timeout, not ours
-        raise BackendUnavailable(
-            f"backend {backend!r} did not finish within {timeout_s:g} s"
-        ) from None
+async def _within_deadline(backend: ImageBackend, job: Job, control: JobControl) -> GeneratedImage:
+    """``backend.generate``, cancelled past the backend's ``timeout_s`` (everything the
+    attempt does: requests, retries and their waits, polls); that counts as a retryable
+    failure, so the next backend of the chain runs the task."""
+    limit_s, work = backend.timeout_s, backend.generate(job, control)
+    if limit_s is None:
+        return await work
+    late = f"backend {backend.name!r} did not finish within {limit_s:g} s"
+    return await within(limit_s, work, late)
 
 
 def outcome_of(exc: BackendError) -> AttemptOutcome:
