@@ -23,8 +23,8 @@ from sqlalchemy.engine import make_url
 from apptools import Api, running_api, settings_for
 from conftest import reset_schema
 from easel.store import Store, open_store
-from easel.worker import Worker
 from easel.worker.identity import WORKER_ID_MAX, WorkerCannotRegister, new_worker_id
+from easel.worker.runner import Worker
 from processes import (
     create_key,
     easel_process,

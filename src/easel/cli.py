@@ -26,7 +26,7 @@ from easel.server import uvicorn_options
 from easel.services.loops import JANITOR_DOWN, LoopGroup
 from easel.store import Store, open_store
 from easel.supervise import SupervisedRun, announce_registered
-from easel.worker import WorkerCannotRegister
+from easel.worker.runner import WorkerCannotRegister
 
 app = App(help="Easel: a Tripo v2 generate_image task server.", no_args_is_help=True)
 keys_app = App(help="Create and revoke API keys.", no_args_is_help=True)

@@ -21,7 +21,7 @@ from easel.storage.check import StorageCheck
 from easel.storage.objects import ObjectStore, open_object_store
 from easel.storage.signing import UrlSigner
 from easel.store import Store, open_store
-from easel.worker import Worker
+from easel.worker.runner import Worker
 
 log = logging.getLogger("easel")
 

@@ -1,0 +1,378 @@
+"""The worker: claim → resolve inputs → run the backend chain → store the output → settle.
+
+A worker runs ``worker_concurrency`` tasks at once. Each running task has a heartbeat that
+renews its lease and stores its progress; if the heartbeat finds the claim gone (the lease
+lapsed and another worker took the task), the run is abandoned. Every path ends the task in
+a final state (success, or failed/banned with a refund) or, on shutdown, back in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Collection
+
+from easel.backends.base import (
+    BackendError,
+    BackendRejected,
+    GeneratedImage,
+    InputImage,
+    Job,
+    JobCancelled,
+    LoadState,
+)
+from easel.backends.fallback import Router
+from easel.config import Settings
+from easel.domain.catalog import CATALOG
+from easel.domain.errors import EaselError, FatalServerError, first_line
+from easel.domain.tasks import AttemptOutcome, Status, Task
+from easel.outbound import OutboundPolicy
+from easel.storage.check import StorageCheck
+from easel.storage.objects import ObjectStore, ObjectStoreError
+from easel.store import Store, is_outage, outages_suppressed
+from easel.store.notify import QueueListener
+from easel.worker.attempts import outcome_of, run_attempt
+from easel.worker.identity import (
+    WorkerCannotRegister,
+    check_worker_id,
+    new_worker_id,
+    register,
+)
+from easel.worker.inputs import resolve
+
+__all__ = ["Worker", "WorkerCannotRegister"]
+
+log = logging.getLogger("easel.worker")
+HOUSEKEEPING_S = 1.0
+OUTAGE_BACKOFF_MAX_S = 5.0  # longest wait between claims while the database is away
+OUTPUT_WRITES = 3  # tries to store a generated image before the task fails (with a refund)
+OUTPUT_RETRY_S = 0.5  # first wait between them; doubled each time
+
+
+class _Control:
+    """The JobControl a backend sees: progress in, cancellation out (thread-safe enough:
+    single attribute writes)."""
+
+    def __init__(self) -> None:
+        self.fraction = 0.0
+        self.stop = False
+        self.cancel_requested = False  # stop because the client cancelled (else: claim lost)
+
+    def progress(self, fraction: float) -> None:
+        self.fraction = max(self.fraction, min(1.0, max(0.0, fraction)))
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop
+
+
+class _NoBackend(Exception):
+    """Every backend of the chain was unavailable or failed retryably."""
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        objects: ObjectStore,
+        router: Router,
+        settings: Settings,
+        *,
+        models: Collection[str] | None = None,
+        worker_id: str | None = None,
+        storage: StorageCheck | None = None,
+    ) -> None:
+        self.store, self.objects, self.router, self.settings = store, objects, router, settings
+        self.storage = storage or StorageCheck(objects)
+        self.wanted = list(models) if models is not None else list(router.chains)
+        self.id = check_worker_id(worker_id) if worker_id is not None else new_worker_id()
+        self.policy = OutboundPolicy.from_strings(settings.allow_outbound_cidrs)
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._full = False  # the last claims stopped at the slot limit, not an empty queue
+        self._listener = QueueListener(store.engine, self.wake)
+        self._last_housekeeping = -HOUSEKEEPING_S
+
+    @property
+    def models(self) -> list[str]:
+        """The wanted models that have a ready backend now (a backend that failed to load
+        is no longer ready, so its model is left to other workers)."""
+        return [model for model in self.wanted if self.router.ready_backends(model)]
+
+    def wake(self) -> None:
+        """A task was queued in this process: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(
+        self, stop: asyncio.Event, on_registered: Callable[[], None] | None = None
+    ) -> None:
+        """Claim and run tasks until ``stop`` is set; then release what is still running.
+        ``on_registered`` is called once the worker has announced itself."""
+        slots = self.settings.worker_concurrency
+        await self._warm_up()
+        backoff = 0.0  # > 0 while the database is away
+        try:
+            if not await self._register(slots, stop):
+                return
+            if on_registered is not None:
+                on_registered()
+            log.info("worker %s takes %s", self.id, ", ".join(self.models) or "no model")
+            while not stop.is_set():
+                await self._housekeeping(slots)
+                try:
+                    await self._claim_until_full(slots, stop)
+                except Exception as exc:
+                    if not is_outage(exc):
+                        log.exception("claiming tasks failed; retrying with back-off")
+                    elif not backoff:
+                        log.warning("cannot claim tasks (%s); retrying with back-off", exc)
+                    backoff = min(
+                        OUTAGE_BACKOFF_MAX_S, max(backoff * 2, self.settings.poll_interval_s)
+                    )
+                else:
+                    if backoff:
+                        log.info("the database is back; claiming tasks again")
+                    backoff = 0.0
+                await self._sleep(stop, backoff or self.settings.poll_interval_s)
+        finally:
+            await self._shutdown()
+
+    async def _claim_until_full(self, slots: int, stop: asyncio.Event) -> None:
+        self._full = False
+        if await self.storage.problem() is not None:
+            return  # no output could be stored: the tasks stay queued (the check logs why)
+        while not stop.is_set():
+            if len(self._running) >= slots:
+                self._full = True
+                return
+            task = await self.store.queue.claim(self.id, self.models, self.settings.lease_s)
+            if task is None:
+                return
+            runner = asyncio.create_task(self.run_task(task))
+            self._running.add(runner)
+            runner.add_done_callback(self._finished)
+
+    async def _warm_up(self) -> None:
+        """Load local pipelines (and compile them) before taking tasks, not on the first one.
+        A backend that fails to load is ``LoadState.FAILED`` from then on: unavailable, and
+        the tasks of a model left with no backend are failed by :meth:`_fail_unloadable`."""
+        names = {leg.backend.name for m in self.wanted for leg in self.router.chain(m)}
+        for name in sorted(names):
+            backend = self.router.backends[name]
+            if backend.load_state is not LoadState.NOT_LOADED:
+                continue
+            log.info("loading backend %s", name)
+            try:
+                await backend.load()
+            except Exception as exc:  # FAILED now; one backend must not stop the worker
+                log.error("backend %s did not load: %s", name, exc)
+
+    async def _fail_unloadable(self) -> None:
+        """End, with a refund, the queued tasks of each model this worker was to take whose
+        every backend failed to load here, unless a live worker elsewhere takes the model:
+        nothing would ever run them, and the client should hear why now, not at the queue
+        timeout an hour later."""
+        reasons = {m: r for m in self.wanted if (r := self.router.load_failure(m)) is not None}
+        if not reasons:
+            return
+        live = await self.store.queue.live_models()
+        for model, reason in reasons.items():
+            if model in live:
+                continue
+            message = f"model_version {model!r} cannot run on this server: {reason}"
+            failed = await self.store.queue.fail_queued(model, message)
+            if failed:
+                log.warning("failed %d queued task(s) of %s: %s", failed, model, reason)
+
+    def _finished(self, runner: asyncio.Task[None]) -> None:
+        self._running.discard(runner)
+        if self._full:  # tasks may be waiting for this slot; else the queue was empty
+            self._wake.set()
+
+    async def _housekeeping(self, slots: int) -> None:
+        """At most once a second: heartbeat, listen again if needed, reclaim lapsed leases."""
+        now = time.monotonic()
+        if now - self._last_housekeeping < HOUSEKEEPING_S:
+            return
+        self._last_housekeeping = now
+        await self._listener.ensure()
+        try:
+            await self.store.queue.register_worker(self.id, self.models, slots)
+            await self._fail_unloadable()
+            reclaimed = await self.store.queue.reclaim_lapsed(self.settings.max_attempts)
+            if reclaimed:
+                log.warning("reclaimed %d task(s) whose worker stopped responding", reclaimed)
+        except Exception as exc:
+            if not is_outage(exc):
+                log.exception("housekeeping failed")
+            else:  # the database may be restarting; try again next round
+                log.warning("housekeeping failed (%s); trying again in %g s", exc, HOUSEKEEPING_S)
+
+    async def _register(self, slots: int, stop: asyncio.Event) -> bool:
+        """Announce this worker; False if ``stop`` came first. Raises
+        :class:`WorkerCannotRegister` when it cannot (see :func:`identity.register`)."""
+
+        async def sleep(seconds: float) -> bool:
+            await self._sleep(stop, seconds)
+            return stop.is_set()
+
+        return await register(
+            self.id,
+            lambda: self.store.queue.register_worker(self.id, self.models, slots),
+            sleep,
+            patience_s=self.settings.worker_register_timeout_s,
+            first_wait_s=self.settings.poll_interval_s,
+        )
+
+    async def _sleep(self, stop: asyncio.Event, timeout_s: float) -> None:
+        self._wake.clear()
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def _shutdown(self) -> None:
+        await self._listener.close()
+        for runner in list(self._running):
+            runner.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.store.queue.unregister_worker(self.id)
+
+    # -- one task -------------------------------------------------------------------------
+
+    async def run_task(self, task: Task) -> None:
+        control = _Control()
+        heartbeat = asyncio.create_task(self._heartbeat(task, control))
+        try:
+            await self._execute(task, control)
+        except asyncio.CancelledError:
+            with outages_suppressed():  # else its lease lapses: reclaimed
+                await self.store.queue.release(task)  # shutdown: back to the queue, not lost
+            raise
+        except Exception as exc:
+            if is_outage(exc):
+                # The database or the object store is away: stop renewing the lease, so the
+                # task is reclaimed and run again (bounded by max_attempts) once it is back.
+                log.warning("task %s interrupted (%s); it will be reclaimed", task.id, exc)
+                return
+            # Anything else is a bug: re-running the task would meet it again. It ends now,
+            # with a refund; the traceback is in the log.
+            log.exception("task %s failed unexpectedly", task.id)
+            with outages_suppressed():
+                await self.store.queue.fail(
+                    task, Status.FAILED, FatalServerError.code, f"internal error: {first_line(exc)}"
+                )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, task: Task, control: _Control) -> None:
+        interval = min(self.settings.lease_s / 3, 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                beat = await self.store.queue.heartbeat(
+                    task, self.settings.lease_s, int(control.fraction * 99)
+                )
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.exception("heartbeat of task %s failed; retrying", task.id)
+                else:
+                    log.warning("heartbeat of task %s failed (%s); retrying", task.id, exc)
+                continue
+            if beat.cancel and not control.cancel_requested:
+                log.info("task %s: cancel requested; stopping at the next checkpoint", task.id)
+                control.cancel_requested = control.stop = True
+            if not beat.ours:
+                log.warning("task %s was taken over elsewhere; abandoning it", task.id)
+                control.stop = True
+                return
+
+    async def _execute(self, task: Task, control: _Control) -> None:
+        model = CATALOG[task.model_version]
+        try:
+            images = await resolve(
+                task.refs, model, self.objects, self.policy, self.settings.fetch_timeout_s
+            )
+        except EaselError as exc:
+            await self.store.queue.fail(task, Status.FAILED, exc.code, exc.message)
+            return
+        try:
+            image, backend, attempt = await self._generate(task, images, control)
+        except JobCancelled:
+            if control.cancel_requested:
+                await self.store.queue.fail(task, Status.CANCELLED, None, None)
+            return  # otherwise the claim was lost; its new owner finishes the task
+        except BackendRejected as exc:
+            await self.store.queue.fail(task, Status.BANNED, exc.error_code, str(exc))
+            return
+        except (BackendError, _NoBackend) as exc:
+            await self.store.queue.fail(task, Status.FAILED, FatalServerError.code, str(exc))
+            return
+        # The successful attempt is recorded with the task's completion, in one transaction,
+        # or here when the task ends otherwise.
+        if control.cancel_requested:  # the backend finished before its next checkpoint
+            await self.store.queue.end_attempt(attempt, AttemptOutcome.SUCCESS)
+            await self.store.queue.fail(task, Status.CANCELLED, None, None)
+            return
+        key = f"outputs/{task.id}.{'jpg' if image.format == 'jpeg' else 'png'}"
+        try:
+            await self._store_output(key, image.data)
+        except ObjectStoreError as exc:
+            self.storage.recheck()  # probe before the next claim; the last verdict is stale
+            await self.store.queue.end_attempt(attempt, AttemptOutcome.SUCCESS)
+            message = f"the output image could not be stored: {exc.strerror}"
+            await self.store.queue.fail(task, Status.FAILED, FatalServerError.code, message)
+            return
+        await self.store.queue.complete(task, key, backend, attempt)
+
+    async def _store_output(self, key: str, data: bytes) -> None:
+        """Write the output, trying again a few times: the image is paid for and in hand,
+        and a store that blinks should not cost the client a failed task."""
+        wait_s = OUTPUT_RETRY_S
+        for remaining in range(OUTPUT_WRITES - 1, -1, -1):
+            try:
+                await self.objects.put(key, data)
+                return
+            except ObjectStoreError as exc:
+                if not remaining:
+                    raise
+                log.warning("storing %s failed (%s); trying again in %g s", key, exc, wait_s)
+            await asyncio.sleep(wait_s)
+            wait_s *= 2
+
+    async def _generate(
+        self, task: Task, images: tuple[InputImage, ...], control: _Control
+    ) -> tuple[GeneratedImage, str, int]:
+        """Run the model's backends in order until one succeeds; record every attempt.
+        Returns the image, the backend and its attempt, which is left for the caller to end."""
+        queue, problems = self.store.queue, []
+        for leg in self.router.chain(task.model_version):
+            backend = leg.backend
+            attempt = await queue.start_attempt(task, backend.name)
+            reason = backend.unavailable_reason()
+            if reason is not None:
+                await queue.end_attempt(attempt, AttemptOutcome.SKIPPED, reason)
+                problems.append(f"{backend.name}: {reason}")
+                continue
+            job = Job(task.id, task.model_version, task.prompt, images, leg.provider_model)
+            try:
+                image = await run_attempt(backend, job, control)
+            except BackendError as exc:
+                outcome = outcome_of(exc)
+                await queue.end_attempt(attempt, outcome, str(exc))
+                if outcome != "retryable":
+                    raise
+                log.warning("backend %s failed for task %s: %s", backend.name, task.id, exc)
+                problems.append(f"{backend.name}: {exc}")
+                continue
+            except JobCancelled:
+                reason = "cancelled by the client" if control.cancel_requested else "claim lost"
+                await queue.end_attempt(attempt, AttemptOutcome.CANCELLED, reason)
+                raise
+            return image, backend.name, attempt
+        raise _NoBackend("no backend could run the task: " + "; ".join(problems or ["none"]))
