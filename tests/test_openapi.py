@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from apptools import Api, running_api, settings_for
+from easel.api.app import create_app
 from easel.api.openapi import ROUTES
 
 
@@ -52,3 +55,50 @@ async def test_the_task_body_is_described_with_examples(tmp_path: Any) -> None:
         "2009 InvalidPromptCharacters" in errors["400"]["content"]["application/json"]["examples"]
     )
     assert "2000 TooManyUnfinishedTasks" in errors["429"]["content"]["application/json"]["examples"]
+
+
+# -- the document, operation by operation -------------------------------------------------------
+
+# What the routes declare, as the document showed it when their facts moved beside them; a
+# change here is a change of the published API. After an intended one, rewrite the file with
+# `python tests/test_openapi.py` and review its diff.
+SNAPSHOT = Path(__file__).with_name("openapi_operations.json")
+
+
+def built_document() -> dict[str, Any]:
+    """The document of an app that is built but not started (no database is opened)."""
+    document: dict[str, Any] = create_app(settings_for("sqlite+aiosqlite:///unopened.db")).openapi()
+    return document
+
+
+def operation_facts(doc: dict[str, Any]) -> dict[str, Any]:
+    """Per operation: the error examples each status lists (in order), the success example
+    and the request body; then the component schemas those refer to."""
+    operations = {}
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            responses = op["responses"]
+            success = responses.get("200", {}).get("content", {}).get("application/json", {})
+            operations[f"{method.upper()} {path}"] = {
+                "errors": {
+                    status: list(response["content"]["application/json"]["examples"])
+                    for status, response in responses.items()
+                    if status != "200"
+                },
+                "example": success.get("example"),
+                "body": op.get("requestBody"),
+            }
+    return {"operations": operations, "schemas": doc["components"]["schemas"]}
+
+
+def test_every_operation_keeps_its_errors_examples_and_body() -> None:
+    expected = json.loads(SNAPSHOT.read_text())
+    actual = operation_facts(built_document())
+    assert actual["schemas"] == expected["schemas"]
+    assert list(actual["operations"]) == list(expected["operations"])
+    for name, facts in expected["operations"].items():
+        assert actual["operations"][name] == facts, name
+
+
+if __name__ == "__main__":
+    SNAPSHOT.write_text(json.dumps(operation_facts(built_document()), indent=1) + "\n")
