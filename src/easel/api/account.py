@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
+from easel.api.facts import declare
 from easel.api.models import unserved_models
 from easel.domain import catalog
 from easel.supervise import supervised_checks
@@ -18,6 +19,7 @@ health = APIRouter()
 
 
 @router.get("/user/balance", summary="Credits available and held")
+@declare(example={"balance": 95, "frozen": 5})
 async def balance(caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
     current = await runtime.accounts.balance(caller)
     return ok({"balance": current.balance, "frozen": current.frozen})

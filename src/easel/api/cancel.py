@@ -8,6 +8,8 @@ from fastapi import APIRouter, Request
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
+from easel.api.facts import declare
+from easel.api.tasks import TASK
 from easel.domain.errors import TaskNotFound
 
 router = APIRouter()
@@ -20,6 +22,7 @@ router = APIRouter()
     "its backend's next checkpoint (then ends `cancelled` with a refund); a final task is "
     "answered unchanged. Idempotent. Answers the task object.",
 )
+@declare(errors=[2001], example=TASK | {"status": "cancelled", "consumed_credit": 0})
 async def cancel_task(
     task_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from easel.api.deps import CallerDep, RuntimeDep, authenticate
+from easel.api.facts import declare
 from easel.domain.accounts import Caller
 from easel.domain.errors import EaselError, InvalidParameter, RateLimited, TaskNotFound
 from easel.domain.events import Event
@@ -282,6 +283,7 @@ def _stream(
     summary="Server-Sent Events of one task",
     response_class=EventStreamResponse,
 )
+@declare(errors=[2001])
 async def task_events(
     task_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> StreamingResponse:
@@ -296,6 +298,7 @@ async def task_events(
     summary="Server-Sent Events of every task of the key",
     response_class=EventStreamResponse,
 )
+@declare()
 async def all_events(request: Request, caller: CallerDep, runtime: RuntimeDep) -> StreamingResponse:
     after = _last_event_id(request)
     if after is None:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
+from easel.api.facts import EXAMPLE_ID, JsonBody, declare
 from easel.domain.errors import InvalidParameter, NotAllowed
 from easel.domain.images import MAX_IMAGE_BYTES, MIME_TYPES
 from easel.storage.objects import ObjectNotFound
@@ -16,8 +17,24 @@ router = APIRouter()
 
 
 # Multipart framing around a 20 MB image stays well under this. easel.api.limits refuses a
-# larger upload body (413 / 1004) before any route reads it.
+# larger body (413 / 1004) before any route that declares it (an upload route) reads it.
 MAX_UPLOAD_REQUEST_BYTES = MAX_IMAGE_BYTES + 256 * 1024
+UPLOAD_FORMATS = ("png", "jpg", "jpeg", "webp")
+# The body of the routes that prepare an upload elsewhere (/upload/sts/token, /v3/files/presign).
+FORMAT_BODY = JsonBody(
+    schema={
+        "type": "object",
+        "required": ["format"],
+        "properties": {"format": {"type": "string", "enum": list(UPLOAD_FORMATS)}},
+    },
+    example={"format": "png"},
+)
+# An upload route: the image's own refusals, and its larger body limit.
+UPLOAD = declare(
+    errors=[1004, 2003, 2004],
+    example={"image_token": EXAMPLE_ID},
+    upload_limit=MAX_UPLOAD_REQUEST_BYTES,
+)
 
 
 async def read_upload(file: UploadFile | None) -> bytes:
@@ -42,6 +59,7 @@ async def _upload(
     "/upload",
     summary="Upload an image (multipart field 'file')",
 )
+@UPLOAD
 async def upload(
     caller: CallerDep, runtime: RuntimeDep, file: Annotated[UploadFile | None, File()] = None
 ) -> dict[str, Any]:
@@ -52,6 +70,7 @@ async def upload(
     "/upload/sts",
     summary="Upload an image (multipart field 'file'; same as /upload)",
 )
+@UPLOAD
 async def upload_sts(
     caller: CallerDep, runtime: RuntimeDep, file: Annotated[UploadFile | None, File()] = None
 ) -> dict[str, Any]:
@@ -59,6 +78,7 @@ async def upload_sts(
 
 
 @router.get("/outputs/{key:path}", summary="Download an output image by its signed URL")
+@declare(errors=[1004, 1005])  # 1004: expires is not an integer
 async def download(
     key: str,
     runtime: RuntimeDep,

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
+from easel.api.facts import declare
 from easel.backends.fallback import Router
 from easel.domain import catalog
 from easel.domain.errors import StoreUnavailable
@@ -64,7 +65,34 @@ async def unserved_models(runtime: Runtime) -> dict[str, str]:
     }
 
 
+EXAMPLE = {
+    "default": "flux.1_kontext_pro",
+    "models": [
+        {
+            "model_version": "flux.1_kontext_pro",
+            "description": "FLUX.1 Kontext [pro]",
+            "credits": 5,
+            "images": "accepts",
+            "max_files": 4,
+            "accepts_webp": False,
+            "served": True,
+            "reason": None,
+            "backends": [
+                {
+                    "name": "bfl",
+                    "kind": "bfl",
+                    "ready": True,
+                    "reason": None,
+                    "load_state": "nothing to load",
+                }
+            ],
+        }
+    ],
+}
+
+
 @router.get("/models", summary="The model catalog with prices and serving backends")
+@declare(example=EXAMPLE)
 async def models(caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
     served = set(await runtime.service.served())
     return ok({"default": catalog.DEFAULT_MODEL, "models": describe_models(runtime.router, served)})

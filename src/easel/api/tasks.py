@@ -8,10 +8,101 @@ from fastapi import APIRouter, Request
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
+from easel.api.facts import EXAMPLE_ID, JsonBody, declare
+from easel.domain.catalog import DEFAULT_MODEL
 from easel.domain.errors import MalformedBody, TaskNotFound
+from easel.domain.parsing import TASK_TYPE
+from easel.domain.prompts import MAX_PROMPT_CHARS
 from easel.domain.text import decode_json
 
 router = APIRouter()
+
+TASK = {  # a task as GET /task/{task_id} answers it
+    "task_id": EXAMPLE_ID,
+    "type": TASK_TYPE,
+    "status": "success",
+    "input": {
+        "prompt": "a red fox",
+        "model_version": "flux.1_kontext_pro",
+        "t_pose": False,
+        "sketch_to_render": False,
+    },
+    "output": {
+        "generated_image": f"https://easel.example/v2/openapi/outputs/outputs/{EXAMPLE_ID}.png"
+        "?expires=1709052533&signature=5ac5…"
+    },
+    "progress": 100,
+    "create_time": 1709048933,
+    "consumed_credit": 5,
+    "queuing_num": -1,
+    "running_left_time": -1,
+    "attempts": [
+        {
+            "backend": "bfl",
+            "claim": 1,
+            "started_at": 1709048934.1,
+            "ended_at": 1709048939.8,
+            "outcome": "success",
+            "error": None,
+        }
+    ],
+}
+
+# The rules themselves are easel.domain.parsing's; this describes them.
+FILE_SCHEMA = {
+    "type": "object",
+    "description": "Exactly one of file_token, url or object.",
+    "properties": {
+        "type": {"type": "string", "description": "advisory; the format is read from the bytes"},
+        "file_token": {"type": "string"},
+        "url": {"type": "string", "format": "uri"},
+        "object": {
+            "type": "object",
+            "properties": {"bucket": {"type": "string"}, "key": {"type": "string"}},
+        },
+    },
+}
+TASK_BODY = JsonBody(
+    name="GenerateImage",
+    schema={
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": [TASK_TYPE]},
+            "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+            "model_version": {"type": "string", "default": DEFAULT_MODEL},
+            "file": {"$ref": "#/components/schemas/File"},
+            "files": {"type": "array", "items": {"$ref": "#/components/schemas/File"}},
+            "template": {"type": "string"},
+            "t_pose": {"type": "boolean", "default": False},
+            "sketch_to_render": {"type": "boolean", "default": False},
+        },
+    },
+    components={"File": FILE_SCHEMA},
+    examples={
+        "text": {"summary": "Text only", "value": {"type": TASK_TYPE, "prompt": "a small cat"}},
+        "references": {
+            "summary": "Two references named with image[N]",
+            "value": {
+                "type": TASK_TYPE,
+                "model_version": "gemini_2.5_flash_image_preview",
+                "prompt": "Use the style of image[1] with colors from image[2]",
+                "files": [
+                    {"type": "png", "file_token": "ce85f375-3ccc-440b-b847-571588872ec2"},
+                    {"type": "jpg", "url": "https://example.com/b.jpg"},
+                ],
+            },
+        },
+        "template": {
+            "summary": "A template with an uploaded object",
+            "value": {
+                "type": TASK_TYPE,
+                "template": "t_pose",
+                "file": {"type": "png", "object": {"bucket": "easel", "key": "uploads/…"}},
+            },
+        },
+    },
+)
 
 
 async def json_body(request: Request) -> Any:
@@ -30,6 +121,11 @@ async def json_object(request: Request, what: str = "with a 'type'") -> dict[str
 
 
 @router.post("/task", summary="Submit a generate_image task")
+@declare(
+    errors=[1003, 1004, 2002, 2003, 2004, 2009, 2010, 2017, 2019, 2000],
+    example={"task_id": EXAMPLE_ID},
+    body=TASK_BODY,
+)
 async def create_task(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
     body = await json_object(request)
     task_id = await runtime.service.submit(
@@ -39,6 +135,7 @@ async def create_task(request: Request, caller: CallerDep, runtime: RuntimeDep) 
 
 
 @router.get("/task/{task_id}", summary="Get a task")
+@declare(errors=[2001], example=TASK)
 async def get_task(
     task_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> dict[str, Any]:

@@ -14,16 +14,98 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
-from easel.api.files import read_upload
+from easel.api.facts import EXAMPLE_ID, JsonBody, declare
+from easel.api.files import FORMAT_BODY, MAX_UPLOAD_REQUEST_BYTES, UPLOAD_FORMATS, read_upload
 from easel.api.tasks import json_object
 from easel.domain import v3
+from easel.domain.catalog import DEFAULT_MODEL
 from easel.domain.errors import InvalidParameter, NotAllowed, RouteNotSupported, TaskNotFound
+from easel.domain.prompts import MAX_PROMPT_CHARS
 from easel.storage.signing import upload_key
 
 router = APIRouter(prefix="/v3", tags=["v3"])
 
 UPLOAD_URL_TTL_S = 900
-UPLOAD_FORMATS = ("png", "jpg", "jpeg", "webp")
+
+TASK = {  # a task as GET /v3/tasks/{task_id} answers it
+    "task_id": EXAMPLE_ID,
+    "type": "image_to_image",
+    "status": "success",
+    "progress": 100,
+    "input": {
+        "prompt": "a red fox",
+        "model_version": "flux.1_kontext_pro",
+        "files": [{"file_token": EXAMPLE_ID}],
+        "t_pose": False,
+        "sketch_to_render": False,
+    },
+    "output": {
+        "generated_image_url": f"https://easel.example/v2/openapi/outputs/outputs/{EXAMPLE_ID}.png"
+        "?expires=1709052533&signature=5ac5…"
+    },
+    "model": "flux.1_kontext_pro",
+    "credits_consumed": 5.0,
+    "created_at": "2024-02-27T15:48:53Z",
+    "completed_at": "2024-02-27T15:48:59Z",
+    "running_left_time": -1,
+    "queuing_num": -1,
+}
+# The rules themselves are easel.domain.v3's and easel.domain.parsing's; this describes them.
+GENERATION_SCHEMA = {
+    "type": "object",
+    "description": "v3 generation options; options this server has no use for (size, "
+    "aspect_ratio, quality, negative_prompt …) are accepted and ignored.",
+    "properties": {
+        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+        "model": {"type": "string", "default": DEFAULT_MODEL},
+        "input": {"type": "string", "description": "image-to-image: a file_token, URL or task_id"},
+        "inputs": {"type": "array", "items": {"type": "string"}},
+        "template": {"type": "string"},
+        "t_pose": {"type": "boolean", "default": False},
+        "sketch_to_render": {"type": "boolean", "default": False},
+    },
+}
+GENERATE_ERRORS = [1003, 1004, 2003, 2004, 2009, 2010, 2017, 2019, 2000]
+TEXT_BODY = JsonBody(
+    name="V3Generation",
+    schema=GENERATION_SCHEMA,
+    examples={
+        "text": {"summary": "A prompt", "value": {"prompt": "a small cat", "model": "banana"}}
+    },
+)
+IMAGE_BODY = JsonBody(
+    name="V3Generation",
+    schema=GENERATION_SCHEMA,
+    examples={
+        "references": {
+            "summary": "An upload and an earlier task's image, named with image[N]",
+            "value": {
+                "prompt": "Put the cat of image[1] in the scene of image[2]",
+                "model": "flux.1_kontext_pro",
+                "inputs": ["ce85f375-3ccc-440b-b847-571588872ec2", EXAMPLE_ID],
+            },
+        },
+        "template": {
+            "summary": "A template",
+            "value": {"template": "t_pose", "input": "https://example.com/a.png"},
+        },
+    },
+)
+TASK_IDS_BODY = JsonBody(
+    schema={
+        "type": "object",
+        "required": ["task_ids"],
+        "properties": {
+            "task_ids": {
+                "type": "array",
+                "items": {"type": "string"},
+                "minItems": 1,
+                "maxItems": v3.MAX_LISTED_TASKS,
+            }
+        },
+    },
+    example={"task_ids": [EXAMPLE_ID]},
+)
 
 
 async def _submit(
@@ -37,11 +119,13 @@ async def _submit(
 
 
 @router.post("/generation/text-to-image", summary="v3: generate an image from a prompt")
+@declare(errors=GENERATE_ERRORS, example={"task_id": EXAMPLE_ID}, body=TEXT_BODY)
 async def text_to_image(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
     return await _submit(request, caller, runtime, "text-to-image")
 
 
 @router.post("/generation/image-to-image", summary="v3: generate an image from references")
+@declare(errors=GENERATE_ERRORS, example={"task_id": EXAMPLE_ID}, body=IMAGE_BODY)
 async def image_to_image(
     request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
@@ -49,6 +133,7 @@ async def image_to_image(
 
 
 @router.get("/tasks/{task_id}", summary="v3: get a task")
+@declare(errors=[2001], example=TASK)
 async def get_task(
     task_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
@@ -59,6 +144,11 @@ async def get_task(
 
 
 @router.post("/tasks/list", summary="v3: get several tasks")
+@declare(
+    errors=[1003, 1004],
+    example={"tasks": {EXAMPLE_ID: TASK}, "missed": ["0f5e…"]},
+    body=TASK_IDS_BODY,
+)
 async def list_tasks(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
     ids = (await json_object(request, "with task_ids")).get("task_ids")
     if (
@@ -82,12 +172,30 @@ async def list_tasks(request: Request, caller: CallerDep, runtime: RuntimeDep) -
 
 
 @router.get("/account/balance", summary="v3: credits available and held")
+@declare(example={"balance": 95.0, "frozen": 5.0})
 async def balance(caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
     current = await runtime.accounts.balance(caller)
     return ok({"balance": float(current.balance), "frozen": float(current.frozen)})
 
 
 @router.get("/account/usage", summary="v3: the key's tasks and their cost, newest first")
+@declare(
+    errors=[1004],
+    example={
+        "items": [
+            {
+                "task_id": EXAMPLE_ID,
+                "type": "image_to_image",
+                "status": "success",
+                "model": "flux.1_kontext_pro",
+                "created_at": "2024-02-27T15:48:53Z",
+                "credits_consumed": 5.0,
+            }
+        ],
+        "limit": 50,
+        "offset": 0,
+    },
+)
 async def usage(
     caller: CallerDep,
     runtime: RuntimeDep,
@@ -102,6 +210,11 @@ async def usage(
     "/files",
     summary="v3: upload an image (multipart field 'file')",
 )
+@declare(
+    errors=[1004, 2003, 2004],
+    example={"file_token": EXAMPLE_ID},
+    upload_limit=MAX_UPLOAD_REQUEST_BYTES,
+)
 async def upload(
     caller: CallerDep, runtime: RuntimeDep, file: Annotated[UploadFile | None, File()] = None
 ) -> dict[str, Any]:
@@ -110,6 +223,16 @@ async def upload(
 
 
 @router.post("/files/presign", summary="v3: a presigned PUT URL for one upload")
+@declare(
+    errors=[1003, 1004],
+    example={
+        "file_token": EXAMPLE_ID,
+        "presigned_url": f"https://easel.example/v3/files/upload/acct/{EXAMPLE_ID}"
+        "?expires=1709049833&signature=9f2c…",
+        "expires_in": UPLOAD_URL_TTL_S,
+    },
+    body=FORMAT_BODY,
+)
 async def presign(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
     fmt = (await json_object(request, "with a format")).get("format")
     if not isinstance(fmt, str) or fmt.lower().lstrip(".") not in UPLOAD_FORMATS:
@@ -124,6 +247,11 @@ async def presign(request: Request, caller: CallerDep, runtime: RuntimeDep) -> d
 
 
 @router.put("/files/upload/{account_id}/{token}", summary="v3: the presigned upload itself")
+@declare(
+    errors=[1004, 1005, 2003, 2004],
+    example={"file_token": EXAMPLE_ID},
+    upload_limit=MAX_UPLOAD_REQUEST_BYTES,
+)
 async def presigned_put(
     account_id: str,
     token: str,
@@ -137,7 +265,7 @@ async def presigned_put(
             "this upload URL is invalid or has expired.",
             "Ask POST /v3/files/presign for a new one.",
         )
-    # The body is bounded before it is read (easel.api.limits: upload routes), and the
+    # The body is bounded before it is read (easel.api.limits: its upload_limit), and the
     # image's own 20 MB limit is checked with its bytes (easel.domain.images.inspect_image).
     await runtime.service.upload_as(account_id, token, await request.body())
     return ok({"file_token": token})

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
+from easel.api.facts import JsonBody, declare
 from easel.api.tasks import json_object
 from easel.domain.webhooks import Delivery, Webhook
 from easel.services.webhook_registry import WebhookRegistry
@@ -40,13 +41,7 @@ async def new_webhook(request: Request) -> NewWebhook:
         raise RequestValidationError(errors) from None
 
 
-# Documented as before; build_schema adds the NewWebhook schema the reference names.
-NEW_WEBHOOK_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewWebhook"}}},
-    }
-}
+NEW_WEBHOOK_BODY = JsonBody(name="NewWebhook", schema=NewWebhook.model_json_schema())
 
 
 async def get_registry(runtime: RuntimeDep) -> WebhookRegistry:
@@ -87,7 +82,8 @@ def _delivery_view(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-@router.post("/webhooks", summary="Register a webhook", openapi_extra=NEW_WEBHOOK_BODY)
+@router.post("/webhooks", summary="Register a webhook")
+@declare(errors=[1004], example={"id": "wh_…", "secret": "whsec_…"}, body=NEW_WEBHOOK_BODY)
 async def create_webhook(
     request: Request,
     caller: CallerDep,  # first: a body is read only for an authenticated caller
@@ -104,11 +100,13 @@ async def create_webhook(
 
 
 @router.get("/webhooks", summary="The key's webhooks")
+@declare(example=[])
 async def list_webhooks(caller: CallerDep, registry: RegistryDep) -> dict[str, Any]:
     return ok([_view(hook) for hook in await registry.of_caller(caller)])
 
 
 @router.delete("/webhooks/{webhook_id}", summary="Delete a webhook and its pending deliveries")
+@declare(errors=[2001], example={"deleted": True})
 async def delete_webhook(
     webhook_id: str, caller: CallerDep, registry: RegistryDep
 ) -> dict[str, Any]:
@@ -117,6 +115,7 @@ async def delete_webhook(
 
 
 @router.get("/webhooks/{webhook_id}/deliveries", summary="The webhook's delivery log")
+@declare(errors=[1004, 2001], example=[])  # 1004: limit
 async def list_deliveries(
     webhook_id: str,
     caller: CallerDep,
@@ -131,6 +130,7 @@ async def list_deliveries(
     "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
     summary="Send a delivery again now",
 )
+@declare(errors=[2001], example={"delivery_id": "…", "status": "pending"})
 async def redeliver(
     webhook_id: str, delivery_id: str, caller: CallerDep, registry: RegistryDep
 ) -> dict[str, Any]:
