@@ -83,7 +83,8 @@ def create_app(
         lifespan=lifespan,
     )
     # The last added runs first: the trace id is set before a body is refused as too large.
-    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
+    # The upload routes declare their larger limit; app.routes fills as routers are included.
+    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes, routes=app.routes)
     app.add_middleware(TextRules)  # path, query and headers are text; Host is a host
     app.add_middleware(TraceIdMiddleware)
     if settings.trusted_proxies:

@@ -1,11 +1,11 @@
 """Request limits enforced before any route runs: the body size limit.
 
 JSON routes take at most ``max_request_bytes`` (``Settings``, 1 MiB by default); the upload
-routes take a 20 MB image plus its multipart framing. A body declared larger by its
-``Content-Length`` is refused at once, unread; a body without one (chunked) is counted as it
-arrives and cut off the moment it passes the limit, so neither ``json.loads`` nor the
-multipart parser ever holds more than the limit. Either way the answer is HTTP 413 with code
-1004 in the protocol's envelope.
+routes, those that declare an ``upload_limit`` (:mod:`easel.api.facts`), take a 20 MB image
+plus its multipart framing. A body declared larger by its ``Content-Length`` is refused at
+once, unread; a body without one (chunked) is counted as it arrives and cut off the moment
+it passes the limit, so neither ``json.loads`` nor the multipart parser ever holds more than
+the limit. Either way the answer is HTTP 413 with code 1004 in the protocol's envelope.
 
 A client that sends its whole body before it reads the answer (Python's urllib, requests,
 aiohttp: no ``Expect: 100-continue``) would lose the 413 if the connection closed while its
@@ -24,27 +24,42 @@ checked before this runs, by :mod:`easel.api.door`.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from easel.api.envelope import error_response
-from easel.api.files import MAX_UPLOAD_REQUEST_BYTES
+from easel.api.facts import declared
 from easel.domain.errors import EaselError, RequestTooLarge
 from easel.server import DRAIN_MAX_BYTES
-
-# The routes whose body is an image (multipart or raw), and so may be up to 20 MB.
-UPLOAD_PATHS = frozenset({"/v2/openapi/upload", "/v2/openapi/upload/sts", "/v3/files"})
-UPLOAD_PREFIXES = ("/v3/files/upload/",)  # the presigned PUT of /v3/files/presign
 
 
 class _BodyTooLarge(Exception):
     """Raised from ``receive`` into the app to stop it reading an oversized body."""
 
 
-def is_upload(path: str) -> bool:
-    path = path.rstrip("/")
-    return path in UPLOAD_PATHS or path.startswith(UPLOAD_PREFIXES)
+class _UploadLimits:
+    """The upload routes' paths and limits, read from the routes at the first request (when
+    every router is included)."""
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self._routes = routes
+        self._limits: list[tuple[re.Pattern[str], int]] | None = None
+
+    def of(self, path: str) -> int | None:
+        """The limit of the upload route at ``path`` (any method; a trailing slash aside), or
+        None: not an upload route."""
+        if self._limits is None:
+            self._limits = [
+                (route.path_regex, facts.upload_limit)
+                for route, facts in declared(self._routes)
+                if facts.upload_limit is not None
+            ]
+        path = path.rstrip("/")
+        return next((limit for pattern, limit in self._limits if pattern.match(path)), None)
 
 
 def _too_large(limit: int, upload: bool, declared: int | None) -> RequestTooLarge:
@@ -61,19 +76,19 @@ def _too_large(limit: int, upload: bool, declared: int | None) -> RequestTooLarg
 
 
 class RequestLimits:
-    """Refuse request bodies over the route's limit (413 / 1004) before they are parsed."""
+    """Refuse request bodies over the route's limit (413 / 1004) before they are parsed:
+    ``max_bytes``, or the upload limit an upload route among ``routes`` declares."""
 
-    def __init__(
-        self, app: ASGIApp, max_bytes: int, upload_max_bytes: int = MAX_UPLOAD_REQUEST_BYTES
-    ) -> None:
-        self.app, self.max_bytes, self.upload_max_bytes = app, max_bytes, upload_max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, routes: Sequence[BaseRoute]) -> None:
+        self.app, self.max_bytes, self.uploads = app, max_bytes, _UploadLimits(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        upload = is_upload(scope["path"])
-        limit = self.upload_max_bytes if upload else self.max_bytes
+        upload_limit = self.uploads.of(scope["path"])
+        upload = upload_limit is not None
+        limit = self.max_bytes if upload_limit is None else upload_limit
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             refusal = _too_large(limit, upload, declared)
