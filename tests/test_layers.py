@@ -82,3 +82,12 @@ def test_lower_layers_do_not_import_upper_ones(layer: str, forbidden: tuple[str,
 def test_the_top_level_holds_entry_points_and_wiring_only() -> None:
     top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in {"__init__", "__main__"})
     assert top == ["cli", "config", "logs", "runtime", "server", "supervise"]
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if "migrations" not in path.parts and (n := len(path.read_text().splitlines())) > 400
+    }
+    assert long == {}
