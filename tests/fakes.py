@@ -1,5 +1,5 @@
-"""Test doubles the backend tests share: a JobControl, image bytes, a fast retry policy, and
-the checks every remote kind must pass (missing key, provider unreachable)."""
+"""Test doubles the backend tests share: a JobControl, jobs, image bytes, a fast retry policy,
+and the checks every remote kind must pass (missing key, provider unreachable)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from PIL import Image
 
 from easel.backends._remote import RetryPolicy
 from easel.backends.base import BackendUnavailable, ImageBackend, InputImage, Job
+from easel.domain.catalog import CATALOG
 from processes import free_port
 
 # Bounded like the default policy (three attempts), but without its seconds of back-off.
@@ -30,6 +31,20 @@ class Control:
 
     def progress(self, fraction: float) -> None:
         self.fractions.append(fraction)
+
+
+def job_for(
+    kind: str,
+    model_version: str,
+    prompt: str,
+    *images: InputImage,
+    provider_model: str | None = None,
+    task_id: str = "t-1",
+) -> Job:
+    """A job as the worker hands it to a backend of ``kind``: the router gives it the
+    configured ``provider_model``, else the catalog's id for ``kind``."""
+    default = CATALOG[model_version].provider_models.get(kind) if model_version in CATALOG else None
+    return Job(task_id, model_version, prompt, images, provider_model or default)
 
 
 def image_bytes(fmt: str, colour: tuple[int, int, int] = (200, 30, 30), size: int = 24) -> bytes:

@@ -27,7 +27,7 @@ from easel.backends.registry import create_backend
 from easel.config import BackendTable
 from easel.worker.attempts import run_attempt
 from fake_providers import BFL_KEY, BFL_PENDING, BFL_READY, FakeBfl
-from fakes import FAST_RETRY, Control, check_missing_key, image_bytes, reference
+from fakes import FAST_RETRY, Control, check_missing_key, image_bytes, job_for, reference
 from loopback import serve_app
 
 KEY_ENV = "EASEL_TEST_BFL_KEY"
@@ -55,7 +55,7 @@ def backend(base_url: str, **options: Any) -> BflBackend:
 
 
 def job(model: str = "flux.1_kontext_pro", *images: InputImage, provider: str | None = None) -> Job:
-    return Job("t-1", model, "a red fox in the snow", tuple(images), provider_model=provider)
+    return job_for("bfl", model, "a red fox in the snow", *images, provider_model=provider)
 
 
 async def test_kontext_pro_sends_every_reference_and_polls_until_ready(

@@ -33,7 +33,15 @@ from fake_providers import (
     gemini_error,
     gemini_image_part,
 )
-from fakes import FAST_RETRY, Control, check_missing_key, check_unreachable, image_bytes, reference
+from fakes import (
+    FAST_RETRY,
+    Control,
+    check_missing_key,
+    check_unreachable,
+    image_bytes,
+    job_for,
+    reference,
+)
 from loopback import serve_app
 
 KEY_ENV = "EASEL_TEST_GEMINI_KEY"
@@ -65,7 +73,8 @@ def job(
     *images: InputImage,
     provider_model: str | None = None,
 ) -> Job:
-    return Job("task-1", model_version, "put the teapot on the table", images, provider_model)
+    prompt = "put the teapot on the table"
+    return job_for("gemini", model_version, prompt, *images, provider_model=provider_model)
 
 
 @pytest.mark.parametrize(

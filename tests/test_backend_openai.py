@@ -29,7 +29,15 @@ from easel.backends.openai import OpenAIBackend, Options
 from easel.backends.registry import create_backend
 from easel.config import BackendTable, ConfigError
 from fake_providers import OPENAI_IMAGE, OPENAI_KEY, FakeOpenAI, openai_error, openai_image
-from fakes import FAST_RETRY, Control, check_missing_key, check_unreachable, image_bytes, reference
+from fakes import (
+    FAST_RETRY,
+    Control,
+    check_missing_key,
+    check_unreachable,
+    image_bytes,
+    job_for,
+    reference,
+)
 from loopback import serve_app
 
 KEY_ENV = "EASEL_TEST_OPENAI_KEY"
@@ -63,7 +71,8 @@ async def backend(options: Options) -> AsyncIterator[OpenAIBackend]:
 def job(
     model_version: str = "gpt_image_2", *images: InputImage, provider_model: str | None = None
 ) -> Job:
-    return Job("task-1", model_version, "a red teapot on a table", images, provider_model)
+    prompt = "a red teapot on a table"
+    return job_for("openai", model_version, prompt, *images, provider_model=provider_model)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from easel.domain import catalog, templates
+from easel.domain import templates
 from easel.domain.catalog import CATALOG, DEFAULT_MODEL, ImageRule
 from easel.domain.errors import InvalidParameter, ModelVersionInvalid
 from easel.domain.images import inspect_image
@@ -28,19 +28,19 @@ PRICES = {
 }
 
 
-def test_the_catalog_has_exactly_the_nine_model_versions_of_the_seed() -> None:
-    assert set(CATALOG) == set(PRICES)
+def test_the_catalog_has_the_nine_model_versions_of_the_seed() -> None:
+    assert set(PRICES) <= set(CATALOG)
     assert all(spec.version == version for version, spec in CATALOG.items())
 
 
 @pytest.mark.parametrize(("version", "credits"), PRICES.items())
 def test_each_model_version_costs_the_seed_price(version: str, credits: int) -> None:
-    assert catalog.lookup(version).credits == credits
+    assert CATALOG.lookup(version).credits == credits
 
 
 def test_the_default_model_is_flux_1_kontext_pro() -> None:
     assert DEFAULT_MODEL == "flux.1_kontext_pro"
-    assert catalog.lookup(DEFAULT_MODEL).images is ImageRule.ACCEPTS
+    assert CATALOG.lookup(DEFAULT_MODEL).images is ImageRule.ACCEPTS
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_the_default_model_is_flux_1_kontext_pro() -> None:
     ],
 )
 def test_models_that_accept_images_have_their_file_limit(version: str, max_files: int) -> None:
-    spec = catalog.lookup(version)
+    spec = CATALOG.lookup(version)
     assert spec.images is ImageRule.ACCEPTS
     assert spec.max_files == max_files
 
@@ -69,13 +69,13 @@ def test_models_that_accept_images_have_their_file_limit(version: str, max_files
     ],
 )
 def test_text_only_models_take_no_files(version: str, rule: ImageRule) -> None:
-    spec = catalog.lookup(version)
+    spec = CATALOG.lookup(version)
     assert spec.images is rule
     assert spec.max_files == 0
 
 
 def test_only_flux_1_kontext_pro_refuses_webp() -> None:
-    assert {v for v, spec in CATALOG.items() if not spec.accepts_webp} == {"flux.1_kontext_pro"}
+    assert {v for v in PRICES if not CATALOG[v].accepts_webp} == {"flux.1_kontext_pro"}
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ def test_an_unknown_model_version_is_refused_with_2017_suggesting_the_valid_ones
     version: str,
 ) -> None:
     with pytest.raises(ModelVersionInvalid) as caught:
-        catalog.lookup(version)
+        CATALOG.lookup(version)
     assert caught.value.code == 2017
     assert caught.value.status == 400
     assert repr(version) in caught.value.message

@@ -41,14 +41,14 @@ from apptools import Api, State, account_state, png, running_api, settings_for
 from easel.api.app import create_app
 from easel.backends import gemini, openai
 from easel.backends._remote import RetryPolicy
-from easel.backends.base import BackendUnavailable, Job
+from easel.backends.base import BackendUnavailable
 from easel.config import Settings
 from easel.runtime import Runtime
 from easel.server import DRAIN_MAX_BYTES
 from easel.services.ratelimit import RateLimiter
 from easel.storage.sts import AwsCredentials, StsClient, StsError
 from easel.store.tables import api_keys, files, metadata
-from fakes import Control
+from fakes import Control, job_for
 from loopback import serve_app
 from processes import create_key, easel_process, free_port, wait_healthy, write_config
 
@@ -971,7 +971,7 @@ async def test_an_sdk_backend_gives_up_on_an_answer_that_never_ends(
     try:
         async with asyncio.timeout(30):  # a hang fails here instead of hanging the suite
             with pytest.raises(BackendUnavailable, match="no complete answer within 1 s"):
-                await backend.generate(Job("t", model, "x", ()), Control())
+                await backend.generate(job_for(kind, model, "x"), Control())
     finally:
         await backend.close()
 

@@ -41,7 +41,7 @@ from fake_providers import (
     mj_task,
     openai_image,
 )
-from fakes import FAST_RETRY, Control
+from fakes import FAST_RETRY, Control, job_for
 from loopback import Peer, serve_app
 
 OUTSIDER_ALLOWED = OutboundPolicy.from_strings(["127.0.0.2/32"])
@@ -67,7 +67,7 @@ def bfl(base_url: str, monkeypatch: pytest.MonkeyPatch, **options: object) -> Bf
     )
 
 
-BFL_JOB = Job("t-1", "flux.1_dev", "a red fox", ())
+BFL_JOB = job_for("bfl", "flux.1_dev", "a red fox")
 
 
 async def test_bfl_polling_url_on_an_internal_address_is_never_fetched(
@@ -231,7 +231,7 @@ async def test_an_sdk_redirect_to_an_internal_address_is_refused(
         backend = make(base_url, monkeypatch)
         try:
             with pytest.raises(BackendFailed, match="not a public address") as failed:
-                await backend.generate(Job("t-1", version, "a teapot", ()), Control())
+                await backend.generate(job_for(kind, version, "a teapot"), Control())
         finally:
             await backend.close()
     never_reached(internal, failed.value)
@@ -256,7 +256,7 @@ async def test_an_sdk_key_does_not_follow_a_redirect_to_another_host(
     with serve_app(redirecting_provider(outsider.url)) as base_url:
         backend = make(base_url, monkeypatch)
         try:
-            await backend.generate(Job("t-1", version, "a teapot", ()), Control())
+            await backend.generate(job_for(kind, version, "a teapot"), Control())
         finally:
             await backend.close()
     assert outsider.seen, "the SDK followed the redirect"

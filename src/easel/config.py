@@ -18,10 +18,19 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from easel.backends.autoconfig import auto_tables, has_local_gpu
-from easel.domain import catalog
+from easel.domain.catalog import CATALOG, Catalog
 
 CONFIG_ENV = "EASEL_CONFIG"
 
@@ -114,6 +123,9 @@ class Settings(BaseModel):
     # host[:port] clients reach the bucket at over HTTPS (the SDK prepends https://); default:
     # the host of AWS_ENDPOINT_URL, else s3.<AWS_REGION>.amazonaws.com
     s3_public_host: str | None = None
+    # The models this server knows (not a key of the file: code passes another catalog,
+    # e.g. a test serving a model the code does not list). Before models: it checks them.
+    catalog: InstanceOf[Catalog] = Field(default_factory=lambda: CATALOG, exclude=True)
     backends: dict[str, BackendTable] = Field(default_factory=dict)
     models: dict[str, ModelTable] = Field(default_factory=dict)
 
@@ -150,12 +162,13 @@ class Settings(BaseModel):
 
     @field_validator("models")
     @classmethod
-    def _model_versions(cls, value: dict[str, ModelTable]) -> dict[str, ModelTable]:
+    def _model_versions(
+        cls, value: dict[str, ModelTable], info: ValidationInfo
+    ) -> dict[str, ModelTable]:
+        models = info.data.get("catalog", CATALOG)
         for version in value:
-            if version not in catalog.CATALOG:
-                raise ValueError(
-                    f"unknown model_version {version!r}; known: {', '.join(catalog.CATALOG)}"
-                )
+            if version not in models:
+                raise ValueError(f"unknown model_version {version!r}; known: {', '.join(models)}")
         return value
 
     @model_validator(mode="after")
@@ -174,7 +187,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in Settings.model_fields.items():
         raw = env.get(f"EASEL_{name.upper()}")
-        if raw is None or name in ("backends", "models"):
+        if raw is None or name in ("backends", "models", "catalog"):
             continue
         if field.annotation == list[str]:
             stripped = raw.strip()
@@ -213,6 +226,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"configuration file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    if "catalog" in data:  # code passes a catalog (Settings.catalog); a file cannot
+        raise ConfigError(f"invalid configuration in {source}:\n  unknown key 'catalog'")
     data.update(_env_overrides(env))
     if not data.get("backends") and not data.get("models"):
         data.update(auto_tables(env, local_gpu=has_local_gpu()))

@@ -6,8 +6,10 @@ import gc
 import logging
 from dataclasses import dataclass, field
 
+from easel.backends.autoconfig import HOSTED
 from easel.backends.fallback import Router
 from easel.config import Settings
+from easel.domain.catalog import DEFAULT_MODEL
 from easel.services.accounts import Accounts
 from easel.services.events import EventFeed
 from easel.services.janitor import Janitor
@@ -25,13 +27,14 @@ from easel.worker.runner import Worker
 
 log = logging.getLogger("easel")
 
+*_VARIABLES, _LAST_VARIABLE = HOSTED.values()
 HOW_TO_ENABLE = (
     "This server serves no model_version (no provider key in the environment, no GPU, no "
-    "backend in the config). To enable one: set OPENAI_API_KEY, GEMINI_API_KEY, BFL_API_KEY "
-    "or MJ_PROXY_URL; or run on an NVIDIA GPU with pip install 'easel[local]'; or configure "
+    f"backend in the config). To enable one: set {', '.join(_VARIABLES)} or {_LAST_VARIABLE}"
+    "; or run on an NVIDIA GPU with pip install 'easel[local]'; or configure "
     "backends in the config file, e.g. for a dry run without model costs:\n"
     '  [backends.dry]\n  kind = "placeholder"\n'
-    '  [models."flux.1_kontext_pro"]\n  backends = ["dry"]\n'
+    f'  [models."{DEFAULT_MODEL}"]\n  backends = ["dry"]\n'
     "(examples/placeholder.toml serves every model that way; see docs/configuration.md)."
 )
 

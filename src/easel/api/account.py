@@ -11,7 +11,6 @@ from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.facts import declare
 from easel.api.models import unserved_models
-from easel.domain import catalog
 from easel.supervise import supervised_checks
 
 router = APIRouter()
@@ -49,7 +48,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         checks["database"] = f"error: {exc}"
     checks["object_store"] = await runtime.storage.problem() or "ok"
     unserved = await unserved_models(runtime)
-    configured = sum(1 for version in catalog.CATALOG if runtime.router.chain(version))
+    configured = sum(1 for version in runtime.settings.catalog if runtime.router.chain(version))
     checks["models"] = "ok"
     if unserved:
         checks["models"] = "not served: " + "; ".join(f"{m} ({why})" for m, why in unserved.items())

@@ -11,7 +11,6 @@ from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.facts import declare
 from easel.backends.fallback import Router
-from easel.domain import catalog
 from easel.domain.errors import StoreUnavailable
 from easel.runtime import Runtime
 
@@ -22,7 +21,7 @@ def describe_models(router: Router, served: set[str]) -> list[dict[str, Any]]:
     """Each catalog entry with this server's backends; ``served`` also counts the models
     that live workers elsewhere take. A model not served says why (``reason``)."""
     rows = []
-    for spec in catalog.CATALOG.values():
+    for spec in router.catalog.values():
         backends = [
             {
                 "name": leg.backend.name,
@@ -54,7 +53,7 @@ async def unserved_models(runtime: Runtime) -> dict[str, str]:
     """The models configured here that nothing serves (no ready backend here, no live
     worker), with why. The database's answer is left out while it is unreachable: the
     readiness probe reports that outage itself."""
-    configured = [version for version in catalog.CATALOG if runtime.router.chain(version)]
+    configured = [version for version in runtime.settings.catalog if runtime.router.chain(version)]
     live: set[str] = set()  # the database is away: no worker elsewhere is known to be live
     with contextlib.suppress(StoreUnavailable):
         live = await runtime.service.live_models()
@@ -95,4 +94,5 @@ EXAMPLE = {
 @declare(example=EXAMPLE)
 async def models(caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
     served = set(await runtime.service.served())
-    return ok({"default": catalog.DEFAULT_MODEL, "models": describe_models(runtime.router, served)})
+    default = runtime.settings.catalog.default
+    return ok({"default": default, "models": describe_models(runtime.router, served)})

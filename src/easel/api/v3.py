@@ -111,7 +111,8 @@ TASK_IDS_BODY = JsonBody(
 async def _submit(
     request: Request, caller: CallerDep, runtime: RuntimeDep, route: v3.Route
 ) -> dict[str, Any]:
-    body = v3.to_generate_image(await json_object(request, "of generation options"), route)
+    options = await json_object(request, "of generation options")
+    body = v3.to_generate_image(options, route, runtime.settings.catalog)
     task_id = await runtime.service.submit(
         caller, body, idempotency_key=request.headers.get("idempotency-key")
     )

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -42,7 +42,6 @@ class SdkBackend(RemoteBackend, ABC, Generic[C, R]):
     The SDK is imported in :meth:`_open` and the hooks, never when the kind's module is.
     """
 
-    default_models: ClassVar[Mapping[str, str]]  # model_version → the provider's model id
     _client: C | None = None
 
     @abstractmethod
@@ -61,7 +60,7 @@ class SdkBackend(RemoteBackend, ABC, Generic[C, R]):
     async def _close(self, client: C) -> None: ...
 
     async def generate(self, job: Job, control: JobControl) -> GeneratedImage:
-        model = model_for(job, self.default_models, self.kind)
+        model = model_for(job, self.kind)
         if self._client is None:
             self._client = self._open()
         client = self._client

@@ -18,7 +18,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar, TypeVar
@@ -209,16 +209,16 @@ def to_generated_image(data: bytes, provider: str) -> GeneratedImage:
     raise BackendFailed(f"{provider} answered with bytes that are not a PNG, JPEG or WebP image")
 
 
-def model_for(job: Job, defaults: Mapping[str, str], kind: str) -> str:
-    """The provider's model id for ``job``: its provider_model, else the default for its
-    model_version in ``defaults``; a definite failure naming the config key when neither."""
-    model = job.provider_model or defaults.get(job.model_version)
-    if model is None:
+def model_for(job: Job, kind: str) -> str:
+    """The provider's model id for ``job`` (the router gives the model table's
+    ``provider_model``, else the catalog's id for ``kind``); a definite failure naming the
+    config key when there is none."""
+    if not job.provider_model:
         raise BackendFailed(
-            f"the {kind} backend has no default model for {job.model_version!r}; set "
-            f'provider_model for it in [models."{job.model_version}"]'
+            f"the {kind} backend has no model id for {job.model_version!r} (the catalog names "
+            f'none for this kind); set provider_model for it in [models."{job.model_version}"]'
         )
-    return model
+    return job.provider_model
 
 
 def install_command(distribution: str) -> str:

@@ -1,13 +1,14 @@
 """Backends enabled from the environment when the configuration names none.
 
-With no ``[backends]`` and no ``[models]`` tables, Easel serves what the machine can:
+With no ``[backends]`` and no ``[models]`` tables, Easel serves what the machine can: each
+catalog model whose entry names a kind (its ``provider_models``) gets a backend of that kind
+when the kind can run here:
 
-* an NVIDIA driver and the ``local`` extra: ``local-flux`` and ``local-kontext`` (diffusers on
-  CUDA, bf16) for ``flux.1_dev`` and ``flux.1_kontext_pro``;
-* ``BFL_API_KEY``: ``bfl`` for ``flux.1_kontext_pro`` and ``flux.1_dev``;
-* ``OPENAI_API_KEY``: ``openai`` for ``gpt_4o``, ``gpt_image_1.5`` and ``gpt_image_2``;
-* ``GEMINI_API_KEY``: ``gemini`` for the three ``gemini_*`` model_versions;
-* ``MJ_PROXY_URL``: ``midjourney-proxy`` for ``midjourney``.
+* an NVIDIA driver and the ``local`` extra: ``diffusers`` on CUDA (bf16), one backend per
+  pipeline (``local-flux``, ``local-kontext``), today for ``flux.1_dev`` and
+  ``flux.1_kontext_pro``;
+* a hosted kind when its variable in :data:`HOSTED` is set (``OPENAI_API_KEY`` for the
+  ``gpt_*`` models, and so on), under the kind's own name.
 
 Local pipelines come first (the GPU is already paid for); a hosted provider is the fallback.
 """
@@ -19,21 +20,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-_HOSTED: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("BFL_API_KEY", "bfl", "bfl", ("flux.1_kontext_pro", "flux.1_dev")),
-    ("OPENAI_API_KEY", "openai", "openai", ("gpt_4o", "gpt_image_1.5", "gpt_image_2")),
-    ("GEMINI_API_KEY", "gemini", "gemini", (
-        "gemini_2.5_flash_image_preview",
-        "gemini_3_pro_image_preview",
-        "gemini_3.1_flash_image_preview",
-    )),
-    ("MJ_PROXY_URL", "midjourney-proxy", "midjourney-proxy", ("midjourney",)),
-)  # fmt: skip
+from easel.domain.catalog import CATALOG, Catalog
 
-_LOCAL: tuple[tuple[str, str, str, str], ...] = (
-    ("local-flux", "flux", "black-forest-labs/FLUX.1-dev", "flux.1_dev"),
-    ("local-kontext", "flux-kontext", "black-forest-labs/FLUX.1-Kontext-dev", "flux.1_kontext_pro"),
-)
+# Hosted kind → the environment variable that enables it (each kind's own key or URL).
+HOSTED: dict[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "bfl": "BFL_API_KEY",
+    "midjourney-proxy": "MJ_PROXY_URL",
+}
+LOCAL = "diffusers"
 
 
 def has_local_gpu() -> bool:
@@ -43,21 +39,31 @@ def has_local_gpu() -> bool:
     )
 
 
-def auto_tables(env: Mapping[str, str], local_gpu: bool) -> dict[str, Any]:
+def _backend(kind: str, provider_model: str | None) -> tuple[str, dict[str, Any]]:
+    """The name and table of the backend of ``kind`` that serves a model: one per hosted
+    kind, and one per diffusers pipeline (``local-flux``, ``local-kontext``), which models
+    that run on the same pipeline share."""
+    if kind != LOCAL:
+        return kind, {"kind": kind}
+    pipeline = provider_model or ""
+    table = {"kind": LOCAL, "pipeline": pipeline, "device": "cuda", "dtype": "bfloat16"}
+    return f"local-{pipeline.removeprefix('flux-')}", table
+
+
+def auto_tables(
+    env: Mapping[str, str], local_gpu: bool, models: Catalog = CATALOG
+) -> dict[str, Any]:
     """``backends`` and ``models`` tables for what ``env`` and the machine offer."""
+    kinds = [LOCAL] if local_gpu else []
+    kinds += [kind for kind, variable in HOSTED.items() if env.get(variable)]
     backends: dict[str, dict[str, Any]] = {}
-    models: dict[str, list[str]] = {}
-    if local_gpu:
-        for name, pipeline, weights, version in _LOCAL:
-            backends[name] = {"kind": "diffusers", "pipeline": pipeline, "weights": weights,
-                              "device": "cuda", "dtype": "bfloat16"}  # fmt: skip
-            models.setdefault(version, []).append(name)
-    for variable, name, kind, versions in _HOSTED:
-        if env.get(variable):
-            backends[name] = {"kind": kind}
-            for version in versions:
-                models.setdefault(version, []).append(name)
-    return {
-        "backends": backends,
-        "models": {version: {"backends": names} for version, names in models.items()},
-    }
+    chains: dict[str, dict[str, Any]] = {}
+    for spec in models.values():
+        names = []
+        for kind in kinds:
+            if kind in spec.provider_models:
+                name, backends[name] = _backend(kind, spec.provider_models[kind])
+                names.append(name)
+        if names:
+            chains[spec.version] = {"backends": names}
+    return {"backends": backends, "models": chains}

@@ -2,11 +2,12 @@
 
 Every request carries the key in the ``x-key`` header (``BFL_API_KEY`` by default). The
 endpoint is ``POST {base_url}/v1/{endpoint}``, ``endpoint`` being the job's
-``provider_model`` or, by default:
+``provider_model`` (by default the catalog's ``bfl`` id: ``flux-kontext-pro``,
+``flux-dev``):
 
-- ``flux.1_kontext_pro`` → ``/v1/flux-kontext-pro``: ``prompt``, ``output_format: "png"`` and
-  the references as raw base64 in ``input_image``, ``input_image_2`` … ``input_image_4``;
-- ``flux.1_dev`` → ``/v1/flux-dev``: ``prompt``, ``width``/``height`` 1024, ``output_format``.
+- a Kontext endpoint (``flux-kontext-pro``): ``prompt``, ``output_format: "png"`` and the
+  references as raw base64 in ``input_image``, ``input_image_2`` … ``input_image_4``;
+- another (``flux-dev``): ``prompt``, ``width``/``height`` 1024, ``output_format``.
 
 The answer is ``{"id", "polling_url"}``. The backend polls that URL as given (it may name a
 regional host) until ``status`` is ``Ready``, then downloads ``result.sample`` at once, since
@@ -49,7 +50,6 @@ from easel.backends.base import (
 from easel.outbound import OutboundPolicy
 
 PROVIDER = "Black Forest Labs"
-DEFAULT_ENDPOINTS = {"flux.1_kontext_pro": "flux-kontext-pro", "flux.1_dev": "flux-dev"}
 MAX_REFERENCES = 4
 TEXT_TO_IMAGE_SIZE = 1024
 _MODERATED = ("Request Moderated", "Content Moderated")
@@ -64,8 +64,9 @@ class Options(RemoteOptions):
 
 
 def endpoint_for(job: Job) -> str:
-    """The path segment after ``/v1/``: ``provider_model`` if configured, else the default."""
-    name = job.provider_model or DEFAULT_ENDPOINTS.get(job.model_version)
+    """The path segment after ``/v1/``: the job's ``provider_model`` (the model table's, else
+    the catalog's)."""
+    name = job.provider_model
     if not name:
         raise BackendFailed(
             f"no BFL endpoint is known for model_version {job.model_version!r}; map one with "

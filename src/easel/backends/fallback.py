@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from easel.backends.base import ImageBackend, LoadState
 from easel.backends.registry import create_backend
 from easel.config import Settings
-from easel.domain import catalog
+from easel.domain.catalog import CATALOG, Catalog
 from easel.outbound import OutboundPolicy
 
 
 @dataclass(frozen=True, slots=True)
 class Leg:
-    """One backend of a model's chain, with the provider's id for that model."""
+    """One backend of a model's chain, with the provider's id for that model: the model
+    table's ``provider_model`` for this backend, else the catalog's for the backend's kind."""
 
     backend: ImageBackend
     provider_model: str | None
@@ -28,6 +29,7 @@ class Leg:
 class Router:
     chains: dict[str, list[Leg]] = field(default_factory=dict)
     backends: dict[str, ImageBackend] = field(default_factory=dict)
+    catalog: Catalog = field(default_factory=lambda: CATALOG)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Router:
@@ -35,13 +37,18 @@ class Router:
         backends = {
             name: create_backend(name, table, outbound) for name, table in settings.backends.items()
         }
+        ids = {version: spec.provider_models for version, spec in settings.catalog.items()}
         chains = {
             version: [
-                Leg(backends[name], table.provider_model.get(name)) for name in table.backends
+                Leg(
+                    backends[name],
+                    table.provider_model.get(name) or ids[version].get(backends[name].kind),
+                )
+                for name in table.backends
             ]
             for version, table in settings.models.items()
         }
-        return cls(chains=chains, backends=backends)
+        return cls(chains=chains, backends=backends, catalog=settings.catalog)
 
     def chain(self, model_version: str) -> list[Leg]:
         return self.chains.get(model_version, [])
@@ -55,7 +62,7 @@ class Router:
 
     def served(self) -> list[str]:
         """The model_versions with at least one ready backend, in catalog order."""
-        return [version for version in catalog.CATALOG if self.ready_backends(version)]
+        return [version for version in self.catalog if self.ready_backends(version)]
 
     def is_served(self, model_version: str) -> bool:
         return bool(self.ready_backends(model_version))

@@ -34,12 +34,6 @@ if TYPE_CHECKING:
     from google.genai import Client
     from google.genai.types import Content, GenerateContentResponse
 
-# model_version → Gemini model id (the seed's preview ids are retired by Google).
-DEFAULT_MODELS: dict[str, str] = {
-    "gemini_2.5_flash_image_preview": "gemini-2.5-flash-image",
-    "gemini_3_pro_image_preview": "gemini-3-pro-image",
-    "gemini_3.1_flash_image_preview": "gemini-3.1-flash-image",
-}
 # promptFeedback.blockReason / finishReason values that mean "refused under policy".
 POLICY_REASONS = frozenset(
     {
@@ -135,7 +129,6 @@ class GeminiBackend(SdkBackend["Client", "GenerateContentResponse"]):
     provider = "Gemini"
     credential_headers = ("x-goog-api-key",)
     packages = (("google.genai", "google-genai"),)
-    default_models = DEFAULT_MODELS
     options: Options
 
     def _open(self) -> Client:

@@ -36,12 +36,6 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI
     from openai.types import ImagesResponse
 
-# model_version → OpenAI model id; [models."…"].provider_model overrides per backend.
-DEFAULT_MODELS: dict[str, str] = {
-    "gpt_4o": "gpt-image-1",
-    "gpt_image_1.5": "gpt-image-1.5",
-    "gpt_image_2": "gpt-image-2",
-}
 _POLICY_CODES = ("moderation_blocked", "content_policy_violation")
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
@@ -99,7 +93,6 @@ class OpenAIBackend(SdkBackend["AsyncOpenAI", "ImagesResponse"]):
     provider = "OpenAI"
     credential_headers = ("authorization",)
     packages = (("openai", "openai"),)
-    default_models = DEFAULT_MODELS
     options: Options
 
     def _open(self) -> AsyncOpenAI:

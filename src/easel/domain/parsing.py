@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from easel.domain import catalog, prompts, templates
-from easel.domain.catalog import ImageRule, ModelSpec
+from easel.domain import prompts, templates
+from easel.domain.catalog import CATALOG, REQUEST_OPTIONS, Catalog, ImageRule, ModelSpec
 from easel.domain.errors import InvalidParameter, TaskTypeNotSupported
 
 TASK_TYPE = "generate_image"
@@ -138,8 +138,19 @@ def _parse_files(body: dict[str, Any]) -> list[FileRef]:
     return refs
 
 
-def parse_generate_image(body: dict[str, Any]) -> GenerateImageRequest:
-    """Validate a task body; raise the protocol error for the first problem found."""
+def _check_options(body: dict[str, Any], model: ModelSpec) -> None:
+    """Refuse an optional field set for a model whose catalog entry does not take it."""
+    refused = sorted(name for name in REQUEST_OPTIONS - model.options if body.get(name))
+    if refused:
+        raise InvalidParameter(
+            f"{model.version} does not take {', '.join(refused)}.",
+            "Leave it out, or pick a model that takes it (GET /v2/openapi/models).",
+        )
+
+
+def parse_generate_image(body: dict[str, Any], models: Catalog = CATALOG) -> GenerateImageRequest:
+    """Validate a task body against the catalog ``models``; raise the protocol error for the
+    first problem found."""
     task_type = body.get("type")
     if task_type != TASK_TYPE:
         raise TaskTypeNotSupported(f"task type {task_type!r} is not supported.")
@@ -162,10 +173,11 @@ def parse_generate_image(body: dict[str, Any]) -> GenerateImageRequest:
 
     version = body.get("model_version")
     if version is None:
-        version = catalog.DEFAULT_MODEL
+        version = models.default
     if not isinstance(version, str):
         raise InvalidParameter("model_version must be a string.")
-    model = catalog.lookup(version)
+    model = models.lookup(version)
+    _check_options(body, model)
 
     files = _parse_files(body)
     notes: list[str] = []
@@ -179,7 +191,7 @@ def parse_generate_image(body: dict[str, Any]) -> GenerateImageRequest:
     )
     count = request.image_count
     if count and model.images is ImageRule.UPGRADE:
-        default = catalog.lookup(catalog.DEFAULT_MODEL)
+        default = models[models.default]
         notes.append(f"{model.version} takes no images; upgraded to {default.version}.")
         model = default
     elif count and model.images is ImageRule.REFUSES:
@@ -187,7 +199,7 @@ def parse_generate_image(body: dict[str, Any]) -> GenerateImageRequest:
         raise InvalidParameter(
             f"{model.version} cannot use image input, and {source} adds {count} image(s).",
             "Remove the images (file, files or a template with images), or pick a model that "
-            "takes images such as flux.1_kontext_pro.",
+            f"takes images such as {models.default}.",
         )
     if count > model.max_files:
         raise InvalidParameter(

@@ -10,7 +10,8 @@ price and backend, and renders a stored task in the v3 shape.
 Choices where v3 and this server differ (also in docs/protocol.md):
 
 - ``model`` takes this server's ``model_version`` names and the v3 names of the same models
-  (``banana`` is ``gemini_2.5_flash_image_preview``, and so on; see :data:`V3_MODELS`).
+  (``banana`` is ``gemini_2.5_flash_image_preview``, and so on: each catalog entry's
+  ``v3_names``).
 - A string input that is neither a URL nor an uploaded file's token is read as the task id
   of one of the key's successful tasks, whose image becomes the reference.
 - v3 options this server has no use for (``size``, ``aspect_ratio``, ``quality``,
@@ -23,34 +24,27 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from easel.domain import catalog
+from easel.domain.catalog import CATALOG, REQUEST_OPTIONS, Catalog
 from easel.domain.errors import InvalidParameter, ModelVersionInvalid
 from easel.domain.parsing import TASK_TYPE
 from easel.domain.tasks import WITH_ERROR, Task
 
 Route = Literal["text-to-image", "image-to-image"]
 
-# v3 image model names → this server's model_version of the same model.
-V3_MODELS: dict[str, str] = {
-    "banana": "gemini_2.5_flash_image_preview",
-    "banana_pro": "gemini_3_pro_image_preview",
-    "banana2": "gemini_3.1_flash_image_preview",
-    "chat_image_2": "gpt_image_2",
-}
 MAX_LISTED_TASKS = 100
 
 
-def model_version(name: object) -> str:
+def model_version(name: object, models: Catalog = CATALOG) -> str:
     """The ``model_version`` a v3 ``model`` names; 2017 for a name this server does not know."""
     if not isinstance(name, str):
-        raise InvalidParameter("model must be a string such as 'flux.1_kontext_pro'.")
-    version = V3_MODELS.get(name, name)
-    if version not in catalog.CATALOG:
+        raise InvalidParameter(f"model must be a string such as {models.default!r}.")
+    spec = models.named(name)
+    if spec is None:
         raise ModelVersionInvalid(
             f"model {name!r} is not a model of this server.",
-            f"Use one of: {', '.join([*catalog.CATALOG, *V3_MODELS])}.",
+            f"Use one of: {', '.join([*models, *models.v3_names])}.",
         )
-    return version
+    return spec.version
 
 
 def _file(value: object, where: str) -> dict[str, Any]:
@@ -67,8 +61,11 @@ def _file(value: object, where: str) -> dict[str, Any]:
     return {"url": text} if text.startswith(("http://", "https://")) else {"file_token": text}
 
 
-def to_generate_image(body: dict[str, Any], route: Route) -> dict[str, Any]:
-    """The v2 ``generate_image`` body for a v3 generation request."""
+def to_generate_image(
+    body: dict[str, Any], route: Route, models: Catalog = CATALOG
+) -> dict[str, Any]:
+    """The v2 ``generate_image`` body for a v3 generation request (``model`` read in
+    ``models``)."""
     has_input, has_inputs = body.get("input") is not None, body.get("inputs") is not None
     out: dict[str, Any] = {"type": TASK_TYPE}
     if route == "text-to-image":
@@ -93,8 +90,8 @@ def to_generate_image(body: dict[str, Any], route: Route) -> dict[str, Any]:
         out["files"] = [_file(item, f"inputs[{i}]") for i, item in enumerate(inputs)]
     model = body.get("model", body.get("model_version"))
     if model is not None:
-        out["model_version"] = model_version(model)
-    for name in ("prompt", "template", "t_pose", "sketch_to_render"):
+        out["model_version"] = model_version(model, models)
+    for name in ("prompt", *sorted(REQUEST_OPTIONS)):
         if name in body:
             out[name] = body[name]
     return out

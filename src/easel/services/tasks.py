@@ -16,7 +16,7 @@ from typing import Any
 
 from easel.backends.fallback import Router
 from easel.config import Settings
-from easel.domain import catalog, eta
+from easel.domain import eta
 from easel.domain.accounts import Caller
 from easel.domain.errors import (
     FatalServerError,
@@ -67,7 +67,7 @@ class TaskService:
             canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
             digest = hashlib.sha256(canonical.encode()).hexdigest()
             idempotency = Idempotency(idempotency_key, digest)
-        request = parse_generate_image(body)
+        request = parse_generate_image(body, self.settings.catalog)
         version = request.model.version
         if not await self.is_served(version):
             served = await self.served()
@@ -105,7 +105,7 @@ class TaskService:
 
     async def served(self) -> list[str]:
         live = await self.store.queue.live_models()
-        return [v for v in catalog.CATALOG if v in live or self.router.is_served(v)]
+        return [v for v in self.settings.catalog if v in live or self.router.is_served(v)]
 
     async def _references(
         self, caller: Caller, request: GenerateImageRequest

@@ -25,7 +25,6 @@ from easel.backends.base import (
 )
 from easel.backends.fallback import Router
 from easel.config import Settings
-from easel.domain.catalog import CATALOG
 from easel.domain.errors import EaselError, FatalServerError, first_line
 from easel.domain.tasks import AttemptOutcome, Status, Task
 from easel.outbound import OutboundPolicy
@@ -293,7 +292,7 @@ class Worker:
                 return
 
     async def _execute(self, task: Task, control: _Control) -> None:
-        model = CATALOG[task.model_version]
+        model = self.settings.catalog[task.model_version]
         try:
             images = await resolve(
                 task.refs, model, self.objects, self.policy, self.settings.fetch_timeout_s
