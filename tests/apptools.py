@@ -15,21 +15,14 @@ from sqlalchemy import func, select
 
 from easel.api.app import create_app
 from easel.config import Settings
+from easel.domain.catalog import CATALOG
 from easel.runtime import Runtime
 from easel.services.loops import LOOP_RESTARTS, Backoff
 from easel.store.tables import files, ledger, tasks, webhooks
 
 UNFINISHED = ("queued", "running")
-ALL_MODELS = (
-    "flux.1_kontext_pro",
-    "flux.1_dev",
-    "gpt_4o",
-    "gpt_image_1.5",
-    "gpt_image_2",
-    "midjourney",
-    "gemini_2.5_flash_image_preview",
-    "gemini_3_pro_image_preview",
-)  # gemini_3.1_flash_image_preview stays unserved on purpose
+UNSERVED = "gemini_3.1_flash_image_preview"  # served by no backend, on purpose
+ALL_MODELS = tuple(version for version in CATALOG if version != UNSERVED)
 
 
 def settings_for(database_url: str, **overrides: Any) -> Settings:

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from easel.domain import templates
+from easel.domain.catalog import CATALOG
 from easel.domain.errors import (
     EaselError,
     InvalidParameter,
@@ -129,20 +130,7 @@ def test_an_explicit_null_model_version_means_the_default() -> None:
     assert parse_generate_image(body(model_version=None)).model.version == "flux.1_kontext_pro"
 
 
-@pytest.mark.parametrize(
-    "version",
-    [
-        "flux.1_kontext_pro",
-        "flux.1_dev",
-        "gpt_4o",
-        "gpt_image_1.5",
-        "gpt_image_2",
-        "midjourney",
-        "gemini_2.5_flash_image_preview",
-        "gemini_3_pro_image_preview",
-        "gemini_3.1_flash_image_preview",
-    ],
-)
+@pytest.mark.parametrize("version", CATALOG)
 def test_every_model_version_is_accepted_for_a_text_only_request(version: str) -> None:
     request = parse_generate_image(body(model_version=version))
     assert request.model.version == version
