@@ -169,7 +169,8 @@ async def list_tasks(request: Request, caller: CallerDep, runtime: RuntimeDep) -
             missed.append(task_id)
         else:
             found[task_id] = v3.render_task(*view)
-    return ok({"tasks": found, "missed": missed})
+    as_array = v3.wants_task_array(request.headers.get("user-agent"))
+    return ok(v3.task_list(found, missed, as_array=as_array))
 
 
 @router.get("/account/balance", summary="v3: credits available and held")

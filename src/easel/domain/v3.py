@@ -16,6 +16,9 @@ Choices where v3 and this server differ (also in docs/protocol.md):
   of one of the key's successful tasks, whose image becomes the reference.
 - v3 options this server has no use for (``size``, ``aspect_ratio``, ``quality``,
   ``negative_prompt`` …) are accepted and ignored, as v2 ignores unknown fields.
+- ``POST /v3/tasks/list`` answers ``tasks`` keyed by task id (hosted Tripo's shape, which
+  ``tripo3d`` 1.x reads), or as a list for the official Go, JS and Rust SDKs, whose types
+  declare one; see :func:`task_list`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from easel.domain.tasks import WITH_ERROR, Task
 Route = Literal["text-to-image", "image-to-image"]
 
 MAX_LISTED_TASKS = 100
+# The User-Agent product names of the official v3 SDKs whose list call decodes ``tasks`` as an
+# array (Go ``[]Task``, Rust ``Vec<Task>``, the JS SDK's ``{tasks: Task[]}``); each sends its
+# name by default, e.g. ``tripo3d-sdk-go/0.1.0`` or ``@vastai/tripo-sdk/0.2.0``.
+TASK_ARRAY_CLIENTS = ("tripo3d-sdk-go", "@vastai/tripo-sdk", "tripo3d-sdk-rust")
 
 
 def model_version(name: object, models: Catalog = CATALOG) -> str:
@@ -153,3 +160,31 @@ def usage_item(task: Task) -> dict[str, Any]:
         "created_at": iso(task.created_at),
         "credits_consumed": float(task.consumed_credit),
     }
+
+
+def wants_task_array(user_agent: str | None) -> bool:
+    """Whether a User-Agent names one of :data:`TASK_ARRAY_CLIENTS` among its product tokens.
+
+    The request is the same from every SDK (``{"task_ids": […]}``): only the product token says
+    which answer the client can decode. A token anywhere in the header counts, so an app that
+    sets its own User-Agent keeps the list by adding the SDK's token after its own.
+    """
+    tokens = (user_agent or "").split()
+    return any(
+        token == name or token.startswith(f"{name}/")
+        for token in tokens
+        for name in TASK_ARRAY_CLIENTS
+    )
+
+
+def task_list(
+    found: dict[str, dict[str, Any]], missed: list[str], *, as_array: bool
+) -> dict[str, Any]:
+    """The ``POST /v3/tasks/list`` data: ``tasks`` keyed by id, or in the order asked.
+
+    The two shapes cannot share one answer: ``tripo3d`` 1.x iterates ``tasks.items()`` and the
+    Go, Rust and JS SDKs decode ``tasks`` as an array (Go and Rust fail on an object), so the
+    array goes to those three and the object, hosted Tripo's shape, to everyone else.
+    ``missed`` is in both: the array clients ignore fields they do not know.
+    """
+    return {"tasks": list(found.values()) if as_array else found, "missed": missed}
