@@ -144,7 +144,12 @@ async def get_task(
     return ok(v3.render_task(*found))
 
 
-@router.post("/tasks/list", summary="v3: get several tasks")
+@router.post(
+    "/tasks/list",
+    summary="v3: get several tasks",
+    description="`tasks` is keyed by task id, or a list in the order asked for the official Go, "
+    "JS and Rust SDKs (User-Agent `tripo3d-sdk-go`, `@vastai/tripo-sdk`, `tripo3d-sdk-rust`).",
+)
 @declare(
     errors=[1003, 1004],
     example={"tasks": {EXAMPLE_ID: TASK}, "missed": ["0f5e…"]},
