@@ -73,6 +73,10 @@ def test_the_domain_is_pure() -> None:
         ("services", ("easel.api", "easel.worker")),
         ("backends", ("easel.api", "easel.services", "easel.store", "easel.worker")),
         ("storage", ("easel.api", "easel.services", "easel.store", "easel.worker")),
+        (
+            "client",
+            ("easel.api", "easel.services", "easel.store", "easel.worker", "easel.backends"),
+        ),
     ],
 )
 def test_lower_layers_do_not_import_upper_ones(layer: str, forbidden: tuple[str, ...]) -> None:
