@@ -126,6 +126,9 @@ class Settings(BaseModel):
     # The models this server knows (not a key of the file: code passes another catalog,
     # e.g. a test serving a model the code does not list). Before models: it checks them.
     catalog: InstanceOf[Catalog] = Field(default_factory=lambda: CATALOG, exclude=True)
+    # The model a v2 text_to_image task runs on (its body names none); None: the catalog's
+    # default model. Its price stays Tripo's flat 5 credits.
+    text_to_image_model: str | None = None
     backends: dict[str, BackendTable] = Field(default_factory=dict)
     models: dict[str, ModelTable] = Field(default_factory=dict)
 
@@ -158,6 +161,14 @@ class Settings(BaseModel):
                 f"{value[:80]!r} is not an http(s) URL of at most 256 characters without a "
                 "query, such as https://images.example.com"
             )
+        return value
+
+    @field_validator("text_to_image_model")
+    @classmethod
+    def _text_to_image_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        models = info.data.get("catalog", CATALOG)
+        if value is not None and value not in models:
+            raise ValueError(f"unknown model_version {value!r}; known: {', '.join(models)}")
         return value
 
     @field_validator("models")

@@ -11,7 +11,7 @@ from easel.api.envelope import ok
 from easel.api.facts import EXAMPLE_ID, JsonBody, declare
 from easel.domain.catalog import DEFAULT_MODEL
 from easel.domain.errors import MalformedBody, TaskNotFound
-from easel.domain.parsing import TASK_TYPE
+from easel.domain.parsing import MAX_NEGATIVE_PROMPT_CHARS, TASK_TYPE, TASK_TYPES, TEXT_TO_IMAGE
 from easel.domain.prompts import MAX_PROMPT_CHARS
 from easel.domain.text import decode_json
 
@@ -68,7 +68,7 @@ TASK_BODY = JsonBody(
         "type": "object",
         "required": ["type"],
         "properties": {
-            "type": {"type": "string", "enum": [TASK_TYPE]},
+            "type": {"type": "string", "enum": list(TASK_TYPES)},
             "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
             "model_version": {"type": "string", "default": DEFAULT_MODEL},
             "file": {"$ref": "#/components/schemas/File"},
@@ -76,6 +76,15 @@ TASK_BODY = JsonBody(
             "template": {"type": "string"},
             "t_pose": {"type": "boolean", "default": False},
             "sketch_to_render": {"type": "boolean", "default": False},
+            "negative_prompt": {
+                "type": "string",
+                "maxLength": MAX_NEGATIVE_PROMPT_CHARS,
+                "description": "text_to_image only.",
+            },
+            "style_image": {
+                "$ref": "#/components/schemas/File",
+                "description": "text_to_image only: an image whose style the result takes.",
+            },
         },
     },
     components={"File": FILE_SCHEMA},
@@ -91,6 +100,14 @@ TASK_BODY = JsonBody(
                     {"type": "png", "file_token": "ce85f375-3ccc-440b-b847-571588872ec2"},
                     {"type": "jpg", "url": "https://example.com/b.jpg"},
                 ],
+            },
+        },
+        "text_to_image": {
+            "summary": "Basic text to image (5 credits), with a negative prompt",
+            "value": {
+                "type": TEXT_TO_IMAGE,
+                "prompt": "a lighthouse at dusk",
+                "negative_prompt": "people, text",
             },
         },
         "template": {
@@ -120,7 +137,7 @@ async def json_object(request: Request, what: str = "with a 'type'") -> dict[str
     return body
 
 
-@router.post("/task", summary="Submit a generate_image task")
+@router.post("/task", summary="Submit a generate_image or text_to_image task")
 @declare(
     errors=[1003, 1004, 2002, 2003, 2004, 2009, 2010, 2017, 2019, 2000],
     example={"task_id": EXAMPLE_ID},

@@ -23,6 +23,8 @@ from easel.domain.errors import ModelVersionInvalid
 
 # The optional fields of a generate_image request (besides the images); every model takes all.
 REQUEST_OPTIONS = frozenset({"template", "t_pose", "sketch_to_render"})
+# Tripo's flat price of a text_to_image task, whatever model the server runs it on.
+TEXT_TO_IMAGE_CREDITS = 5
 ALL_FORMATS = frozenset({"png", "jpeg", "webp"})
 PNG_JPEG = frozenset({"png", "jpeg"})
 

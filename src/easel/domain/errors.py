@@ -107,7 +107,7 @@ class TaskNotFound(EaselError):
 
 class TaskTypeNotSupported(EaselError):
     code, status = 2002, 400
-    default_suggestion = "This server runs task type 'generate_image' only."
+    default_suggestion = "This server runs task types 'generate_image' and 'text_to_image' only."
 
 
 class EmptyImage(EaselError):

@@ -1,7 +1,8 @@
-"""Validation of a ``generate_image`` request body: pure rules, no I/O.
+"""Validation of a task body (``generate_image`` or ``text_to_image``): pure rules, no I/O.
 
-:func:`parse_generate_image` turns the JSON object a client sent into a
-:class:`GenerateImageRequest` or raises the protocol error that names the problem. What
+:func:`parse_task` turns the JSON object a client sent into a :class:`GenerateImageRequest`
+(both types run as one image generation) or raises the protocol error that names the
+problem. What
 needs the database or the network (does a ``file_token`` exist, what format are its bytes)
 is checked afterwards by the submit service.
 """
@@ -13,10 +14,22 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from easel.domain import prompts, templates
-from easel.domain.catalog import CATALOG, REQUEST_OPTIONS, Catalog, ImageRule, ModelSpec
+from easel.domain.catalog import (
+    CATALOG,
+    REQUEST_OPTIONS,
+    TEXT_TO_IMAGE_CREDITS,
+    Catalog,
+    ImageRule,
+    ModelSpec,
+)
 from easel.domain.errors import InvalidParameter, TaskTypeNotSupported
 
 TASK_TYPE = "generate_image"
+TEXT_TO_IMAGE = "text_to_image"
+TASK_TYPES = (TASK_TYPE, TEXT_TO_IMAGE)
+MAX_NEGATIVE_PROMPT_CHARS = 255
+# Appended to a text_to_image prompt that has a style_image (image[1]).
+STYLE_IMAGE_HINT = "Render it in the style of image[1]."
 _SOURCES = ("file_token", "url", "object")
 
 SourceKind = Literal["file_token", "url", "object"]
@@ -49,6 +62,13 @@ class GenerateImageRequest:
     t_pose: bool = False
     sketch_to_render: bool = False
     notes: tuple[str, ...] = field(default=())
+    type: str = TASK_TYPE
+    negative_prompt: str = ""  # text_to_image only; backends that take one use it
+
+    @property
+    def credits(self) -> int:
+        """The price: text_to_image costs Tripo's flat price whatever model runs it."""
+        return TEXT_TO_IMAGE_CREDITS if self.type == TEXT_TO_IMAGE else self.model.credits
 
     @property
     def image_count(self) -> int:
@@ -56,6 +76,8 @@ class GenerateImageRequest:
 
     @property
     def composed_prompt(self) -> str:
+        if self.type == TEXT_TO_IMAGE:
+            return f"{self.prompt}\n\n{STYLE_IMAGE_HINT}" if self.files else self.prompt
         return prompts.compose_prompt(
             self.template.prompt if self.template else None,
             self.prompt,
@@ -65,6 +87,8 @@ class GenerateImageRequest:
 
     def input_echo(self) -> dict[str, Any]:
         """The accepted request as the task's ``input``, with the effective model_version."""
+        if self.type == TEXT_TO_IMAGE:
+            return self._text_to_image_echo()
         echo: dict[str, Any] = {"prompt": self.prompt, "model_version": self.model.version}
         if self.files:
             echo["files"] = [ref.to_json() for ref in self.files]
@@ -72,6 +96,14 @@ class GenerateImageRequest:
             echo["template"] = self.template.slug
         echo["t_pose"] = self.t_pose
         echo["sketch_to_render"] = self.sketch_to_render
+        return echo
+
+    def _text_to_image_echo(self) -> dict[str, Any]:
+        echo: dict[str, Any] = {"prompt": self.prompt, "model_version": self.model.version}
+        if self.negative_prompt:
+            echo["negative_prompt"] = self.negative_prompt
+        if self.files:
+            echo["style_image"] = self.files[0].to_json()
         return echo
 
 
@@ -180,7 +212,6 @@ def parse_generate_image(body: dict[str, Any], models: Catalog = CATALOG) -> Gen
     _check_options(body, model)
 
     files = _parse_files(body)
-    notes: list[str] = []
     request = GenerateImageRequest(
         prompt=prompt,
         model=model,
@@ -189,6 +220,12 @@ def parse_generate_image(body: dict[str, Any], models: Catalog = CATALOG) -> Gen
         t_pose=_bool(body, "t_pose"),
         sketch_to_render=_bool(body, "sketch_to_render"),
     )
+    return _check_images(request, models)
+
+
+def _check_images(request: GenerateImageRequest, models: Catalog) -> GenerateImageRequest:
+    """The model's image rules for the request's images: upgrade, refuse, or too many."""
+    model, files, template, notes = request.model, request.files, request.template, []
     count = request.image_count
     if count and model.images is ImageRule.UPGRADE:
         default = models[models.default]
@@ -207,5 +244,51 @@ def parse_generate_image(body: dict[str, Any], models: Catalog = CATALOG) -> Gen
             "(your files plus the template's).",
             "Send fewer images or pick a model that takes more (gpt_4o, gemini_*: 10).",
         )
-    prompts.check_image_references(prompt, count)
+    prompts.check_image_references(request.prompt, count)
     return replace(request, model=model, notes=tuple(notes))
+
+
+def parse_text_to_image(
+    body: dict[str, Any], models: Catalog = CATALOG, model_version: str | None = None
+) -> GenerateImageRequest:
+    """Validate a ``text_to_image`` body: ``prompt`` (required, ≤1024), ``negative_prompt``
+    (≤255) and an optional ``style_image`` File. It runs on ``model_version`` (the
+    server's ``text_to_image_model``, else the catalog's default); a ``model_version`` in the
+    body is ignored, as Tripo's v2 ignored it on this type."""
+    if body.get("type") != TEXT_TO_IMAGE:
+        raise TaskTypeNotSupported(f"task type {body.get('type')!r} is not supported.")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidParameter(
+            "prompt is required and must be a non-empty string.",
+            "Describe the image in the prompt (at most 1024 characters).",
+        )
+    prompts.check_prompt(prompt)
+    negative = body.get("negative_prompt")
+    if negative is None:
+        negative = ""
+    if not isinstance(negative, str):
+        raise InvalidParameter("negative_prompt must be a string.")
+    if len(negative) > MAX_NEGATIVE_PROMPT_CHARS:
+        raise InvalidParameter(
+            f"negative_prompt is {len(negative)} characters long; the limit is "
+            f"{MAX_NEGATIVE_PROMPT_CHARS}.",
+            "Shorten the negative prompt to what the image must not show.",
+        )
+    prompts.check_characters(negative, "negative_prompt")
+    style = body.get("style_image")
+    files = () if style is None else (parse_file(style, "style_image"),)
+    model = models.lookup(model_version or models.default)
+    request = GenerateImageRequest(
+        prompt=prompt, model=model, files=files, type=TEXT_TO_IMAGE, negative_prompt=negative
+    )
+    return _check_images(request, models)
+
+
+def parse_task(
+    body: dict[str, Any], models: Catalog = CATALOG, text_to_image_model: str | None = None
+) -> GenerateImageRequest:
+    """Validate a body of either task type this server runs; 2002 for any other type."""
+    if body.get("type") == TEXT_TO_IMAGE:
+        return parse_text_to_image(body, models, text_to_image_model)
+    return parse_generate_image(body, models)

@@ -98,14 +98,19 @@ def check_prompt(prompt: str) -> None:
             f"prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}.",
             "Shorten the prompt to at most 1024 characters (about 100 words).",
         )
-    for index, char in enumerate(prompt):
+    check_characters(prompt, "prompt")
+
+
+def check_characters(text: str, name: str) -> None:
+    """Refuse ``text`` (the field ``name``) holding a character of the 2009 rule."""
+    for index, char in enumerate(text):
         reason = refused_reason(char)
         if reason is not None:
             raise InvalidPromptCharacters(
-                f"prompt contains a character that is not allowed at position {index}: "
+                f"{name} contains a character that is not allowed at position {index}: "
                 f"U+{ord(char):04X} ({reason}).",
                 "Remove emoji and special Unicode characters (variation selectors, private-use "
-                "and control characters) from the prompt.",
+                f"and control characters) from the {name}.",
             )
 
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from easel.domain.catalog import CATALOG, REQUEST_OPTIONS, Catalog
 from easel.domain.errors import InvalidParameter, ModelVersionInvalid
-from easel.domain.parsing import TASK_TYPE
+from easel.domain.parsing import TASK_TYPE, TEXT_TO_IMAGE
 from easel.domain.tasks import WITH_ERROR, Task
 
 Route = Literal["text-to-image", "image-to-image"]
@@ -116,8 +116,11 @@ def iso(timestamp: float) -> str:
 
 
 def task_type(task: Task) -> str:
-    """The v3 type of a task: image-to-image when it has reference images."""
-    return "image_to_image" if task.refs else "text_to_image"
+    """The v3 type of a task: a v2 text_to_image stays one (its style_image is no input
+    image); a generate_image is image-to-image when it has reference images."""
+    if task.type == TEXT_TO_IMAGE:
+        return TEXT_TO_IMAGE
+    return "image_to_image" if task.refs else TEXT_TO_IMAGE
 
 
 def render_task(task: Task, v2: dict[str, Any]) -> dict[str, Any]:

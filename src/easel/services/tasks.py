@@ -25,7 +25,7 @@ from easel.domain.errors import (
     InvalidParameter,
 )
 from easel.domain.images import check_image
-from easel.domain.parsing import TASK_TYPE, FileRef, GenerateImageRequest, parse_generate_image
+from easel.domain.parsing import FileRef, GenerateImageRequest, parse_task
 from easel.domain.tasks import WITH_ERROR, Reference, Status, Task
 from easel.outbound import OutboundPolicy
 from easel.outbound.fetch import check_url
@@ -67,7 +67,7 @@ class TaskService:
             canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
             digest = hashlib.sha256(canonical.encode()).hexdigest()
             idempotency = Idempotency(idempotency_key, digest)
-        request = parse_generate_image(body, self.settings.catalog)
+        request = parse_task(body, self.settings.catalog, self.settings.text_to_image_model)
         version = request.model.version
         if not await self.is_served(version):
             served = await self.served()
@@ -82,12 +82,12 @@ class TaskService:
         task_id = str(uuid.uuid4())
         new = NewTask(
             id=task_id,
-            type=TASK_TYPE,
+            type=request.type,
             model_version=version,
             input=request.input_echo(),
             prompt=request.composed_prompt,
             refs=refs,
-            price=request.model.credits,
+            price=request.credits,
         )
         task_id = await self.store.tasks.submit(
             caller,
