@@ -21,6 +21,9 @@ from easel.backends.base import InputImage, Job, JobCancelled, JobControl
 if TYPE_CHECKING:
     from easel.backends.diffusers import Options
 
+# The true-CFG scale a negative prompt runs with (diffusers' FLUX example value).
+TRUE_CFG_SCALE = 4.0
+
 
 def paint(
     pipe: Any, options: Options, job: Job, control: JobControl | None
@@ -51,6 +54,8 @@ def paint(
     }
     if options.pipeline == "flux-kontext":
         arguments |= _kontext_arguments(pipe, options, job)
+    if job.negative_prompt:
+        arguments |= negative_arguments(job)
     image = pipe(**arguments).images[0]
     if getattr(pipe, "_interrupt", False):
         raise JobCancelled(job.task_id)
@@ -58,6 +63,12 @@ def paint(
     if len(stamps) > 2:  # step 1 also pays for the text encoders; pace from step 2 on
         pace = (stamps[-1] - stamps[1]) / (len(stamps) - 2)
     return image, pace
+
+
+def negative_arguments(job: Job) -> dict[str, Any]:
+    """A text_to_image's negative prompt: FLUX heeds it only under true classifier-free
+    guidance (``true_cfg_scale`` > 1), which runs the transformer twice per step."""
+    return {"negative_prompt": job.negative_prompt, "true_cfg_scale": TRUE_CFG_SCALE}
 
 
 def _kontext_arguments(pipe: Any, options: Options, job: Job) -> dict[str, Any]:

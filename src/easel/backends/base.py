@@ -33,6 +33,7 @@ class Job:
     prompt: str  # the composed prompt (template, user prompt, t_pose, sketch_to_render)
     images: tuple[InputImage, ...]  # in image[N] order: the user's files, then the template's
     provider_model: str | None = None  # from [models."…"].provider_model, when configured
+    negative_prompt: str = ""  # a text_to_image's; only the diffusers pipelines use it
 
 
 @dataclass(frozen=True, slots=True)

@@ -358,7 +358,14 @@ class Worker:
                 await queue.end_attempt(attempt, AttemptOutcome.SKIPPED, reason)
                 problems.append(f"{backend.name}: {reason}")
                 continue
-            job = Job(task.id, task.model_version, task.prompt, images, leg.provider_model)
+            job = Job(
+                task.id,
+                task.model_version,
+                task.prompt,
+                images,
+                leg.provider_model,
+                negative_prompt=str(task.input.get("negative_prompt", "")),
+            )
             try:
                 image = await run_attempt(backend, job, control)
             except BackendError as exc:
