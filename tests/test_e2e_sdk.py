@@ -239,6 +239,29 @@ async def test_generate_image_from_text(server: tuple[str, str], tmp_path: Path)
         assert await _balance(client) == (balance - PRICE, 0)
 
 
+async def test_text_to_image(server: tuple[str, str], tmp_path: Path) -> None:
+    """The SDK's text_to_image: Tripo's "Basic text to image", 5 credits, on the default
+    model; an over-long negative prompt is refused with 1004 at no cost."""
+    async with sdk(*server) as client:
+        balance, _ = await _balance(client)
+        task_id = await client.text_to_image(prompt="a lighthouse at dusk", negative_prompt="fog")
+        task = await _wait_success(client, task_id)
+        assert task.type == "text_to_image"
+        assert task.input == {
+            "prompt": "a lighthouse at dusk",
+            "negative_prompt": "fog",
+            "model_version": "flux.1_kontext_pro",
+        }
+        await _download_image(client, task, tmp_path)
+        assert await _balance(client) == (balance - PRICE, 0)
+
+        with pytest.raises(TripoAPIError) as too_long:
+            await client.text_to_image(prompt="a cat", negative_prompt="n" * 256)
+        assert too_long.value.code == 1004
+        assert "limit is 255" in too_long.value.message
+        assert await _balance(client) == (balance - PRICE, 0)
+
+
 async def test_generate_image_with_references(server: tuple[str, str], tmp_path: Path) -> None:
     red = _png(tmp_path / "red.png", (210, 30, 30))
     async with sdk(*server) as client:
