@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,21 @@ async def test_flux_ignores_reference_images(weights: dict[str, Path]) -> None:
     with_images = await backend.generate(job(picture(300, 200), task_id="t"), Control())
     without = await backend.generate(job(task_id="t"), Control())
     assert with_images.data == without.data
+
+
+@pytest.mark.parametrize("pipeline", ["flux", "flux-kontext"])
+async def test_a_negative_prompt_reaches_the_pipeline_and_changes_the_image(
+    weights: dict[str, Path], pipeline: str
+) -> None:
+    """A text_to_image's negative prompt runs under true guidance: the same task paints
+    another image with it, all steps reported."""
+    backend, control = tiny(weights, pipeline), Control()
+    plain = await backend.generate(job(task_id="t"), Control())
+    negative = replace(job(task_id="t"), negative_prompt="blurry, text")
+    guided = await backend.generate(negative, control)
+    assert png_size(guided.data) == (SIZE, SIZE)
+    assert guided.data != plain.data
+    assert control.fractions[-1] == 1.0
 
 
 async def test_kontext_keeps_the_configured_size_for_a_larger_reference(

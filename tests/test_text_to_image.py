@@ -20,8 +20,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from apptools import Api, account_state, png, running_api, settings_for
-from easel.backends._diffusers_paint import TRUE_CFG_SCALE, negative_arguments
-from easel.backends.base import Job
 from easel.domain.catalog import CATALOG
 from loopback import serve_app
 
@@ -188,9 +186,3 @@ async def test_a_style_image_on_a_model_that_refuses_images_is_refused(
         assert response.json()["code"] == 1004
         assert "midjourney cannot use image input" in response.json()["message"]
         assert await api.balance() == {"balance": CREDITS, "frozen": 0}
-
-
-def test_the_diffusers_pipelines_get_the_negative_prompt_under_true_guidance() -> None:
-    job = Job("t", "flux.1_dev", "a cat", (), negative_prompt="dogs")
-    assert negative_arguments(job) == {"negative_prompt": "dogs", "true_cfg_scale": TRUE_CFG_SCALE}
-    assert TRUE_CFG_SCALE > 1  # FLUX ignores a negative prompt at 1
