@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import helm_python as helm
@@ -312,3 +312,29 @@ def test_keda_objects_hold_what_keda_reads() -> None:
 def test_bad_values_are_refused_with_the_fix(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message.replace("(", r"\(").replace("?", r"\?")):
         render_chart(values)
+
+
+def matches(path: PurePath, glob: str) -> bool:
+    """setuptools' glob: ``*`` within one directory level."""
+    return len(path.parts) == len(PurePath(glob).parts) and path.match(glob)
+
+
+def test_the_images_install_carries_every_file_of_the_package() -> None:
+    """The image installs Easel as a wheel, not editable as make does: a file of src/easel
+    that is neither in a package (a directory with ``__init__.py``) nor matched by
+    ``[tool.setuptools.package-data]`` would be missing there only."""
+    package = ROOT / "src" / "easel"
+    tracked = run("git", "-C", str(ROOT), "ls-files", "src/easel").stdout.split()
+    assert tracked, "git ls-files found nothing"
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["easel"]
+    missing = [
+        name
+        for name in tracked
+        if not (
+            (name.endswith(".py") and (ROOT / name).with_name("__init__.py").exists())
+            or any(matches((ROOT / name).relative_to(package), glob) for glob in globs)
+        )
+    ]
+    assert missing == []
