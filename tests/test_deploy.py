@@ -196,6 +196,17 @@ def env_of(manifests: list[Manifest], deployment: str) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in declared}
 
 
+def test_a_single_api_replica_gets_no_budget_that_would_block_node_drains() -> None:
+    budgets = {
+        m["metadata"]["name"] for m in render_chart(BASE) if m["kind"] == "PodDisruptionBudget"
+    }
+    assert budgets == {"easel-api", "easel-worker-default"}
+    single = render_chart({**BASE, "api": {"replicas": 1}})
+    assert "easel-api" not in {
+        m["metadata"]["name"] for m in single if m["kind"] == "PodDisruptionBudget"
+    }
+
+
 def test_the_api_is_probed_on_healthz_and_readyz_and_runs_without_a_worker() -> None:
     api = container(render_chart(BASE), "easel-api")
     assert api["startupProbe"]["httpGet"]["path"] == "/healthz"
