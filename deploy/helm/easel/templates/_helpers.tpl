@@ -48,7 +48,8 @@ is retried from the outbox), so a longer period would only delay rollouts.
 {{/*
 terminationGracePeriodSeconds of a worker pod: lease_s + 5. On SIGTERM a worker cancels its
 running tasks and puts each back in the queue (one transaction per task), unregisters and
-exits; a local pipeline's thread may hold the exit until its current step is done. A task it
+exits; a local pipeline's thread may hold the exit until its current image is painted (the
+task is back in the queue by then: a SIGKILL loses nothing). A task it
 could not put back (the database away) is reclaimed by another worker once its lease lapses,
 at most lease_s after its last renewal (renewed every min(lease_s / 3, 1) s). So a worker
 killed after lease_s + 5 s loses nothing that waiting longer would have saved, and one
