@@ -617,3 +617,24 @@ def test_an_unknown_template_in_a_request_is_refused_with_1004() -> None:
     error = refused(body(template="cartoon"))
     assert error.code == 1004
     assert "'cartoon'" in error.message
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"negative_prompt": "x" * 256},
+        {"negative_prompt": 7},
+        {"style_image": {"type": "png"}},
+        {"style_image": "not a file"},
+    ],
+)
+def test_text_to_image_fields_the_schema_calls_invalid_are_refused_on_generate_image_too(
+    extra: dict[str, Any],
+) -> None:
+    """The one published body schema documents negative_prompt and style_image for both task
+    types; generate_image ignores valid ones but refuses what the schema calls invalid."""
+    with pytest.raises(InvalidParameter):
+        parse_generate_image({"type": "generate_image", "prompt": "a cat", **extra})
+    valid = {"negative_prompt": "blur", "style_image": {"type": "png", "file_token": "t"}}
+    request = parse_generate_image({"type": "generate_image", "prompt": "a cat", **valid})
+    assert (request.files, request.negative_prompt) == ((), "")

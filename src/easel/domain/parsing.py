@@ -212,6 +212,10 @@ def parse_generate_image(body: dict[str, Any], models: Catalog = CATALOG) -> Gen
     _check_options(body, model)
 
     files = _parse_files(body)
+    # text_to_image's fields mean nothing here, but the one published body schema documents
+    # them for both types: a value it calls invalid is refused on either (1004), not ignored.
+    _negative_prompt(body)
+    _style_image(body)
     request = GenerateImageRequest(
         prompt=prompt,
         model=model,
@@ -248,6 +252,28 @@ def _check_images(request: GenerateImageRequest, models: Catalog) -> GenerateIma
     return replace(request, model=model, notes=tuple(notes))
 
 
+def _negative_prompt(body: dict[str, Any]) -> str:
+    """``negative_prompt``: a string of at most 255 characters of the prompt's characters."""
+    negative = body.get("negative_prompt")
+    if negative is None:
+        return ""
+    if not isinstance(negative, str):
+        raise InvalidParameter("negative_prompt must be a string.")
+    if len(negative) > MAX_NEGATIVE_PROMPT_CHARS:
+        raise InvalidParameter(
+            f"negative_prompt is {len(negative)} characters long; the limit is "
+            f"{MAX_NEGATIVE_PROMPT_CHARS}.",
+            "Shorten the negative prompt to what the image must not show.",
+        )
+    prompts.check_characters(negative, "negative_prompt")
+    return negative
+
+
+def _style_image(body: dict[str, Any]) -> tuple[FileRef, ...]:
+    style = body.get("style_image")
+    return () if style is None else (parse_file(style, "style_image"),)
+
+
 def parse_text_to_image(
     body: dict[str, Any], models: Catalog = CATALOG, model_version: str | None = None
 ) -> GenerateImageRequest:
@@ -264,20 +290,8 @@ def parse_text_to_image(
             "Describe the image in the prompt (at most 1024 characters).",
         )
     prompts.check_prompt(prompt)
-    negative = body.get("negative_prompt")
-    if negative is None:
-        negative = ""
-    if not isinstance(negative, str):
-        raise InvalidParameter("negative_prompt must be a string.")
-    if len(negative) > MAX_NEGATIVE_PROMPT_CHARS:
-        raise InvalidParameter(
-            f"negative_prompt is {len(negative)} characters long; the limit is "
-            f"{MAX_NEGATIVE_PROMPT_CHARS}.",
-            "Shorten the negative prompt to what the image must not show.",
-        )
-    prompts.check_characters(negative, "negative_prompt")
-    style = body.get("style_image")
-    files = () if style is None else (parse_file(style, "style_image"),)
+    negative = _negative_prompt(body)
+    files = _style_image(body)
     model = models.lookup(model_version or models.default)
     request = GenerateImageRequest(
         prompt=prompt, model=model, files=files, type=TEXT_TO_IMAGE, negative_prompt=negative
