@@ -19,7 +19,8 @@ from easel.store.tasks import TaskStore
 from easel.store.webhooks import WebhookStore
 
 # Which errors are outages (retried later) and which are bugs (fail loudly) is decided in
-# one place, easel.store.outage, for the API, the worker, the janitor and the dispatcher.
+# one place, easel.store.outage: at the store's edge (an outage leaves as StoreUnavailable)
+# and for the worker, the janitor and the dispatcher.
 __all__ = ["Store", "is_outage", "open_store", "outages_suppressed"]
 
 
