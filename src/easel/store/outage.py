@@ -34,8 +34,6 @@ import socket
 import sqlite3
 from collections.abc import Iterator
 
-import asyncpg
-from obstore.exceptions import BaseError as ObjectStoreLibraryError
 from obstore.exceptions import GenericError as ObjectStoreIOError
 from sqlalchemy import exc as sa
 
@@ -78,17 +76,6 @@ _OUTAGE_ERRNOS = frozenset(
 # (no errno) that starts with these words.
 _ALL_ADDRESSES_FAILED = "Multiple exceptions: "
 _MAX_LINKS = 16  # a chain longer than this is not followed further
-
-# Exception types that may be, or carry, an outage: the API registers its 503 handler for
-# these (a handler per type answers without re-raising to the server).
-OUTAGE_CARRIERS: tuple[type[Exception], ...] = (
-    sa.SQLAlchemyError,
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    sqlite3.Error,
-    ObjectStoreLibraryError,
-)
 
 
 def is_outage(exc: BaseException) -> bool:
