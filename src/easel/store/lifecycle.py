@@ -11,6 +11,7 @@ claimed again can no longer finish it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, update
@@ -29,24 +30,15 @@ def may_move(target: Status) -> ColumnElement[bool]:
     return tasks.c.status.in_(sorted(s.value for s in sources(target)))
 
 
-def fenced(task: Task) -> ColumnElement[bool]:
-    """The claim that is finishing ``task`` is still the current one."""
-    return and_(
-        tasks.c.id == task.id,
-        tasks.c.status == Status.RUNNING.value,
-        tasks.c.worker_id == task.worker_id,
-        tasks.c.attempts == task.attempts,
-    )
-
-
 def queued(task: Task) -> ColumnElement[bool]:
     """``task`` is still waiting in the queue."""
     return and_(tasks.c.id == task.id, tasks.c.status == Status.QUEUED.value)
 
 
-# ``fenced`` with the task's values bound by ``fence``, for the statements built once (building
-# a statement and its cache key cost more than running it). SQLAlchemy 2.1 deprecates binding
-# values into a copy of a clause with ``params()``, which would have made the two one.
+# The claim that is finishing a task is still the current one: the row is running, under the
+# same worker and claim count. Its values are bound at execution by ``fence(task)``, so the
+# statements that use it are built once (building a statement and its cache key cost more
+# than running it).
 FENCE = and_(
     tasks.c.id == bindparam("fence_id"),
     tasks.c.status == Status.RUNNING.value,
@@ -56,6 +48,7 @@ FENCE = and_(
 
 
 def fence(task: Task) -> dict[str, Any]:
+    """The parameters that bind :data:`FENCE` to ``task``'s claim."""
     return {"fence_id": task.id, "fence_worker": task.worker_id, "fence_attempts": task.attempts}
 
 
@@ -122,9 +115,11 @@ async def end_with_refund(
     status: Status,
     code: int | None,
     message: str | None,
+    bound: Mapping[str, Any] | None = None,
 ) -> bool:
     """End ``task`` in ``status`` (failed, banned, expired, cancelled) with its credits
-    refunded, where ``where`` still holds; False when it no longer does."""
+    refunded, where ``where`` (its parameters ``bound``) still holds; False when it no
+    longer does."""
     assert status in REFUNDED
     result = await conn.execute(
         update(tasks)
@@ -136,7 +131,8 @@ async def end_with_refund(
             consumed_credit=0,
             lease_until=None,
             finished_at=time.time(),
-        )
+        ),
+        dict(bound or {}),
     )
     if result.rowcount != 1:
         return False
@@ -149,14 +145,15 @@ async def release(conn: AsyncConnection, task: Task) -> bool:
     as an attempt. False when the claim was lost."""
     result = await conn.execute(
         update(tasks)
-        .where(fenced(task), may_move(Status.QUEUED))
+        .where(FENCE, may_move(Status.QUEUED))
         .values(
             status=Status.QUEUED.value,
             worker_id=None,
             lease_until=None,
             progress=0,
             attempts=tasks.c.attempts - 1,
-        )
+        ),
+        fence(task),
     )
     if result.rowcount != 1:
         return False

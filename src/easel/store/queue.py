@@ -22,7 +22,6 @@ from easel.store.lifecycle import (
     end_with_refund,
     event,
     fence,
-    fenced,
     may_move,
     moved,
     queued,
@@ -121,13 +120,14 @@ class QueueStore:
         """Renew the lease and store progress; say whether the claim is still ours and
         whether a cancel was requested."""
         async with transaction(self._engine) as conn:
-            before = await conn.scalar(select(tasks.c.progress).where(fenced(task)))
+            before = await conn.scalar(select(tasks.c.progress).where(FENCE), fence(task))
             row = (
                 await conn.execute(
                     update(tasks)
-                    .where(fenced(task))
+                    .where(FENCE)
                     .values(lease_until=time.time() + lease_s, progress=progress)
-                    .returning(tasks.c.cancel_requested_at)
+                    .returning(tasks.c.cancel_requested_at),
+                    fence(task),
                 )
             ).first()
             if row is None:
@@ -176,7 +176,7 @@ class QueueStore:
         """End a running task in ``status`` (failed, banned, cancelled) with a refund. False
         when the claim was lost."""
         async with transaction(self._engine) as conn:
-            return await end_with_refund(conn, fenced(task), task, status, code, message)
+            return await end_with_refund(conn, FENCE, task, status, code, message, fence(task))
 
     async def release(self, task: Task) -> bool:
         """Put a running task back in the queue (graceful shutdown); it keeps its attempts."""
@@ -195,7 +195,7 @@ class QueueStore:
             ).all()
             for row in cancelled:
                 task = task_from_row(row)
-                await end_with_refund(conn, fenced(task), task, Status.CANCELLED, None, None)
+                await end_with_refund(conn, FENCE, task, Status.CANCELLED, None, None, fence(task))
             lapsed = and_(lapsed, tasks.c.cancel_requested_at.is_(None))
             requeued = (
                 await conn.execute(
@@ -216,11 +216,12 @@ class QueueStore:
                 task = task_from_row(row)
                 await end_with_refund(
                     conn,
-                    fenced(task),
+                    FENCE,
                     task,
                     Status.FAILED,
                     FatalServerError.code,
                     f"The task's worker stopped responding {task.attempts} times; giving up.",
+                    fence(task),
                 )
         return len(requeued) + len(dead) + len(cancelled)
 
