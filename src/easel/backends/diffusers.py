@@ -47,6 +47,7 @@ from easel.backends.base import (
     JobControl,
     LoadState,
 )
+from easel.domain.errors import first_line
 from easel.outbound import OutboundPolicy
 
 INSTALL_HINT = "pip install 'easel[local]'"
@@ -176,7 +177,7 @@ class DiffusersBackend(ImageBackend):
         try:
             self._pipe = self._prepare()
         except Exception as exc:
-            first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
+            reason = first_line(exc, named=False)
             log.error(
                 "%s: could not load %s from %r (%s: %s). Check 'weights': a hub id (gated repos "
                 "need HF_TOKEN) or a directory written by save_pretrained or 'easel demo-weights'",
@@ -188,7 +189,7 @@ class DiffusersBackend(ImageBackend):
             )
             return (
                 f"could not load the {options.pipeline} pipeline from "
-                f"{options.weights_source!r}: {first_line.rstrip('.')}"
+                f"{options.weights_source!r}: {reason.rstrip('.')}"
             )
         applied = ", ".join(self.optimizations) or "plain"
         seconds = time.perf_counter() - started

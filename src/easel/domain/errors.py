@@ -158,8 +158,14 @@ class RouteNotSupported(EaselError):
     default_suggestion = "This server generates images only."
 
 
-def first_line(exc: BaseException) -> str:
-    """The exception's type and first line, bounded: enough for the client to report, and
-    no SQL statement or parameters (SQLAlchemy puts them on the following lines)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+def first_line(exc: BaseException, *, named: bool = True, limit: int = 200) -> str:
+    """The exception's first line, at most ``limit`` characters, after its type's name unless
+    ``named`` is false: enough for a client or a log to report, and no SQL statement or
+    parameters (SQLAlchemy puts them on the following lines)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if len(line) > limit:
+        line = line[: limit - 1] + "…"
+    if not line:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if named else line

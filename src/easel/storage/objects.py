@@ -35,6 +35,8 @@ import obstore
 from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
 from obstore.store import LocalStore, MemoryStore, from_url
 
+from easel.domain.errors import first_line
+
 if TYPE_CHECKING:
     from obstore.store import ClientConfig
 
@@ -59,7 +61,6 @@ _REFUSED_CREDENTIALS = frozenset(
 )
 _DENIED = frozenset({"AccessDenied", "AllAccessDisabled", "AuthorizationFailure"})
 _IMDS_TOKEN = "/latest/api/token"  # where obstore asks for instance credentials (EC2)
-_REASON_MAX = 200  # characters of an unrecognised error's first line that are kept
 
 
 class ObjectNotFound(LookupError):
@@ -90,13 +91,6 @@ class BucketMissing(ObjectStoreError):
 def _s3_code(exc: BaseException) -> str | None:
     found = _S3_CODE.search(str(exc))
     return found.group(1) if found else None
-
-
-def _first_line(exc: BaseException) -> str:
-    """The message's first line without the XML body or debug text obstore appends."""
-    line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-    line = line.split(": <?xml", 1)[0]
-    return line if len(line) <= _REASON_MAX else line[: _REASON_MAX - 1] + "…"
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -154,7 +148,8 @@ class ObjectStore:
             )
         if "error sending request" in str(exc):
             return f"cannot connect to {self.endpoint or self.location}: is it up and reachable?"
-        return f"it answered {code}" if code else _first_line(exc)
+        # The first line without the XML body or debug text obstore appends.
+        return f"it answered {code}" if code else first_line(exc, named=False).split(": <?xml")[0]
 
     def _failure(self, doing: str, key: str, exc: BaseException) -> ObjectStoreError:
         """The :class:`ObjectStoreError` for a failed read or write of ``key``."""
