@@ -43,13 +43,18 @@ def breaches(layer: str, *forbidden: str) -> list[str]:
 
 def test_the_api_reaches_the_database_only_through_services() -> None:
     """``api/`` parses, authenticates, calls a service and renders: no store module, no
-    SQLAlchemy, no worker, and no ``runtime.store`` (the store's handle) either."""
-    assert breaches("api", "easel.store", "easel.worker", "sqlalchemy", "asyncpg") == []
+    SQLAlchemy, no worker, no backend, and no ``runtime.store`` or ``runtime.router`` (the
+    store's and the backends' handles) either."""
+    forbidden = ("easel.store", "easel.worker", "easel.backends", "sqlalchemy", "asyncpg")
+    assert breaches("api", *forbidden) == []
     reaching = [
         f"{path.relative_to(PACKAGE)}:{node.lineno}"
         for path in modules("api")
         for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Attribute) and node.attr == "store"
+        if isinstance(node, ast.Attribute)
+        and (
+            node.attr == "store" or (node.attr == "router" and ast.unparse(node.value) == "runtime")
+        )
     ]
     assert reaching == []
 

@@ -21,7 +21,7 @@ from easel.client.cli import register as register_caller_commands
 from easel.client.help import App
 from easel.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from easel.domain.accounts import MAX_CREDITS, InvalidAccount, UnknownKey
-from easel.runtime import freeze_startup_objects, log_served, open_runtime
+from easel.runtime import freeze_startup_objects, open_runtime
 from easel.server import uvicorn_options
 from easel.services.loops import JANITOR_DOWN, LoopGroup
 from easel.store import Store, open_store
@@ -138,7 +138,7 @@ def worker(
 
 async def _run_worker(settings: Settings, models: list[str] | None) -> None:
     runtime = await open_runtime(settings)
-    log_served(runtime.router)
+    runtime.log_served()
     freeze_startup_objects()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -14,6 +14,7 @@ from easel.services.accounts import Accounts
 from easel.services.events import EventFeed
 from easel.services.janitor import Janitor
 from easel.services.metrics import Metrics
+from easel.services.models import ServedModels
 from easel.services.ratelimit import RateLimiter
 from easel.services.streams import Streams
 from easel.services.tasks import TaskService
@@ -51,6 +52,7 @@ class Runtime:
     accounts: Accounts = field(init=False)
     events: EventFeed = field(init=False)
     metrics: Metrics = field(init=False)
+    models: ServedModels = field(init=False)  # what serves each model (GET /models, /readyz)
     webhooks: WebhookRegistry = field(init=False)
     upload_tokens: UploadTokens = field(init=False)
     limiter: RateLimiter = field(init=False)  # requests per second per key, this process
@@ -64,6 +66,7 @@ class Runtime:
         self.accounts = Accounts(self.store.accounts)
         self.events = EventFeed(self.store.events)
         self.metrics = Metrics(self.store.metrics)
+        self.models = ServedModels(self.router, self.store.queue)
         self.webhooks = WebhookRegistry(self.store.webhooks, self.service.policy)
         self.upload_tokens = UploadTokens(settings, self.objects, self.store.files)
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
@@ -92,19 +95,19 @@ class Runtime:
             storage=self.storage,
         )
 
+    def log_served(self) -> None:
+        """Log each model's backends here, and how to enable some when none is ready."""
+        for line in self.router.describe():
+            log.info("model %s", line)
+        served = self.router.served()
+        if served:
+            log.info("serving %d model_version(s): %s", len(served), ", ".join(served))
+        else:
+            log.warning(HOW_TO_ENABLE)
+
     async def close(self) -> None:
         await self.router.close()
         await self.store.close()
-
-
-def log_served(router: Router) -> None:
-    for line in router.describe():
-        log.info("model %s", line)
-    served = router.served()
-    if served:
-        log.info("serving %d model_version(s): %s", len(served), ", ".join(served))
-    else:
-        log.warning(HOW_TO_ENABLE)
 
 
 def freeze_startup_objects() -> None:

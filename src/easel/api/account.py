@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.facts import declare
-from easel.api.models import unserved_models
 from easel.supervise import supervised_checks
 
 router = APIRouter()
@@ -47,8 +46,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"error: {exc}"
     checks["object_store"] = await runtime.storage.problem() or "ok"
-    unserved = await unserved_models(runtime)
-    configured = sum(1 for version in runtime.settings.catalog if runtime.router.chain(version))
+    unserved = await runtime.models.unserved()
+    configured = len(runtime.models.configured)
     checks["models"] = "ok"
     if unserved:
         checks["models"] = "not served: " + "; ".join(f"{m} ({why})" for m, why in unserved.items())

@@ -29,7 +29,7 @@ from easel.api.door import TextRules
 from easel.api.envelope import TraceIdMiddleware, install_error_handlers
 from easel.api.limits import RequestLimits
 from easel.config import Settings, load_settings
-from easel.runtime import freeze_startup_objects, log_served, open_runtime
+from easel.runtime import freeze_startup_objects, open_runtime
 from easel.server import ON_SHUTDOWN
 from easel.services.loops import (
     DISPATCHER_DOWN,
@@ -56,7 +56,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[Mapping[str, Any]]:
         runtime = await open_runtime(settings)
         app.state.runtime = runtime
-        log_served(runtime.router)
+        runtime.log_served()
         loops = LoopGroup(runtime.problems, restarts)
         if run_worker:
             worker = runtime.new_worker()

@@ -198,10 +198,6 @@ class TaskService:
         task."""
         return await self.store.tasks.cancel(task_id, caller.key_id)
 
-    async def live_models(self) -> set[str]:
-        """The models that workers with a recent heartbeat take."""
-        return await self.store.queue.live_models()
-
     async def retry_after(self, model_version: str, *, edits: bool) -> int:
         """Seconds until one of the key's tasks is likely to finish (for 429/2000)."""
         return eta.retry_after(await self.store.tasks.measured(model_version, edits))
