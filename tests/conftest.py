@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from loopback import Peer, running
 from s3server import S3Server, moto_server
+from tcpproxy import TcpProxy
 
 # The tripo3d SDK starts geo-IP lookups on import unless this is set; set it before any test
 # module imports it.
@@ -150,3 +152,18 @@ def internal() -> Iterator[Peer]:
     """A server on 127.0.0.3: an internal service the address rules must keep out of reach."""
     with running(Peer("127.0.0.3")) as peer:
         yield peer
+
+
+@pytest.fixture
+async def postgres_behind_proxy(postgres_database: str) -> AsyncIterator[tuple[str, TcpProxy]]:
+    """The test database behind a :class:`TcpProxy`: cut it for an outage, start it again
+    to end one."""
+    await reset_schema(postgres_database)
+    real = make_url(postgres_database)
+    proxy = TcpProxy(real.port or 5432)
+    await proxy.start()
+    try:
+        yield real.set(port=proxy.port).render_as_string(hide_password=False), proxy
+    finally:
+        with contextlib.suppress(AssertionError):  # already cut
+            await proxy.cut()

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,10 @@ import obstore
 import pytest
 from obstore.exceptions import GenericError
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 from apptools import Api, png, running_api, settings_for
-from conftest import reset_schema
 from easel.store.tables import ledger, tasks
+from tcpproxy import TcpProxy
 
 CREDITS = 100
 PRICE = 5  # flux.1_kontext_pro, the default model
@@ -97,60 +96,6 @@ async def eventually_ok(call: Callable[[], Awaitable[httpx.Response]]) -> httpx.
 
 
 # -- 1. the database goes away -------------------------------------------------------------
-
-
-class TcpProxy:
-    """A loopback TCP forwarder to ``target_port``: cut it to make the database vanish
-    (open connections reset, new ones refused), restore it to bring it back."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-        await self._server.wait_closed()
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
-
-
-@pytest.fixture
-async def postgres_behind_proxy(postgres_database: str) -> AsyncIterator[tuple[str, TcpProxy]]:
-    await reset_schema(postgres_database)
-    real = make_url(postgres_database)
-    proxy = TcpProxy(real.port or 5432)
-    await proxy.start()
-    try:
-        yield real.set(port=proxy.port).render_as_string(hide_password=False), proxy
-    finally:
-        with contextlib.suppress(AssertionError):
-            await proxy.cut()
 
 
 async def test_postgres_outage_answers_503_and_the_work_resumes_when_it_is_back(

@@ -5,20 +5,17 @@ once, an unreachable database after a bounded, logged wait."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from apptools import Api, running_api, settings_for
 from conftest import reset_schema
@@ -32,7 +29,7 @@ from processes import (
     wait_healthy,
     write_config,
 )
-from test_faults import TcpProxy
+from tcpproxy import TcpProxy
 
 EASEL = str(Path(sys.executable).parent / "easel")
 HOSTNAMES = ["a" * 63, "b" * 255, "", "pod.with-dots_and.more", "hôte ünicode/with space"]
@@ -144,19 +141,6 @@ async def test_an_in_process_worker_that_cannot_register_shows_in_readyz(
     assert "cannot register" in worker and "workers refused by the test" in worker, worker
     assert "this process runs no tasks" in worker
     assert any("workers refused by the test" in r.getMessage() for r in caplog.records)
-
-
-@pytest.fixture
-async def postgres_behind_proxy(postgres_database: str) -> AsyncIterator[tuple[str, TcpProxy]]:
-    await reset_schema(postgres_database)
-    real = make_url(postgres_database)
-    proxy = TcpProxy(real.port or 5432)
-    await proxy.start()
-    try:
-        yield real.set(port=proxy.port).render_as_string(hide_password=False), proxy
-    finally:
-        with contextlib.suppress(AssertionError):  # already cut
-            await proxy.cut()
 
 
 async def test_an_unreachable_database_is_waited_out_for_a_bounded_time(
