@@ -21,7 +21,8 @@ from PIL import Image
 
 from easel.backends import diffusers as backend_module
 from easel.backends._diffusers_load import optimize_pipeline
-from easel.backends._diffusers_paint import reference_canvas, task_seed
+from easel.backends._diffusers_paint import reference_canvas
+from easel.domain.tasks import task_seed
 from easel.backends.base import BackendUnavailable, InputImage, Job, JobCancelled, LoadState
 from easel.backends.demo_weights import write_demo_weights
 from easel.backends.diffusers import DiffusersBackend, Options

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from easel.backends.autoconfig import auto_tables, has_local_gpu
-from easel.domain.catalog import CATALOG, Catalog
+from easel.domain.catalog import CATALOG, Catalog, ImageRule
 
 CONFIG_ENV = "EASEL_CONFIG"
 
@@ -129,6 +129,10 @@ class Settings(BaseModel):
     # The model a v2 text_to_image task runs on (its body names none); None: the catalog's
     # default model. Its price stays Tripo's flat 5 credits.
     text_to_image_model: str | None = None
+    # The image editing model that makes the four views of generate_multiview_image and
+    # edit_multiview_image tasks (one generation per view); None: the catalog's default
+    # model. It must take reference images. Prices stay Tripo's (10; 5 per edited view).
+    multiview_model: str | None = None
     backends: dict[str, BackendTable] = Field(default_factory=dict)
     models: dict[str, ModelTable] = Field(default_factory=dict)
 
@@ -169,6 +173,20 @@ class Settings(BaseModel):
         models = info.data.get("catalog", CATALOG)
         if value is not None and value not in models:
             raise ValueError(f"unknown model_version {value!r}; known: {', '.join(models)}")
+        return value
+
+    @field_validator("multiview_model")
+    @classmethod
+    def _multiview_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        models = info.data.get("catalog", CATALOG)
+        if value is None:
+            return value
+        if value not in models:
+            raise ValueError(f"unknown model_version {value!r}; known: {', '.join(models)}")
+        if models[value].images is not ImageRule.ACCEPTS:
+            raise ValueError(
+                f"multiview_model {value!r} takes no reference images; pick an editing model"
+            )
         return value
 
     @field_validator("models")

@@ -11,8 +11,10 @@ from easel.api.envelope import ok
 from easel.api.facts import EXAMPLE_ID, JsonBody, declare
 from easel.domain.catalog import DEFAULT_MODEL
 from easel.domain.errors import MalformedBody, TaskNotFound
-from easel.domain.parsing import MAX_NEGATIVE_PROMPT_CHARS, TASK_TYPE, TASK_TYPES, TEXT_TO_IMAGE
+from easel.domain.multiview import EDIT_MULTIVIEW, GENERATE_MULTIVIEW, VIEWS
+from easel.domain.parsing import MAX_NEGATIVE_PROMPT_CHARS, TASK_TYPE, TEXT_TO_IMAGE
 from easel.domain.prompts import MAX_PROMPT_CHARS
+from easel.domain.task_types import TASK_TYPES
 from easel.domain.text import decode_json
 
 router = APIRouter()
@@ -85,6 +87,24 @@ TASK_BODY = JsonBody(
                 "$ref": "#/components/schemas/File",
                 "description": "text_to_image only: an image whose style the result takes.",
             },
+            "original_task_id": {
+                "type": "string",
+                "description": "edit_multiview_image only: the multiview task whose views to edit.",
+            },
+            "prompts": {
+                "type": "array",
+                "description": "edit_multiview_image only: one prompt per edited view.",
+                "minItems": 1,
+                "maxItems": len(VIEWS),
+                "items": {
+                    "type": "object",
+                    "required": ["view", "prompt"],
+                    "properties": {
+                        "view": {"type": "string", "enum": list(VIEWS)},
+                        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+                    },
+                },
+            },
         },
     },
     components={"File": FILE_SCHEMA},
@@ -108,6 +128,21 @@ TASK_BODY = JsonBody(
                 "type": TEXT_TO_IMAGE,
                 "prompt": "a lighthouse at dusk",
                 "negative_prompt": "people, text",
+            },
+        },
+        "multiview": {
+            "summary": "Four views (front, left, back, right) of one image (10 credits)",
+            "value": {
+                "type": GENERATE_MULTIVIEW,
+                "file": {"type": "png", "file_token": "ce85f375-3ccc-440b-b847-571588872ec2"},
+            },
+        },
+        "edit_multiview": {
+            "summary": "Edit views of a multiview task (5 credits per view)",
+            "value": {
+                "type": EDIT_MULTIVIEW,
+                "original_task_id": EXAMPLE_ID,
+                "prompts": [{"view": "back", "prompt": "add a small backpack"}],
             },
         },
         "template": {
@@ -137,9 +172,13 @@ async def json_object(request: Request, what: str = "with a 'type'") -> dict[str
     return body
 
 
-@router.post("/task", summary="Submit a generate_image or text_to_image task")
+@router.post(
+    "/task",
+    summary="Submit a task: generate_image, text_to_image, generate_multiview_image or "
+    "edit_multiview_image",
+)
 @declare(
-    errors=[1003, 1004, 2002, 2003, 2004, 2009, 2010, 2017, 2019, 2000],
+    errors=[1003, 1004, 2001, 2002, 2003, 2004, 2009, 2010, 2017, 2019, 2000],
     example={"task_id": EXAMPLE_ID},
     body=TASK_BODY,
 )

@@ -3,7 +3,8 @@
 ``tripo3d`` 1.x clients point ``v3_base_url`` at this server. Requests become the same
 validated ``generate_image`` task as ``POST /v2/openapi/task`` (see :mod:`easel.domain.v3`), so a
 task is readable through either version. Errors use the v2 envelope plus ``request_id`` (the
-trace id). Every other ``/v3`` route answers 501 with a "not supported by this server" error.
+trace id). Multiview requests become ``generate_multiview_image`` and ``edit_multiview_image``
+tasks. Every other ``/v3`` route answers 501 with a "not supported by this server" error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from easel.api.tasks import json_object
 from easel.domain import v3
 from easel.domain.catalog import DEFAULT_MODEL
 from easel.domain.errors import InvalidParameter, NotAllowed, RouteNotSupported, TaskNotFound
+from easel.domain.multiview import VIEWS
 from easel.domain.prompts import MAX_PROMPT_CHARS
 from easel.storage.signing import upload_key
 
@@ -91,6 +93,43 @@ IMAGE_BODY = JsonBody(
         },
     },
 )
+MULTIVIEW_ERRORS = [1003, 1004, 2003, 2004, 2009, 2010, 2019, 2000]
+MULTIVIEW_BODY = JsonBody(
+    name="V3ImageToMultiview",
+    schema={
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {"type": "string", "description": "a file_token, URL or task_id"},
+            "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+        },
+    },
+    example={"input": "ce85f375-3ccc-440b-b847-571588872ec2"},
+)
+EDIT_BODY = JsonBody(
+    name="V3EditMultiview",
+    schema={
+        "type": "object",
+        "required": ["input", "prompts"],
+        "properties": {
+            "input": {"type": "string", "description": "the task_id of a multiview task"},
+            "prompts": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": len(VIEWS),
+                "items": {
+                    "type": "object",
+                    "required": ["view", "prompt"],
+                    "properties": {
+                        "view": {"type": "string", "enum": list(VIEWS)},
+                        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+                    },
+                },
+            },
+        },
+    },
+    example={"input": EXAMPLE_ID, "prompts": [{"view": "left", "prompt": "make it red"}]},
+)
 TASK_IDS_BODY = JsonBody(
     schema={
         "type": "object",
@@ -131,6 +170,36 @@ async def image_to_image(
     request: Request, caller: CallerDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
     return await _submit(request, caller, runtime, "image-to-image")
+
+
+async def _submit_multiview(
+    request: Request, caller: CallerDep, runtime: RuntimeDep, route: v3.MultiviewRoute
+) -> dict[str, Any]:
+    options = await json_object(request, "with an input")
+    body = v3.to_multiview(options, route)
+    task_id = await runtime.service.submit(
+        caller, body, idempotency_key=request.headers.get("idempotency-key")
+    )
+    return ok({"task_id": task_id})
+
+
+@router.post(
+    "/generation/image-to-multiview",
+    summary="v3: four views (front, left, back, right) of one image",
+)
+@declare(errors=MULTIVIEW_ERRORS, example={"task_id": EXAMPLE_ID}, body=MULTIVIEW_BODY)
+async def image_to_multiview(
+    request: Request, caller: CallerDep, runtime: RuntimeDep
+) -> dict[str, Any]:
+    return await _submit_multiview(request, caller, runtime, "image-to-multiview")
+
+
+@router.post("/generation/edit-multiview", summary="v3: edit views of a multiview task")
+@declare(errors=[*MULTIVIEW_ERRORS, 2001], example={"task_id": EXAMPLE_ID}, body=EDIT_BODY)
+async def edit_multiview(
+    request: Request, caller: CallerDep, runtime: RuntimeDep
+) -> dict[str, Any]:
+    return await _submit_multiview(request, caller, runtime, "edit-multiview")
 
 
 @router.get("/tasks/{task_id}", summary="v3: get a task")
@@ -286,6 +355,7 @@ async def presigned_put(
 async def not_supported(path: str, request: Request) -> None:
     raise RouteNotSupported(
         f"{request.method} /v3/{path} is not supported by this server.",
-        "This server generates images only: use /v3/generation/text-to-image or "
-        "/v3/generation/image-to-image, /v3/tasks, /v3/files and /v3/account.",
+        "This server generates images only: use /v3/generation/text-to-image, "
+        "/image-to-image, /image-to-multiview or /edit-multiview, /v3/tasks, /v3/files and "
+        "/v3/account.",
     )

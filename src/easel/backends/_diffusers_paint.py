@@ -3,13 +3,13 @@
 ``flux`` is text to image: reference images are ignored (the catalog sends editing models
 elsewhere). ``flux-kontext`` edits: Kontext-dev takes ONE conditioning image, so several
 references are scaled to a common height and concatenated left to right in ``image[N]`` order
-(:func:`reference_canvas`). The seed derives from the task id (:func:`task_seed`), so a re-run
-of an attempt paints the same image. torch is imported only inside functions.
+(:func:`reference_canvas`). The seed derives from the task id (:func:`easel.domain.tasks.task_seed`)
+unless the job carries one (a multiview task's views share theirs), so a re-run of an attempt
+paints the same image. torch is imported only inside functions.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import time
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from easel.backends.base import InputImage, Job, JobCancelled, JobControl
+from easel.domain.tasks import task_seed
 
 if TYPE_CHECKING:
     from easel.backends.diffusers import Options
@@ -49,7 +50,9 @@ def paint(
         "height": options.height,
         "num_inference_steps": steps,
         "guidance_scale": options.guidance_scale,
-        "generator": torch.Generator("cpu").manual_seed(task_seed(job.task_id)),
+        "generator": torch.Generator("cpu").manual_seed(
+            task_seed(job.task_id) if job.seed is None else job.seed
+        ),
         "callback_on_step_end": on_step,
     }
     if options.pipeline == "flux-kontext":
@@ -119,8 +122,3 @@ def _fit(ratio: float, area: int, multiple: int) -> tuple[int, int]:
     height = max(multiple, round((area / ratio) ** 0.5 / multiple) * multiple)
     width = min(round(height * ratio / multiple), area // height // multiple) * multiple
     return max(multiple, width), height
-
-
-def task_seed(task_id: str) -> int:
-    """A 63-bit seed from the task id: the same task paints the same image on a re-run."""
-    return int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:8], "big") >> 1

@@ -34,6 +34,9 @@ class Job:
     images: tuple[InputImage, ...]  # in image[N] order: the user's files, then the template's
     provider_model: str | None = None  # from [models."…"].provider_model, when configured
     negative_prompt: str = ""  # a text_to_image's; only the diffusers pipelines use it
+    # A seed the views of one multiview task share; kinds that take one send it (BFL, Gemini,
+    # diffusers; OpenAI's image API has none). None: the kind's own choice.
+    seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

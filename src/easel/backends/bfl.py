@@ -86,6 +86,8 @@ def request_body(endpoint: str, job: Job) -> dict[str, Any]:
         body[key] = base64.b64encode(data).decode("ascii")
     if not job.images and "kontext" not in endpoint:
         body["width"] = body["height"] = TEXT_TO_IMAGE_SIZE
+    if job.seed is not None:
+        body["seed"] = job.seed
     return body
 
 

@@ -152,7 +152,7 @@ class GeminiBackend(SdkBackend["Client", "GenerateContentResponse"]):
     async def _request(self, client: Client, model: str, job: Job) -> GenerateContentResponse:
         from google.genai import errors, types
 
-        config = types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"])
+        config = types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"], seed=job.seed)
         caught: tuple[type[Exception], ...] = (errors.APIError, *_transport_errors())
         try:
             return await client.aio.models.generate_content(

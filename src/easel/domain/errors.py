@@ -107,7 +107,10 @@ class TaskNotFound(EaselError):
 
 class TaskTypeNotSupported(EaselError):
     code, status = 2002, 400
-    default_suggestion = "This server runs task types 'generate_image' and 'text_to_image' only."
+    default_suggestion = (
+        "This server runs task types 'generate_image', 'text_to_image', "
+        "'generate_multiview_image' and 'edit_multiview_image' only."
+    )
 
 
 class EmptyImage(EaselError):

@@ -1,8 +1,9 @@
 """Validation of a task body (``generate_image`` or ``text_to_image``): pure rules, no I/O.
 
-:func:`parse_task` turns the JSON object a client sent into a :class:`GenerateImageRequest`
-(both types run as one image generation) or raises the protocol error that names the
-problem. What
+:func:`parse_generate_image` and :func:`parse_text_to_image` turn the JSON object a client
+sent into a :class:`GenerateImageRequest` (both types run as one image generation) or raise
+the protocol error that names the problem (:mod:`easel.domain.task_types` picks the parser by
+``type``). What
 needs the database or the network (does a ``file_token`` exist, what format are its bytes)
 is checked afterwards by the submit service.
 """
@@ -26,7 +27,6 @@ from easel.domain.errors import InvalidParameter, TaskTypeNotSupported
 
 TASK_TYPE = "generate_image"
 TEXT_TO_IMAGE = "text_to_image"
-TASK_TYPES = (TASK_TYPE, TEXT_TO_IMAGE)
 MAX_NEGATIVE_PROMPT_CHARS = 255
 # Appended to a text_to_image prompt that has a style_image (image[1]).
 STYLE_IMAGE_HINT = "Render it in the style of image[1]."
@@ -297,12 +297,3 @@ def parse_text_to_image(
         prompt=prompt, model=model, files=files, type=TEXT_TO_IMAGE, negative_prompt=negative
     )
     return _check_images(request, models)
-
-
-def parse_task(
-    body: dict[str, Any], models: Catalog = CATALOG, text_to_image_model: str | None = None
-) -> GenerateImageRequest:
-    """Validate a body of either task type this server runs; 2002 for any other type."""
-    if body.get("type") == TEXT_TO_IMAGE:
-        return parse_text_to_image(body, models, text_to_image_model)
-    return parse_generate_image(body, models)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -34,6 +35,12 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
         {Status.QUEUED, Status.SUCCESS, Status.FAILED, Status.BANNED, Status.CANCELLED}
     ),
 }
+
+
+def task_seed(task_id: str) -> int:
+    """A 63-bit seed from a task id: a re-run of the task, and every view of a multiview
+    task, uses the same one."""
+    return int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:8], "big") >> 1
 
 
 def can_move(current: Status, target: Status) -> bool:
@@ -89,7 +96,8 @@ class Task:
     worker_id: str | None
     lease_until: float | None
     backend: str | None
-    output_key: str | None
+    output_key: str | None  # the image; a multiview task's front view
+    output_views: dict[str, str] | None  # a multiview task's {view: key}
     output_deleted_at: float | None
     error_code: int | None
     error_msg: str | None

@@ -16,6 +16,12 @@ Choices where v3 and this server differ (also in docs/protocol.md):
   of one of the key's successful tasks, whose image becomes the reference.
 - v3 options this server has no use for (``size``, ``aspect_ratio``, ``quality``,
   ``negative_prompt`` …) are accepted and ignored, as v2 ignores unknown fields.
+- ``/generation/image-to-multiview`` (one ``input``) and ``/generation/edit-multiview``
+  (``input``: the task id of a multiview task, and ``prompts``) become the v2
+  ``generate_multiview_image`` and ``edit_multiview_image`` bodies (:func:`to_multiview`).
+  Their tasks keep those type names, and their output carries the four view URLs both under
+  ``generate_multiview_image`` (what ``tripo3d`` 1.x reads) and at the top of ``output``
+  (what the Rust SDK documents).
 - ``POST /v3/tasks/list`` answers ``tasks`` keyed by task id (hosted Tripo's shape, which
   ``tripo3d`` 1.x reads), or as a list for the official Go, JS and Rust SDKs, whose types
   declare one; see :func:`task_list`.
@@ -29,10 +35,12 @@ from typing import Any, Literal
 
 from easel.domain.catalog import CATALOG, REQUEST_OPTIONS, Catalog
 from easel.domain.errors import InvalidParameter, ModelVersionInvalid
+from easel.domain.multiview import EDIT_MULTIVIEW, GENERATE_MULTIVIEW, MULTIVIEW_TYPES, OUTPUT_KEY
 from easel.domain.parsing import TASK_TYPE, TEXT_TO_IMAGE
 from easel.domain.tasks import WITH_ERROR, Task
 
 Route = Literal["text-to-image", "image-to-image"]
+MultiviewRoute = Literal["image-to-multiview", "edit-multiview"]
 
 MAX_LISTED_TASKS = 100
 # The User-Agent product names of the official v3 SDKs whose list call decodes ``tasks`` as an
@@ -104,6 +112,30 @@ def to_generate_image(
     return out
 
 
+def to_multiview(body: dict[str, Any], route: MultiviewRoute) -> dict[str, Any]:
+    """The v2 multiview body for a v3 ``image-to-multiview`` or ``edit-multiview`` request."""
+    if route == "image-to-multiview":
+        if body.get("inputs") is not None or body.get("input") is None:
+            raise InvalidParameter(
+                "image-to-multiview takes exactly one image, in input.",
+                "Pass input: '<file_token, URL or task_id>' (one image of the subject).",
+            )
+        out = {"type": GENERATE_MULTIVIEW, "file": _file(body["input"], "input")}
+        if "prompt" in body:
+            out["prompt"] = body["prompt"]
+        return out
+    original = body.get("input", body.get("original_task_id"))
+    if isinstance(original, dict) and set(original) == {"task_id"}:
+        original = original["task_id"]
+    if not isinstance(original, str):
+        raise InvalidParameter(
+            "edit-multiview takes, in input, the task_id of a finished multiview task "
+            "(a file_token or URL is not accepted, as on Tripo's own service).",
+            "Pass input: '<task_id of an image-to-multiview task>' and prompts.",
+        )
+    return {"type": EDIT_MULTIVIEW, "original_task_id": original, "prompts": body.get("prompts")}
+
+
 def new_file_token() -> str:
     return str(uuid.uuid4())
 
@@ -117,9 +149,10 @@ def iso(timestamp: float) -> str:
 
 def task_type(task: Task) -> str:
     """The v3 type of a task: a v2 text_to_image stays one (its style_image is no input
-    image); a generate_image is image-to-image when it has reference images."""
-    if task.type == TEXT_TO_IMAGE:
-        return TEXT_TO_IMAGE
+    image); a generate_image is image-to-image when it has reference images; multiview tasks
+    keep their type names, as on Tripo's v3."""
+    if task.type == TEXT_TO_IMAGE or task.type in MULTIVIEW_TYPES:
+        return task.type
     return "image_to_image" if task.refs else TEXT_TO_IMAGE
 
 
@@ -138,9 +171,11 @@ def render_task(task: Task, v2: dict[str, Any]) -> dict[str, Any]:
         "running_left_time": v2["running_left_time"],
         "queuing_num": v2["queuing_num"],
     }
-    image = v2["output"].get("generated_image")
+    image, views = v2["output"].get("generated_image"), v2["output"].get(OUTPUT_KEY)
     if image:
         data["output"] = {"generated_image_url": image}
+    elif views:
+        data["output"] = {OUTPUT_KEY: views, **views}
     if task.finished_at is not None and task.is_final:
         data["completed_at"] = iso(task.finished_at)
     if task.status in WITH_ERROR:

@@ -36,8 +36,9 @@ class Janitor:
                 "expired %d task(s) that waited over %.0f s", expired, self.settings.queue_timeout_s
             )
         deleted = 0
-        for task_id, key in await self.store.tasks.outputs_past(self.settings.output_retention_s):
-            await self.objects.delete(key)
+        for task_id, keys in await self.store.tasks.outputs_past(self.settings.output_retention_s):
+            for key in keys:
+                await self.objects.delete(key)
             await self.store.tasks.mark_output_deleted(task_id)
             deleted += 1
         if deleted:

@@ -16,16 +16,18 @@ from typing import Any
 
 from easel.backends.fallback import Router
 from easel.config import Settings
-from easel.domain import eta
+from easel.domain import eta, multiview
 from easel.domain.accounts import Caller
 from easel.domain.errors import (
     FatalServerError,
     FileNotFound,
     ImageTypeNotSupported,
     InvalidParameter,
+    TaskNotFound,
 )
 from easel.domain.images import check_image
-from easel.domain.parsing import FileRef, GenerateImageRequest, parse_task
+from easel.domain.parsing import FileRef
+from easel.domain.task_types import TaskRequest, parse_task
 from easel.domain.tasks import WITH_ERROR, Reference, Status, Task
 from easel.outbound import OutboundPolicy
 from easel.outbound.fetch import check_url
@@ -67,7 +69,10 @@ class TaskService:
             canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
             digest = hashlib.sha256(canonical.encode()).hexdigest()
             idempotency = Idempotency(idempotency_key, digest)
-        request = parse_task(body, self.settings.catalog, self.settings.text_to_image_model)
+        settings = self.settings
+        request = parse_task(
+            body, settings.catalog, settings.text_to_image_model, settings.multiview_model
+        )
         version = request.model.version
         if not await self.is_served(version):
             served = await self.served()
@@ -78,7 +83,10 @@ class TaskService:
                 if served
                 else "This server serves no model yet; its operator must configure a backend.",
             )
-        refs = await self._references(caller, request)
+        if isinstance(request, multiview.MultiviewRequest) and request.original_task_id:
+            refs = await self._original_views(caller, request.original_task_id)
+        else:
+            refs = await self._references(caller, request)
         task_id = str(uuid.uuid4())
         new = NewTask(
             id=task_id,
@@ -107,9 +115,37 @@ class TaskService:
         live = await self.store.queue.live_models()
         return [v for v in self.settings.catalog if v in live or self.router.is_served(v)]
 
-    async def _references(
-        self, caller: Caller, request: GenerateImageRequest
-    ) -> tuple[Reference, ...]:
+    async def _original_views(self, caller: Caller, task_id: str) -> tuple[Reference, ...]:
+        """The four views of the caller's finished multiview task that an edit names, as its
+        references in view order: 2001 when the key has no such task, 1004 when it is not a
+        successful multiview task, 2019 when its views passed their retention time."""
+        task = await self.store.tasks.get(task_id, caller.key_id)
+        if task is None:
+            raise TaskNotFound(
+                f"original_task_id {task_id!r} names no task of this key.",
+                "Give the task_id of a generate_multiview_image task this key submitted.",
+            )
+        if task.type not in multiview.MULTIVIEW_TYPES:
+            raise InvalidParameter(
+                f"original_task_id {task_id!r} is a {task.type} task, not a multiview task.",
+                "Edit the views of a generate_multiview_image (or edit_multiview_image) task.",
+            )
+        if task.status is not Status.SUCCESS:
+            raise InvalidParameter(
+                f"original_task_id {task_id!r} is {task.status.value}, not success: it has "
+                "no views to edit.",
+                "Wait until the multiview task succeeds (poll it), then edit its views."
+                if not task.is_final
+                else "Edit a multiview task that succeeded.",
+            )
+        if task.output_deleted_at is not None or not task.output_views:
+            raise FileNotFound(
+                f"the views of task {task_id} passed their retention time and were deleted.",
+                "Run generate_multiview_image again and edit the new task.",
+            )
+        return tuple(Reference("object", task.output_views[view]) for view in multiview.VIEWS)
+
+    async def _references(self, caller: Caller, request: TaskRequest) -> tuple[Reference, ...]:
         refs = []
         for number, ref in enumerate(request.files, start=1):
             if ref.source == "url":
@@ -137,7 +173,7 @@ class TaskService:
         return tuple(refs)
 
     async def _earlier_output(
-        self, caller: Caller, token: str, request: GenerateImageRequest
+        self, caller: Caller, token: str, request: TaskRequest
     ) -> Reference | None:
         """The image of the key's earlier successful task that a ``file_token`` naming no
         upload names by its task id (as v3 allows), or None when it is not such a task id."""
@@ -262,12 +298,11 @@ class TaskService:
         }
         if left is not None:  # an extension: what the estimate rests on ("none": estimating)
             data["running_left_basis"] = left.basis.value
-        if task.status is Status.SUCCESS and task.output_key:
-            data["output"] = {
-                "generated_image": self.signer.sign(
-                    self.settings.public_url or base_url, task.output_key
-                )
-            }
+        if task.status is Status.SUCCESS and task.output_views:
+            urls = {view: self.sign(key, base_url) for view, key in task.output_views.items()}
+            data["output"] = {multiview.OUTPUT_KEY: multiview.output_json(urls)}
+        elif task.status is Status.SUCCESS and task.output_key:
+            data["output"] = {"generated_image": self.sign(task.output_key, base_url)}
         if task.output_deleted_at is not None:
             data["output_deleted_at"] = int(task.output_deleted_at)
             data["output_note"] = "The output image passed its retention time and was deleted."
@@ -286,6 +321,10 @@ class TaskService:
             data["error_code"] = task.error_code or FatalServerError.code
             data["error_msg"] = task.error_msg or "the task failed"
         return data
+
+    def sign(self, key: str, base_url: str) -> str:
+        """A signed link to the stored output ``key``."""
+        return self.signer.sign(self.settings.public_url or base_url, key)
 
     # -- upload ---------------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ _COMPLETE = (
         status=Status.SUCCESS.value,
         progress=100,
         output_key=bindparam("done_output_key"),
+        output_views=bindparam("done_output_views"),
         backend=bindparam("done_backend"),
         consumed_credit=bindparam("done_price"),
         lease_until=None,
@@ -93,10 +94,18 @@ _COMPLETE = (
 )
 
 
-async def succeed(conn: AsyncConnection, task: Task, output_key: str, backend: str) -> bool:
-    """Running → success, settling the held credits; False when the claim was lost."""
+async def succeed(
+    conn: AsyncConnection,
+    task: Task,
+    output_key: str,
+    backend: str,
+    views: dict[str, str] | None = None,
+) -> bool:
+    """Running → success, settling the held credits; False when the claim was lost.
+    ``views``: a multiview task's {view: key} (``output_key`` is its front view)."""
     done = {
         "done_output_key": output_key,
+        "done_output_views": views,
         "done_backend": backend,
         "done_price": task.price,
         "done_at": time.time(),

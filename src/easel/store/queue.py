@@ -161,13 +161,14 @@ class QueueStore:
         output_key: str,
         backend: str,
         attempt_id: int | None = None,
+        views: dict[str, str] | None = None,
     ) -> bool:
         """Success: settle the held credits (and end ``attempt_id`` as a success). False
-        when the claim was lost meanwhile."""
+        when the claim was lost meanwhile. ``views``: a multiview task's {view: key}."""
         async with transaction(self._engine) as conn:
             if attempt_id is not None:
                 await end_attempt(conn, attempt_id, AttemptOutcome.SUCCESS)
-            if not await succeed(conn, task, output_key, backend):
+            if not await succeed(conn, task, output_key, backend, views):
                 return False
         self._estimates.forget(task.model_version)
         return True

@@ -87,7 +87,8 @@ tasks = Table(
     Column("lease_until", Float),
     Column("cancel_requested_at", Float),  # a running task stops at its next checkpoint
     Column("backend", String(64)),
-    Column("output_key", String(512)),
+    Column("output_key", String(512)),  # the image (a multiview task's: its front view)
+    Column("output_views", JSON),  # a multiview task's {view: key}, front view included
     Column("output_deleted_at", Float),  # the output passed its retention and was deleted
     Column("error_code", Integer),
     Column("error_msg", Text),

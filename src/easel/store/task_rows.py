@@ -61,6 +61,7 @@ def task_from_row(row: Row[Any]) -> Task:
         lease_until=m["lease_until"],
         backend=m["backend"],
         output_key=m["output_key"],
+        output_views=m["output_views"],
         output_deleted_at=m["output_deleted_at"],
         error_code=m["error_code"],
         error_msg=m["error_msg"],

@@ -256,12 +256,15 @@ class TaskStore:
                 )
         return await self.get(task_id)
 
-    async def outputs_past(self, retention_s: float, limit: int = 500) -> list[tuple[str, str]]:
-        """(task id, output key) of outputs older than ``retention_s``, oldest first."""
+    async def outputs_past(
+        self, retention_s: float, limit: int = 500
+    ) -> list[tuple[str, list[str]]]:
+        """(task id, output keys) of outputs older than ``retention_s``, oldest first: the
+        image, or a multiview task's four views."""
         cutoff = time.time() - retention_s
         async with connection(self._reads) as conn:
             rows = await conn.execute(
-                select(tasks.c.id, tasks.c.output_key)
+                select(tasks.c.id, tasks.c.output_key, tasks.c.output_views)
                 .where(
                     tasks.c.status == Status.SUCCESS.value,
                     tasks.c.output_key.is_not(None),
@@ -270,12 +273,15 @@ class TaskStore:
                 .order_by(tasks.c.finished_at)
                 .limit(limit)
             )
-            return [(row.id, row.output_key) for row in rows]
+            return [
+                (row.id, sorted({row.output_key, *(row.output_views or {}).values()}))
+                for row in rows
+            ]
 
     async def mark_output_deleted(self, task_id: str) -> None:
         async with transaction(self._engine) as conn:
             await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id)
-                .values(output_key=None, output_deleted_at=time.time())
+                .values(output_key=None, output_views=None, output_deleted_at=time.time())
             )

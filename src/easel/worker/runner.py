@@ -1,5 +1,8 @@
 """The worker: claim → resolve inputs → run the backend chain → store the output → settle.
 
+A multiview task runs the chain once per view (:mod:`easel.worker.multiview`) and stores four
+outputs (:mod:`easel.worker.outputs`); everything else is the same path.
+
 A worker runs ``worker_concurrency`` tasks at once. Each running task has a heartbeat that
 renews its lease and stores its progress; if the heartbeat finds the claim gone (the lease
 lapsed and another worker took the task), the run is abandoned. Every path ends the task in
@@ -26,6 +29,7 @@ from easel.backends.base import (
 from easel.backends.fallback import Router
 from easel.config import Settings
 from easel.domain.errors import EaselError, FatalServerError, first_line
+from easel.domain.multiview import MULTIVIEW_TYPES
 from easel.domain.tasks import AttemptOutcome, Status, Task
 from easel.outbound import OutboundPolicy
 from easel.storage.check import StorageCheck
@@ -40,14 +44,14 @@ from easel.worker.identity import (
     register,
 )
 from easel.worker.inputs import resolve
+from easel.worker.multiview import RunControl, make_views
+from easel.worker.outputs import output_key, store_output, store_views
 
 __all__ = ["Worker", "WorkerCannotRegister"]
 
 log = logging.getLogger("easel.worker")
 HOUSEKEEPING_S = 1.0
 OUTAGE_BACKOFF_MAX_S = 5.0  # longest wait between claims while the database is away
-OUTPUT_WRITES = 3  # tries to store a generated image before the task fails (with a refund)
-OUTPUT_RETRY_S = 0.5  # first wait between them; doubled each time
 
 
 class _Control:
@@ -67,7 +71,7 @@ class _Control:
         return self.stop
 
 
-class _NoBackend(Exception):
+class _NoBackend(BackendError):
     """Every backend of the chain was unavailable or failed retryably."""
 
 
@@ -300,8 +304,15 @@ class Worker:
         except EaselError as exc:
             await self.store.queue.fail(task, Status.FAILED, exc.code, exc.message)
             return
+        views: dict[str, GeneratedImage] | None = None
         try:
-            image, backend, attempt = await self._generate(task, images, control)
+            if task.type in MULTIVIEW_TYPES:
+                views, backend, attempt = await make_views(
+                    task, images, control, self._generate, self.store.queue.end_attempt
+                )
+                image = views["front"]
+            else:
+                image, backend, attempt = await self._generate(task, images, control)
         except JobCancelled:
             if control.cancel_requested:
                 await self.store.queue.fail(task, Status.CANCELLED, None, None)
@@ -309,7 +320,7 @@ class Worker:
         except BackendRejected as exc:
             await self.store.queue.fail(task, Status.BANNED, exc.error_code, str(exc))
             return
-        except (BackendError, _NoBackend) as exc:
+        except BackendError as exc:
             await self.store.queue.fail(task, Status.FAILED, FatalServerError.code, str(exc))
             return
         # The successful attempt is recorded with the task's completion, in one transaction,
@@ -318,37 +329,32 @@ class Worker:
             await self.store.queue.end_attempt(attempt, AttemptOutcome.SUCCESS)
             await self.store.queue.fail(task, Status.CANCELLED, None, None)
             return
-        key = f"outputs/{task.id}.{'jpg' if image.format == 'jpeg' else 'png'}"
+        key, keys = output_key(task.id, image), None
         try:
-            await self._store_output(key, image.data)
+            if views is None:
+                await store_output(self.objects, key, image.data)
+            else:
+                keys = await store_views(self.objects, task.id, views)
+                key = keys["front"]
         except ObjectStoreError as exc:
             self.storage.recheck()  # probe before the next claim; the last verdict is stale
             await self.store.queue.end_attempt(attempt, AttemptOutcome.SUCCESS)
             message = f"the output image could not be stored: {exc.strerror}"
             await self.store.queue.fail(task, Status.FAILED, FatalServerError.code, message)
             return
-        await self.store.queue.complete(task, key, backend, attempt)
-
-    async def _store_output(self, key: str, data: bytes) -> None:
-        """Write the output, trying again a few times: the image is paid for and in hand,
-        and a store that blinks should not cost the client a failed task."""
-        wait_s = OUTPUT_RETRY_S
-        for remaining in range(OUTPUT_WRITES - 1, -1, -1):
-            try:
-                await self.objects.put(key, data)
-                return
-            except ObjectStoreError as exc:
-                if not remaining:
-                    raise
-                log.warning("storing %s failed (%s); trying again in %g s", key, exc, wait_s)
-            await asyncio.sleep(wait_s)
-            wait_s *= 2
+        await self.store.queue.complete(task, key, backend, attempt, views=keys)
 
     async def _generate(
-        self, task: Task, images: tuple[InputImage, ...], control: _Control
+        self,
+        task: Task,
+        images: tuple[InputImage, ...],
+        control: RunControl,
+        prompt: str | None = None,
+        seed: int | None = None,
     ) -> tuple[GeneratedImage, str, int]:
         """Run the model's backends in order until one succeeds; record every attempt.
-        Returns the image, the backend and its attempt, which is left for the caller to end."""
+        Returns the image, the backend and its attempt, which is left for the caller to end.
+        ``prompt`` and ``seed``: a multiview view's (else the task's prompt, no seed)."""
         queue, problems = self.store.queue, []
         for leg in self.router.chain(task.model_version):
             backend = leg.backend
@@ -361,10 +367,11 @@ class Worker:
             job = Job(
                 task.id,
                 task.model_version,
-                task.prompt,
+                task.prompt if prompt is None else prompt,
                 images,
                 leg.provider_model,
                 negative_prompt=str(task.input.get("negative_prompt", "")),
+                seed=seed,
             )
             try:
                 image = await run_attempt(backend, job, control)
