@@ -22,12 +22,12 @@ from PIL import Image
 from easel.backends import diffusers as backend_module
 from easel.backends._diffusers_load import optimize_pipeline
 from easel.backends._diffusers_paint import reference_canvas
-from easel.domain.tasks import task_seed
 from easel.backends.base import BackendUnavailable, InputImage, Job, JobCancelled, LoadState
 from easel.backends.demo_weights import write_demo_weights
 from easel.backends.diffusers import DiffusersBackend, Options
 from easel.backends.registry import create_backend
 from easel.config import BackendTable, ConfigError
+from easel.domain.tasks import task_seed
 
 pytestmark = pytest.mark.local  # torch and diffusers: the local extra
 

@@ -356,6 +356,6 @@ async def not_supported(path: str, request: Request) -> None:
     raise RouteNotSupported(
         f"{request.method} /v3/{path} is not supported by this server.",
         "This server generates images only: use /v3/generation/text-to-image, "
-        "/image-to-image, /image-to-multiview or /edit-multiview, /v3/tasks, /v3/files and "
-        "/v3/account.",
+        "/v3/generation/image-to-image, /v3/generation/image-to-multiview or "
+        "/v3/generation/edit-multiview, /v3/tasks, /v3/files and /v3/account.",
     )
