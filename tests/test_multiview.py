@@ -19,8 +19,17 @@ import pytest
 
 from apptools import Api, account_state, png, running_api, settings_for
 from easel.domain.catalog import CATALOG
-from easel.domain.multiview import edit_prompt, view_prompt
-from fake_providers import OPENAI_KEY, FakeOpenAI, openai_error, openai_image
+from easel.domain.multiview import edit_prompt, view_prompt, view_seed
+from easel.services.janitor import Janitor
+from fake_providers import (
+    BFL_KEY,
+    BFL_READY,
+    OPENAI_KEY,
+    FakeBfl,
+    FakeOpenAI,
+    openai_error,
+    openai_image,
+)
 from fakes import image_bytes
 from loopback import serve_app
 
@@ -366,3 +375,47 @@ async def test_a_view_that_fails_fails_the_task_with_a_full_refund_and_no_view_k
         assert await api.balance() == {"balance": CREDITS, "frozen": 0}
         for view in VIEWS:
             assert not await api.runtime.objects.exists(f"outputs/{task_id}/{view}.png")
+
+
+async def test_every_view_of_a_task_is_sent_with_the_same_seed_to_a_kind_that_takes_one(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BFL's Kontext endpoint takes ``seed``: the four views carry the task's one seed."""
+    monkeypatch.setenv(KEY_ENV, BFL_KEY)
+    fake = FakeBfl(statuses=[BFL_READY])
+    with serve_app(fake.app()) as url:
+        backend = {"kind": "bfl", "base_url": url, "api_key_env": KEY_ENV}
+        settings = settings_for(
+            database_url, backends={"bfl": backend}, models={CATALOG.default: {"backends": ["bfl"]}}
+        )
+        async with running_api(settings, credits=CREDITS) as api:
+            task_id = await generate(api)
+            assert (await api.wait(task_id, timeout_s=30))["status"] == "success"
+    assert [endpoint for endpoint, _ in fake.submits] == ["flux-kontext-pro"] * 4
+    assert [body["seed"] for _, body in fake.submits] == [view_seed(task_id)] * 4
+    assert 0 <= view_seed(task_id) < 2**31
+    assert [body["prompt"] for _, body in fake.submits] == [view_prompt(v) for v in VIEWS]
+
+
+async def test_the_janitor_deletes_all_four_views_and_an_edit_then_says_so(
+    database_url: str,
+) -> None:
+    async with running_api(settings_for(database_url), credits=CREDITS) as api:
+        task = await api.wait(await generate(api))
+        keys = [f"outputs/{task['task_id']}/{view}.png" for view in VIEWS]
+        assert all([await api.runtime.objects.exists(key) for key in keys])
+        janitor_settings = api.runtime.settings.model_copy(update={"output_retention_s": 0})
+        janitor = Janitor(api.runtime.store, api.runtime.objects, janitor_settings)
+        assert (await janitor.sweep())[1] == 1
+        assert not any([await api.runtime.objects.exists(key) for key in keys])
+        after = await api.task(task["task_id"])
+        assert after["output"] == {} and "output_deleted_at" in after
+        one = [{"view": "back", "prompt": "x"}]
+        await _refused(
+            api,
+            lambda: submit(
+                api, "edit_multiview_image", original_task_id=task["task_id"], prompts=one
+            ),
+            2019,
+            "passed their retention time",
+        )
