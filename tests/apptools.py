@@ -12,12 +12,14 @@ from typing import Any
 import httpx
 from PIL import Image
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from easel.api.app import create_app
 from easel.config import Settings
 from easel.domain.catalog import CATALOG
 from easel.runtime import Runtime
 from easel.services.loops import LOOP_RESTARTS, Backoff
+from easel.store import SqlStore, Store
 from easel.store.tables import files, ledger, tasks, webhooks
 
 UNFINISHED = ("queued", "running")
@@ -112,6 +114,12 @@ async def running_api(
             yield Api(client, runtime, key)
 
 
+def engine_of(store: Store) -> AsyncEngine:
+    """The database under ``store``: for the tests of what only a SQL store has."""
+    assert isinstance(store, SqlStore), f"this test needs a SQL store, not {store!r}"
+    return store.engine
+
+
 @dataclass(frozen=True)
 class State:
     """What a refused request must leave as it was: an account's credits and the row counts."""
@@ -128,7 +136,7 @@ async def account_state(runtime: Runtime, account_id: str) -> State:
     """The account's balance and frozen credits, and how many tasks, files, webhooks and
     ledger rows exist (any refused request must leave all of them as they were)."""
     balance = await runtime.store.accounts.balance(account_id)
-    async with runtime.store.engine.connect() as conn:
+    async with engine_of(runtime.store).connect() as conn:
         counts = [
             int(await conn.scalar(select(func.count()).select_from(table)) or 0)
             for table in (tasks, files, webhooks, ledger)

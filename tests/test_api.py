@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from apptools import Api, png, running_api, settings_for
+from apptools import Api, engine_of, png, running_api, settings_for
 from easel.store.tables import idempotency_keys, ledger, tasks
 from loopback import serve_app
 
@@ -35,7 +35,7 @@ async def idle_api(database_url: str) -> AsyncIterator[Api]:
 
 
 async def task_count(api: Api) -> int:
-    async with api.runtime.store.engine.connect() as conn:
+    async with engine_of(api.runtime.store).connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(tasks)) or 0)
 
 
@@ -360,7 +360,7 @@ async def test_a_url_input_on_an_allowed_network_is_fetched(
 
 
 async def ledger_kinds(api: Api, task_id: str) -> list[str]:
-    async with api.runtime.store.engine.connect() as conn:
+    async with engine_of(api.runtime.store).connect() as conn:
         rows = await conn.execute(
             select(ledger.c.kind).where(ledger.c.task_id == task_id).order_by(ledger.c.id)
         )
@@ -591,7 +591,7 @@ async def test_concurrent_duplicates_with_one_idempotency_key_make_one_task(
 
 async def test_an_idempotency_key_is_forgotten_after_24_hours(idle_api: Api) -> None:
     first = (await submit_with_key(idle_api, "old", prompt="x")).json()["data"]["task_id"]
-    async with idle_api.runtime.store.engine.begin() as conn:
+    async with engine_of(idle_api.runtime.store).begin() as conn:
         await conn.execute(update(idempotency_keys).values(created_at=time.time() - 86_401))
     second = (await submit_with_key(idle_api, "old", prompt="x")).json()["data"]["task_id"]
     assert second != first

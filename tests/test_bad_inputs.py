@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from apptools import Api, State, account_state, png, running_api, settings_for
+from apptools import Api, State, account_state, engine_of, png, running_api, settings_for
 from badimages import UNDECODABLE, garbage_idat_png
 from easel.domain.errors import InvalidParameter
 from easel.services.upload_tokens import inspect_arrived
 from easel.storage.objects import ObjectStore
-from easel.store.files import StoredFile
+from easel.store.records import StoredFile
 from easel.store.tables import files, ledger
 from loopback import serve_app
 
@@ -56,7 +56,7 @@ def assert_corrupt(response: httpx.Response, fmt: str) -> None:
 
 
 async def moves_of(api: Api, task_id: str) -> list[str]:
-    async with api.runtime.store.engine.connect() as conn:
+    async with engine_of(api.runtime.store).connect() as conn:
         rows = await conn.execute(
             select(ledger.c.kind).where(ledger.c.task_id == task_id).order_by(ledger.c.id)
         )
@@ -159,7 +159,7 @@ async def test_a_stored_input_that_no_longer_decodes_fails_the_task_at_once_with
     worker decodes every input before a backend runs, and fails the task with 1004."""
     async with running_api(settings_for(database_url, **PATIENT), credits=CREDITS) as api:
         token = await api.upload(png())
-        async with api.runtime.store.engine.connect() as conn:
+        async with engine_of(api.runtime.store).connect() as conn:
             key = await conn.scalar(select(files.c.key).where(files.c.token == token))
         assert isinstance(key, str)
         await api.runtime.objects.put(key, garbage_idat_png())

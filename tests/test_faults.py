@@ -28,7 +28,7 @@ import pytest
 from obstore.exceptions import GenericError
 from sqlalchemy import func, select
 
-from apptools import Api, png, running_api, settings_for
+from apptools import Api, engine_of, png, running_api, settings_for
 from easel.store.tables import ledger, tasks
 from tcpproxy import TcpProxy
 
@@ -46,7 +46,7 @@ ENOSPC_TEXT = (
 
 async def moves_of(api: Api, task_id: str) -> list[str]:
     """The ledger rows of one task, by kind (hold, settle, refund), in order."""
-    async with api.runtime.store.engine.connect() as conn:
+    async with engine_of(api.runtime.store).connect() as conn:
         rows = await conn.execute(
             select(ledger.c.kind).where(ledger.c.task_id == task_id).order_by(ledger.c.id)
         )
@@ -54,7 +54,7 @@ async def moves_of(api: Api, task_id: str) -> list[str]:
 
 
 async def task_count(api: Api) -> int:
-    async with api.runtime.store.engine.connect() as conn:
+    async with engine_of(api.runtime.store).connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(tasks)) or 0)
 
 

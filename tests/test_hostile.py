@@ -37,7 +37,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from apptools import Api, State, account_state, png, running_api, settings_for
+from apptools import Api, State, account_state, engine_of, png, running_api, settings_for
 from easel.api.app import create_app
 from easel.backends import gemini, openai
 from easel.backends._remote import RetryPolicy
@@ -361,7 +361,7 @@ async def test_a_hostile_upload_is_refused_and_stores_nothing(
 
 async def test_jpeg_bytes_named_png_are_stored_as_the_jpeg_they_are(lite_api: Api) -> None:
     token = await lite_api.upload(png(fmt="JPEG"), name="photo.png")
-    async with lite_api.runtime.store.engine.connect() as conn:
+    async with engine_of(lite_api.runtime.store).connect() as conn:
         row = (await conn.execute(select(files).where(files.c.token == token))).one()
     assert (row.format, row.key.rsplit(".", 1)[1]) == ("jpeg", "jpg")
 
@@ -536,7 +536,7 @@ async def test_an_object_key_outside_the_accounts_uploads_is_not_found(
     auth = await other_key(idle_api)
     response = await idle_api.client.post(UPLOAD, files={"file": ("a.png", png())}, headers=auth)
     token = response.json()["data"]["image_token"]
-    async with idle_api.runtime.store.engine.connect() as conn:
+    async with engine_of(idle_api.runtime.store).connect() as conn:
         other = (await conn.execute(select(files.c.key).where(files.c.token == token))).scalar_one()
     mine = (await idle_api.runtime.store.accounts.authenticate(idle_api.key)).account_id
     named = key.format(
@@ -759,7 +759,7 @@ async def test_the_database_holds_a_hash_of_each_key_never_the_key(database_url:
         response = await api.submit(prompt="x", file={"file_token": await api.upload(png())})
         await api.wait(response.json()["data"]["task_id"])
         secret = api.key.removeprefix("tsk_")
-        async with api.runtime.store.engine.connect() as conn:
+        async with engine_of(api.runtime.store).connect() as conn:
             [row] = (await conn.execute(select(api_keys))).all()
             assert row.key_hash == hashlib.sha256(api.key.encode()).hexdigest()
             assert api.key.startswith(row.prefix) and len(row.prefix) < len(api.key) // 3

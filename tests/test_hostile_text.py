@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from apptools import png
+from apptools import engine_of, png
 from asgi_raw import Answer, connect
 from easel.config import Settings
 from easel.domain.text import decode_json
+from easel.store.records import NewTask
 from easel.store.tables import webhooks
-from easel.store.task_rows import NewTask
 from hostile_app import Served, serve
 
 TASK = "/v2/openapi/task"
@@ -253,7 +253,7 @@ async def test_a_webhook_stores_public_url_when_it_is_set_whatever_the_host(
             "POST", WEBHOOKS, body=body, json_body=True, headers=[(b"host", b"evil.example")]
         )
         assert answer.status == 200, answer
-        async with served.runtime.store.engine.connect() as conn:
+        async with engine_of(served.runtime.store).connect() as conn:
             stored = await conn.scalar(select(webhooks.c.base_url))
         assert stored == "https://images.example.com"
 

@@ -9,10 +9,10 @@ import time
 import pytest
 from sqlalchemy import insert, select, update
 
-from apptools import png, running_api, settings_for
+from apptools import engine_of, png, running_api, settings_for
 from easel.services.janitor import ABANDONED_AFTER_S
 from easel.storage.objects import ObjectNotFound
-from easel.store.files import StoredFile
+from easel.store.records import StoredFile
 from easel.store.tables import events as events_table
 from easel.store.tables import files as files_table
 from easel.store.tables import webhook_attempts, webhook_deliveries
@@ -67,7 +67,7 @@ async def test_delivery_logs_past_retention_are_forgotten_and_pending_ones_kept(
     settings = settings_for(database_url, delivery_log_retention_s=3600)
     async with running_api(settings, run_worker=False) as api:
         caller = await api.runtime.store.accounts.authenticate(api.key)
-        hook = await WebhookStore(api.runtime.store.engine).create(
+        hook = await WebhookStore(engine_of(api.runtime.store)).create(
             caller,
             url="https://hooks.example/x",
             event_types=["task.success"],
@@ -81,7 +81,7 @@ async def test_delivery_logs_past_retention_are_forgotten_and_pending_ones_kept(
             "msg_old_pending": ("pending", 7200),  # still owed: never forgotten
             "msg_new_delivered": ("delivered", 60),
         }
-        async with api.runtime.store.engine.begin() as conn:
+        async with engine_of(api.runtime.store).begin() as conn:
             for number, (delivery_id, (status, age)) in enumerate(rows.items()):
                 await conn.execute(
                     insert(webhook_deliveries).values(
@@ -109,7 +109,7 @@ async def test_delivery_logs_past_retention_are_forgotten_and_pending_ones_kept(
         janitor = api.runtime.janitor()
         await janitor.prune()  # (the app's own janitor may get there first: check the state)
         assert await janitor.prune() == (0, 0, 0)
-        async with api.runtime.store.engine.connect() as conn:
+        async with engine_of(api.runtime.store).connect() as conn:
             left = set(await conn.scalars(select(webhook_deliveries.c.id)))
             logged = set(await conn.scalars(select(webhook_attempts.c.delivery_id)))
         assert left == logged == {"msg_old_pending", "msg_new_delivered"}
@@ -124,7 +124,7 @@ async def test_sts_uploads_that_never_arrived_are_forgotten(database_url: str) -
         async def announce(token: str, age_s: float) -> StoredFile:
             stored = StoredFile(token, caller.account_id, f"uploads/x/{token}.png", "png", 0, 0, 0)
             await files.add(stored)
-            async with api.runtime.store.engine.begin() as conn:
+            async with engine_of(api.runtime.store).begin() as conn:
                 await conn.execute(
                     update(files_table)
                     .where(files_table.c.token == token)
@@ -152,7 +152,7 @@ async def test_events_past_retention_are_forgotten_and_numbering_goes_on(
         caller = await api.runtime.store.accounts.authenticate(api.key)
         first = await api.wait((await api.submit(prompt="old")).json()["data"]["task_id"])
         old = await api.runtime.store.events.after(caller.account_id, caller.key_id, 0)
-        async with api.runtime.store.engine.begin() as conn:  # make them look 2 h old
+        async with engine_of(api.runtime.store).begin() as conn:  # make them look 2 h old
             await conn.execute(
                 update(events_table)
                 .where(events_table.c.task_id == first["task_id"])

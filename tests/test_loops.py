@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from apptools import Api, running_api, settings_for
+from apptools import Api, engine_of, running_api, settings_for
 from easel.services.loops import Backoff, LoopGroup
 from easel.store import Store, open_store
 from test_worker_registration import refuse_new_workers
@@ -211,8 +211,9 @@ async def test_an_error_while_stopping_is_logged_and_not_restarted(
 
 async def allow_new_workers(store: Store) -> None:
     """Undo :func:`refuse_new_workers`."""
-    async with store.engine.begin() as conn:
-        if store.engine.dialect.name == "sqlite":
+    engine = engine_of(store)
+    async with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
             await conn.execute(text("DROP TRIGGER refuse_workers"))
             return
         await conn.execute(text("DROP TRIGGER refuse_workers ON workers"))

@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import func, select
 
 from easel.domain.accounts import MAX_CREDITS, MAX_NAME_CHARS, InvalidAccount
-from easel.store import Store, open_store
+from easel.store import SqlStore, open_store
 from easel.store.tables import accounts, ledger
 
 EASEL = str(Path(sys.executable).parent / "easel")
 
 
-async def _rows(store: Store) -> tuple[int, int]:
+async def _rows(store: SqlStore) -> tuple[int, int]:
     async with store.engine.connect() as conn:
         counted = [
             (await conn.execute(select(func.count()).select_from(table))).scalar_one()

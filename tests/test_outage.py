@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from apptools import running_api, settings_for
+from apptools import engine_of, running_api, settings_for
 from badimages import garbage_idat_png
 from conftest import reset_schema
 from easel.domain.errors import InvalidParameter, ServiceUnavailable, StoreUnavailable
@@ -500,11 +500,11 @@ async def test_the_api_answers_503_while_postgresql_is_away_and_500_for_a_bug(
     await reset_schema(postgres_database)
     caplog.set_level(logging.WARNING, logger="easel.api")
     async with running_api(settings_for(postgres_database), run_worker=False) as api:
-        await refuse_inserts(api.runtime.store.engine, "tasks", message, sqlstate=sqlstate)
+        await refuse_inserts(engine_of(api.runtime.store), "tasks", message, sqlstate=sqlstate)
         v2 = await api.submit(prompt="a fox")
         v3 = await api.client.post("/v3/generation/text-to-image", json={"prompt": "a fox"})
         assert await api.balance() == {"balance": 100, "frozen": 0}
-        await allow_inserts(api.runtime.store.engine, "tasks")
+        await allow_inserts(engine_of(api.runtime.store), "tasks")
         assert (await api.submit(prompt="a fox")).status_code == 200  # and it recovers
     for response in (v2, v3):
         assert response.status_code == status, response.text

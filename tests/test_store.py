@@ -12,8 +12,8 @@ from sqlalchemy import Connection, event, func, select
 from easel.domain.errors import NotEnoughCredit, TooManyUnfinishedTasks
 from easel.domain.tasks import AttemptOutcome
 from easel.store import open_store
+from easel.store.records import NewTask
 from easel.store.tables import metadata, tasks
-from easel.store.task_rows import NewTask
 
 
 async def test_migrations_create_exactly_the_schema_of_the_models(database_url: str) -> None:

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from obstore.store import MemoryStore
 
-from apptools import Api, png, running_api, settings_for
+from apptools import Api, engine_of, png, running_api, settings_for
 from easel.config import Settings
 from easel.domain.accounts import Caller
 from easel.domain.errors import (
@@ -45,8 +45,8 @@ from easel.services.upload_tokens import (
 )
 from easel.storage.objects import ObjectStore
 from easel.storage.sts import AwsCredentials
-from easel.store import Store, open_store
-from easel.store.files import StoredFile
+from easel.store import SqlStore, open_store
+from easel.store.records import StoredFile
 from s3server import (
     ACCESS_KEY,
     REGION,
@@ -238,7 +238,7 @@ async def test_sts_unreachable_is_1000_and_records_nothing(
         response = await api.client.post(ROUTE, json={"format": "png"})
         caller = await _caller(api)
         prefix = f"uploads/{caller.account_id}/"
-        async with api.runtime.store.engine.connect() as conn:
+        async with engine_of(api.runtime.store).connect() as conn:
             from sqlalchemy import func, select
 
             from easel.store.tables import files
@@ -285,7 +285,7 @@ async def test_an_object_not_uploaded_yet_is_2019_at_submit(api: Api) -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
+async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
     opened = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'easel.db'}")
     try:
         yield opened
@@ -306,7 +306,7 @@ DENIED = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
 
 
 def _tokens(
-    store: Store, handler: Any, *, env: dict[str, str] | None = None, **settings: Any
+    store: SqlStore, handler: Any, *, env: dict[str, str] | None = None, **settings: Any
 ) -> UploadTokens:
     objects = ObjectStore(MemoryStore(), "uploads-bucket", "tenant", scheme="s3")
     configured = Settings.model_validate(
@@ -322,7 +322,7 @@ def _tokens(
     )
 
 
-async def test_assume_role_request_and_session_policy(store: Store) -> None:
+async def test_assume_role_request_and_session_policy(store: SqlStore) -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -382,7 +382,7 @@ async def test_assume_role_request_and_session_policy(store: Store) -> None:
 
 
 async def test_sts_refusal_is_1000_with_the_alternative(
-    store: Store, caplog: pytest.LogCaptureFixture
+    store: SqlStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     key = await store.accounts.create_key("t", 10)
     caller = await store.accounts.authenticate(key)
@@ -393,7 +393,7 @@ async def test_sts_refusal_is_1000_with_the_alternative(
     assert "AccessDenied not allowed" in caplog.text
 
 
-async def test_no_server_credentials_is_1005(store: Store) -> None:
+async def test_no_server_credentials_is_1005(store: SqlStore) -> None:
     key = await store.accounts.create_key("t", 10)
     caller = await store.accounts.authenticate(key)
     tokens = _tokens(
@@ -418,7 +418,7 @@ PARTIAL = ASSUMED.replace("<SessionToken>temp-session</SessionToken>", "")
     ],
 )
 async def test_an_answer_sts_never_gives_is_1000_and_records_nothing(
-    store: Store, caplog: pytest.LogCaptureFixture, status: int, answer: str, logged: str
+    store: SqlStore, caplog: pytest.LogCaptureFixture, status: int, answer: str, logged: str
 ) -> None:
     caller = await store.accounts.authenticate(await store.accounts.create_key("t", 10))
     tokens = _tokens(store, lambda request: httpx.Response(status, text=answer))
@@ -430,7 +430,7 @@ async def test_an_answer_sts_never_gives_is_1000_and_records_nothing(
 
 
 async def test_only_the_configured_endpoint_is_asked(
-    store: Store, caplog: pytest.LogCaptureFixture
+    store: SqlStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A redirect from STS is an answer, not an address to follow with signed credentials."""
     seen: list[str] = []
@@ -447,7 +447,7 @@ async def test_only_the_configured_endpoint_is_asked(
 
 
 async def test_aws_profiles_and_config_files_are_not_read(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Like the store, STS takes credentials, region and CA bundle from the environment
     alone: a profile that does not exist, or a config file botocore cannot parse, changes
@@ -539,7 +539,7 @@ def iam_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IamMoto]:
         yield IamMoto(server, bucket, role_arn, allowed, stranger)
 
 
-def _iam_tokens(moto: IamMoto, store: Store, credentials: AwsCredentials) -> UploadTokens:
+def _iam_tokens(moto: IamMoto, store: SqlStore, credentials: AwsCredentials) -> UploadTokens:
     """The service as a server on that account runs it (no transport of the test's)."""
     settings = Settings(sts_endpoint=moto.server.endpoint, sts_role_arn=moto.role_arn)
     objects = ObjectStore(MemoryStore(), moto.bucket, PREFIX, scheme="s3")
@@ -561,7 +561,7 @@ def _session_policy(moto: IamMoto, access_key_id: str) -> dict[str, Any]:
 
 
 async def test_real_sts_credentials_put_the_one_object_and_nothing_outside_the_role(
-    iam_moto: IamMoto, store: Store
+    iam_moto: IamMoto, store: SqlStore
 ) -> None:
     from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
@@ -595,7 +595,7 @@ async def test_real_sts_credentials_put_the_one_object_and_nothing_outside_the_r
     ],
 )
 async def test_real_sts_refusals_are_1000_and_record_nothing(
-    iam_moto: IamMoto, store: Store, caplog: pytest.LogCaptureFixture, who: str, code: str
+    iam_moto: IamMoto, store: SqlStore, caplog: pytest.LogCaptureFixture, who: str, code: str
 ) -> None:
     credentials = {
         "wrong secret": AwsCredentials(iam_moto.allowed.access_key_id, "not-the-secret"),

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from easel.domain.tasks import FINAL, REFUNDED, TRANSITIONS, Status, Task, can_move, sources
-from easel.store import Store, open_store
+from easel.store import SqlStore, open_store
 from easel.store.db import transaction
 from easel.store.lifecycle import end_with_refund, queued
-from easel.store.task_rows import NewTask
+from easel.store.records import NewTask
 
 MODEL = "flux.1_kontext_pro"
 
@@ -44,7 +44,7 @@ def test_final_states_are_final_and_sources_invert_the_table() -> None:
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
     store = await open_store(database_url)
     try:
         yield store
@@ -52,7 +52,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
         await store.close()
 
 
-async def submitted(store: Store) -> tuple[str, str]:
+async def submitted(store: SqlStore) -> tuple[str, str]:
     """A key with 100 credits and one task of 5 it submitted: (key, task id)."""
     key = await store.accounts.create_key("s", 100)
     caller = await store.accounts.authenticate(key)
@@ -62,13 +62,13 @@ async def submitted(store: Store) -> tuple[str, str]:
     return key, task_id
 
 
-async def current(store: Store, task_id: str) -> Task:
+async def current(store: SqlStore, task_id: str) -> Task:
     task = await store.tasks.get(task_id)
     assert task is not None
     return task
 
 
-async def test_a_finished_task_moves_no_more_and_its_credits_move_once(store: Store) -> None:
+async def test_a_finished_task_moves_no_more_and_its_credits_move_once(store: SqlStore) -> None:
     """A success cannot be refunded, failed or put back; the ledger shows one settle."""
     key, task_id = await submitted(store)
     claimed = await store.queue.claim("w", [MODEL], 30)
@@ -88,7 +88,7 @@ async def test_a_finished_task_moves_no_more_and_its_credits_move_once(store: St
 
 
 @pytest.mark.parametrize("end", sorted(REFUNDED - {Status.EXPIRED}))
-async def test_a_refunded_end_is_final(store: Store, end: Status) -> None:
+async def test_a_refunded_end_is_final(store: SqlStore, end: Status) -> None:
     key, task_id = await submitted(store)
     claimed = await store.queue.claim("w", [MODEL], 30)
     assert claimed is not None
@@ -100,7 +100,7 @@ async def test_a_refunded_end_is_final(store: Store, end: Status) -> None:
     assert (balance.balance, balance.frozen) == (100, 0)
 
 
-async def test_an_expired_task_cannot_be_claimed(store: Store) -> None:
+async def test_an_expired_task_cannot_be_claimed(store: SqlStore) -> None:
     _, task_id = await submitted(store)
     assert await store.queue.expire_queued(max_wait_s=-1) == 1
     assert await store.queue.claim("w", [MODEL], 30) is None

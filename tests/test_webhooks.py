@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from apptools import ALL_MODELS, Api, running_api, settings_for
+from apptools import ALL_MODELS, Api, engine_of, running_api, settings_for
 from easel.domain.accounts import Caller
 from easel.domain.tasks import Status
 from easel.domain.webhooks import EVENT_TYPES, Delivery
@@ -30,7 +30,7 @@ from easel.outbound import OutboundPolicy
 from easel.runtime import Runtime, open_runtime
 from easel.services.webhooks import DAY_S, Dispatcher, RetryPolicy, new_secret, task_renderer
 from easel.store import events
-from easel.store.task_rows import NewTask
+from easel.store.records import NewTask
 from easel.store.webhooks import WebhookStore
 from loopback import serve_app
 
@@ -314,7 +314,7 @@ async def outbox(database_url: str) -> AsyncIterator[Outbox]:
         caller = await runtime.store.accounts.authenticate(
             await runtime.store.accounts.create_key("hooks", 1000)
         )
-        yield Outbox(runtime, WebhookStore(runtime.store.engine), caller)
+        yield Outbox(runtime, WebhookStore(engine_of(runtime.store)), caller)
     finally:
         await runtime.close()
 
@@ -350,7 +350,7 @@ async def test_an_event_rolled_back_leaves_no_delivery_behind(outbox: Outbox) ->
     hook_id, _ = await outbox.webhook("http://127.0.0.1:9/never", "task.queued")
 
     async def append(task_id: str, crash: bool) -> None:
-        async with outbox.runtime.store.engine.begin() as conn:
+        async with engine_of(outbox.runtime.store).begin() as conn:
             await events.append(
                 conn,
                 account_id=outbox.caller.account_id,

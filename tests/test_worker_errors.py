@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from apptools import Api, png, running_api, settings_for
+from apptools import Api, engine_of, png, running_api, settings_for
 from conftest import reset_schema
 from easel.store.tables import ledger
 from triggers import allow_inserts, refuse_inserts
@@ -42,7 +42,7 @@ async def submit(api: Api, **body: Any) -> str:
 
 
 async def moves_of(api: Api, task_id: str) -> list[str]:
-    async with api.runtime.store.engine.connect() as conn:
+    async with engine_of(api.runtime.store).connect() as conn:
         rows = await conn.execute(
             select(ledger.c.kind).where(ledger.c.task_id == task_id).order_by(ledger.c.id)
         )
@@ -143,7 +143,7 @@ async def test_a_sql_error_while_running_a_task_fails_it_at_once_with_a_refund(
     names the error without the SQL statement."""
     caplog.set_level(logging.WARNING)
     async with running_api(settings_for(database_url, **PATIENT), credits=CREDITS) as api:
-        await refuse_inserts(api.runtime.store.engine, "attempts", "refused by a test trigger")
+        await refuse_inserts(engine_of(api.runtime.store), "attempts", "refused by a test trigger")
         task = await api.wait(await submit(api), timeout_s=10)
         await assert_failed_at_once_with_a_refund(api, task)
     assert task["error_msg"].startswith("internal error: IntegrityError: ")
@@ -162,7 +162,7 @@ async def test_a_postgresql_shutdown_while_running_a_task_leaves_it_to_be_reclai
     caplog.set_level(logging.INFO)
     settings = settings_for(postgres_database, lease_s=0.5, max_attempts=5)
     async with running_api(settings, credits=CREDITS) as api:
-        engine = api.runtime.store.engine
+        engine = engine_of(api.runtime.store)
         await refuse_inserts(engine, "attempts", TERMINATING, sqlstate="57P01")
         task_id = await submit(api)
         await until(lambda: any("interrupted" in r.getMessage() for r in caplog.records))
@@ -180,7 +180,7 @@ async def test_a_janitor_pass_that_meets_a_bug_logs_its_traceback_and_the_next_p
     caplog.set_level(logging.WARNING, logger="easel.services.janitor")
     settings = settings_for(database_url, queue_timeout_s=0.2, janitor_interval_s=0.05)
     async with running_api(settings, run_worker=False, credits=CREDITS) as api:
-        engine = api.runtime.store.engine
+        engine = engine_of(api.runtime.store)
         task_id = await submit(api)
         await refuse_inserts(engine, "ledger", "refused by a test trigger")
         await until(lambda: bool(tracebacks(caplog, "refused by a test trigger")))

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from apptools import Api, running_api, settings_for
+from apptools import Api, engine_of, running_api, settings_for
 from conftest import reset_schema
 from easel.store import Store, open_store
 from easel.worker.identity import WORKER_ID_MAX, WorkerCannotRegister, new_worker_id
@@ -83,8 +83,9 @@ async def refuse_new_workers(store: Store) -> None:
     """A trigger that refuses every new worker row: a definite error (a constraint
     violation), not an outage."""
     message = "workers refused by the test"
-    async with store.engine.begin() as conn:
-        if store.engine.dialect.name == "sqlite":
+    engine = engine_of(store)
+    async with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
             await conn.execute(
                 text(
                     "CREATE TRIGGER refuse_workers BEFORE INSERT ON workers "

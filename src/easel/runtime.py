@@ -23,7 +23,7 @@ from easel.services.webhook_registry import WebhookRegistry
 from easel.storage.check import StorageCheck
 from easel.storage.objects import ObjectStore, open_object_store
 from easel.storage.signing import UrlSigner
-from easel.store import Store, open_store
+from easel.store import Store, connect
 from easel.worker.runner import Worker
 
 log = logging.getLogger("easel")
@@ -120,7 +120,7 @@ def freeze_startup_objects() -> None:
 
 async def open_runtime(settings: Settings) -> Runtime:
     router = Router.from_settings(settings)
-    store = await open_store(settings.database_url)
+    store = await connect(settings.database_url)
     objects = open_object_store(settings.storage_url)
     signer = UrlSigner(await store.secrets.get_or_create("output_urls"), settings.output_url_ttl_s)
     service = TaskService(store, objects, router, settings, signer)

@@ -53,6 +53,26 @@ class Estimate:
 
 UNKNOWN = Estimate(None, Basis.NONE)
 
+# A mean's key: the model, the backend (None: any) and whether the tasks had reference
+# images (None: either way).
+MeanKey = tuple[str, str | None, bool | None]
+
+
+def mean_keys(model_version: str, backend: str | None, edits: bool) -> list[tuple[MeanKey, Basis]]:
+    """The means an estimate may rest on, best first: this backend and kind of request,
+    this backend, this kind of request on any backend, the model."""
+    model_wide: list[tuple[MeanKey, Basis]] = [
+        ((model_version, None, edits), Basis.MODEL),
+        ((model_version, None, None), Basis.MODEL),
+    ]
+    if backend is None:
+        return model_wide
+    return [
+        ((model_version, backend, edits), Basis.BACKEND),
+        ((model_version, backend, None), Basis.BACKEND),
+        *model_wide,
+    ]
+
 
 def _seconds(value: float) -> int:
     return max(1, math.ceil(value))

@@ -3,6 +3,7 @@ run and wait time histograms, read from the database at scrape time."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 TIME_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -13,6 +14,13 @@ class Histogram:
     buckets: list[tuple[float, int]]  # (upper bound, cumulative count)
     count: int
     total: float
+
+
+def histogram(durations: Iterable[float]) -> Histogram:
+    """The cumulative histogram of ``durations`` over :data:`TIME_BUCKETS_S`."""
+    values = list(durations)
+    buckets = [(bound, sum(1 for v in values if v <= bound)) for bound in TIME_BUCKETS_S]
+    return Histogram(buckets, len(values), float(sum(values)))
 
 
 @dataclass(slots=True)

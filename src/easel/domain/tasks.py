@@ -47,6 +47,13 @@ def can_move(current: Status, target: Status) -> bool:
     return target in TRANSITIONS.get(current, frozenset())
 
 
+def claim_order(task: Task, running_of_key: int) -> tuple[int, float, str]:
+    """Where a queued task stands in the order workers claim in: the tasks of the keys with
+    the fewest running tasks first (``running_of_key``: the task's key's), then the oldest,
+    so that no single key starves the others."""
+    return (running_of_key, task.created_at, task.id)
+
+
 def sources(target: Status) -> frozenset[Status]:
     """The statuses a task may move to ``target`` from."""
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)

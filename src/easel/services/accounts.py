@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from easel.domain.accounts import Balance, Caller
-from easel.store.accounts import AccountStore
+from easel.store.ports import AccountsPort
 
 
 class Accounts:
-    def __init__(self, store: AccountStore) -> None:
+    def __init__(self, store: AccountsPort) -> None:
         self._store = store
 
     async def authenticate(self, key: str) -> Caller:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from easel.domain.accounts import Caller
 from easel.domain.events import Event
-from easel.store.events import EventStore
+from easel.store.ports import EventsPort
 
 REPLAY_LIMIT = 100_000  # events read for one replay
 
 
 class EventFeed:
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventsPort) -> None:
         self._store = store
 
     async def after(

@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 
 from easel.domain.metrics import Snapshot
-from easel.store.metrics import MetricsStore
+from easel.store.ports import MetricsPort
 
 
 class Metrics:
-    def __init__(self, store: MetricsStore) -> None:
+    def __init__(self, store: MetricsPort) -> None:
         self._store = store
 
     async def snapshot(self) -> Snapshot:

@@ -28,8 +28,8 @@ from collections import Counter
 from easel.domain.accounts import Caller
 from easel.domain.errors import AuthenticationFailed, EaselError, RateLimited
 from easel.services.ratelimit import RateLimiter
-from easel.store.accounts import AccountStore
 from easel.store.outage import is_outage
+from easel.store.ports import AccountsPort
 
 
 class StreamEnded(Exception):
@@ -95,7 +95,7 @@ class Streams:
     """The open streams of this process, counted per key."""
 
     def __init__(
-        self, accounts: AccountStore, limiter: RateLimiter, per_key: int, check_s: float
+        self, accounts: AccountsPort, limiter: RateLimiter, per_key: int, check_s: float
     ) -> None:
         self.accounts, self.limiter = accounts, limiter
         self.per_key, self.check_s = per_key, check_s

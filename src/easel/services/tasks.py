@@ -35,10 +35,7 @@ from easel.services.upload_tokens import inspect_arrived, is_pending
 from easel.storage.objects import ObjectStore
 from easel.storage.signing import UrlSigner
 from easel.store import Store
-from easel.store.estimates import Outlook
-from easel.store.files import StoredFile
-from easel.store.task_rows import Attempt, NewTask
-from easel.store.tasks import Idempotency
+from easel.store.records import Attempt, Idempotency, NewTask, Outlook, StoredFile
 
 
 class TaskService:

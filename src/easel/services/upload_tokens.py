@@ -40,7 +40,8 @@ from easel.domain.errors import FileNotFound, InvalidParameter, NotAllowed, Unkn
 from easel.domain.images import check_image
 from easel.storage.objects import ObjectNotFound, ObjectStore, aws_region, s3_endpoint
 from easel.storage.sts import AwsCredentials, StsClient, StsError, trust
-from easel.store.files import PENDING_SIZE, FileStore, StoredFile
+from easel.store.ports import FilesPort
+from easel.store.records import PENDING_SIZE, StoredFile
 
 log = logging.getLogger("easel.services.upload_tokens")
 
@@ -128,7 +129,7 @@ class UploadTokens:
         self,
         settings: Settings,
         objects: ObjectStore,
-        files: FileStore,
+        files: FilesPort,
         *,
         env: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,

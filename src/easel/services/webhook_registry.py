@@ -12,7 +12,7 @@ from easel.domain.webhooks import EVENT_TYPES, Delivery, Webhook
 from easel.outbound import OutboundPolicy
 from easel.outbound.fetch import check_url
 from easel.services.webhooks import new_secret
-from easel.store.webhooks import WebhookStore
+from easel.store.ports import WebhooksPort
 
 _PRIVATE_HINT = (
     "Use a publicly reachable http(s) URL; to let a private address through, the server's "
@@ -21,7 +21,7 @@ _PRIVATE_HINT = (
 
 
 class WebhookRegistry:
-    def __init__(self, store: WebhookStore, policy: OutboundPolicy) -> None:
+    def __init__(self, store: WebhooksPort, policy: OutboundPolicy) -> None:
         self._store, self._policy = store, policy
 
     async def register(

@@ -42,7 +42,7 @@ from easel.domain.tasks import Status
 from easel.domain.webhooks import Due, LoggedAttempt
 from easel.outbound import GuardedTransport, OutboundPolicy, OutboundRefused, guarded_client
 from easel.store import is_outage
-from easel.store.webhooks import WebhookStore
+from easel.store.ports import WebhooksPort
 
 if TYPE_CHECKING:
     from easel.runtime import Runtime
@@ -117,7 +117,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: WebhookStore,
+        store: WebhooksPort,
         render: Render,
         policy: OutboundPolicy,
         *,

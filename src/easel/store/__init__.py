@@ -1,7 +1,10 @@
-"""Persistence: every SQL statement lives in this package."""
+"""Persistence: every SQL statement lives in this package, behind the port
+:class:`easel.store.ports.Store` (:class:`SqlStore` on SQLite or PostgreSQL; the in-memory
+fake, :mod:`easel.store.memory`, for tests)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -13,7 +16,9 @@ from easel.store.estimates import Estimates
 from easel.store.events import EventStore
 from easel.store.files import FileStore, SecretStore
 from easel.store.metrics import MetricsStore
+from easel.store.notify import QueueListener
 from easel.store.outage import is_outage, outages_suppressed
+from easel.store.ports import Store
 from easel.store.queue import QueueStore
 from easel.store.tasks import TaskStore
 from easel.store.webhooks import WebhookStore
@@ -21,7 +26,14 @@ from easel.store.webhooks import WebhookStore
 # Which errors are outages (retried later) and which are bugs (fail loudly) is decided in
 # one place, easel.store.outage: at the store's edge (an outage leaves as StoreUnavailable)
 # and for the worker, the janitor and the dispatcher.
-__all__ = ["Store", "is_outage", "open_store", "outages_suppressed"]
+__all__ = [
+    "SqlStore",
+    "Store",
+    "connect",
+    "is_outage",
+    "open_store",
+    "outages_suppressed",
+]
 
 
 # How long run-time means and live worker slots are remembered between polls.
@@ -29,7 +41,9 @@ ESTIMATES_TTL_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
-class Store:
+class SqlStore:
+    """The store on SQLite or PostgreSQL (a :class:`Store`)."""
+
     engine: AsyncEngine
     accounts: AccountStore
     tasks: TaskStore
@@ -40,6 +54,9 @@ class Store:
     metrics: MetricsStore
     webhooks: WebhookStore
 
+    def wake_ups(self, on_queued: Callable[[], None]) -> QueueListener:
+        return QueueListener(self.engine, on_queued)
+
     async def ping(self) -> None:
         async with connection(read_only(self.engine)) as conn:
             await conn.execute(text("SELECT 1"))
@@ -48,12 +65,12 @@ class Store:
         await self.engine.dispose()
 
 
-async def open_store(database_url: str) -> Store:
+async def open_store(database_url: str) -> SqlStore:
     """Connect, migrate to the newest schema and return the stores."""
     engine = create_engine(database_url)
     await migrate(engine)
     estimates = Estimates(ESTIMATES_TTL_S)
-    return Store(
+    return SqlStore(
         engine=engine,
         accounts=AccountStore(engine),
         tasks=TaskStore(engine, estimates),
@@ -64,3 +81,13 @@ async def open_store(database_url: str) -> Store:
         metrics=MetricsStore(engine),
         webhooks=WebhookStore(engine),
     )
+
+
+async def connect(database_url: str) -> Store:
+    """The store ``database_url`` names: ``memory://`` is the in-memory one (one process,
+    nothing kept; see :mod:`easel.store.memory`), anything else a SQL database."""
+    from easel.store.memory import MEMORY_URL, MemoryStore
+
+    if database_url == MEMORY_URL:
+        return MemoryStore()
+    return await open_store(database_url)

@@ -14,7 +14,6 @@ from easel.domain.accounts import (
     MAX_CREDITS,
     Balance,
     Caller,
-    InvalidAccount,
     LedgerKind,
     LedgerRow,
     UnknownKey,
@@ -23,6 +22,7 @@ from easel.domain.accounts import (
     hash_key,
 )
 from easel.store.db import connection, read_only, transaction
+from easel.store.refusals import past_max_credits
 from easel.store.tables import accounts, api_keys, ledger
 
 # A credit move's statements, built once with bound parameters (every task makes two moves).
@@ -198,10 +198,7 @@ class AccountStore:
             )
             if granted.rowcount == 0:
                 held = (await conn.execute(_HELD, {"account_id": account_id})).scalar_one()
-                raise InvalidAccount(
-                    f"granting {credits} credits would take the account past the maximum of "
-                    f"{MAX_CREDITS} credits (it holds {held}, frozen included)"
-                )
+                raise past_max_credits(credits, held)
             await write_ledger_row(conn, account_id, None, LedgerKind.GRANT, credits, 0)
         return await self.balance(account_id)
 

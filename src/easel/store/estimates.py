@@ -6,47 +6,17 @@ position is always exact."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from sqlalchemy import bindparam, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from easel.domain.eta import Basis, Measured
+from easel.domain.eta import MeanKey, Measured, mean_keys
 from easel.domain.tasks import AttemptOutcome, Status, Task
+from easel.store.records import Attempt, Outlook
 from easel.store.tables import attempts, tasks, workers
-from easel.store.task_rows import OTHER, Attempt, attempts_of, running_of
-
-
-@dataclass(frozen=True, slots=True)
-class Outlook:
-    measured: Measured | None  # unfinished tasks only: the mean run time its estimate uses
-    position: int | None  # queued tasks only
-    live_slots: int | None  # queued tasks only
-    attempts: list[Attempt]
-
+from easel.store.task_rows import OTHER, attempts_of, running_of
 
 _Recalled = tuple[float | None] | None  # a remembered value (which may be None), or nothing
-# A mean's key: the model, the backend (None: any) and whether the tasks had reference
-# images (None: either way).
-_MeanKey = tuple[str, str | None, bool | None]
-
-
-def _fallbacks(
-    model_version: str, backend: str | None, edits: bool
-) -> list[tuple[_MeanKey, Basis]]:
-    """The means an estimate may rest on, best first: this backend and kind of request,
-    this backend, this kind of request on any backend, the model."""
-    model_wide: list[tuple[_MeanKey, Basis]] = [
-        ((model_version, None, edits), Basis.MODEL),
-        ((model_version, None, None), Basis.MODEL),
-    ]
-    if backend is None:
-        return model_wide
-    return [
-        ((model_version, backend, edits), Basis.BACKEND),
-        ((model_version, backend, None), Basis.BACKEND),
-        *model_wide,
-    ]
 
 
 class Estimates:
@@ -60,16 +30,16 @@ class Estimates:
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
-        self._means: dict[_MeanKey, tuple[float, float | None]] = {}
+        self._means: dict[MeanKey, tuple[float, float | None]] = {}
         self._latest: dict[str, tuple[float, str | None]] = {}
         self._slots: tuple[float, int] | None = None
 
-    def _recall_mean(self, key: _MeanKey) -> _Recalled:
+    def _recall_mean(self, key: MeanKey) -> _Recalled:
         """The remembered mean, when it is fresh: ``(mean,)``; else None."""
         hit = self._means.get(key)
         return (hit[1],) if hit is not None and hit[0] > time.monotonic() else None
 
-    async def _mean(self, conn: AsyncConnection, key: _MeanKey) -> float | None:
+    async def _mean(self, conn: AsyncConnection, key: MeanKey) -> float | None:
         recalled = self._recall_mean(key)
         if recalled is not None:
             return recalled[0]
@@ -81,7 +51,7 @@ class Estimates:
         self, model_version: str, backend: str | None, edits: bool
     ) -> tuple[Measured | None] | None:
         """``measured``'s answer when every mean it needs is remembered; else None."""
-        for key, basis in _fallbacks(model_version, backend, edits):
+        for key, basis in mean_keys(model_version, backend, edits):
             recalled = self._recall_mean(key)
             if recalled is None:
                 return None
@@ -92,8 +62,8 @@ class Estimates:
     async def measured(
         self, conn: AsyncConnection, model_version: str, backend: str | None, edits: bool
     ) -> Measured | None:
-        """The best-keyed mean there is data for (see ``_fallbacks``), or None."""
-        for key, basis in _fallbacks(model_version, backend, edits):
+        """The best-keyed mean there is data for (see ``mean_keys``), or None."""
+        for key, basis in mean_keys(model_version, backend, edits):
             mean = await self._mean(conn, key)
             if mean is not None:
                 return Measured(mean, basis)

@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import secrets as _secrets
 import time
-from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from easel.store.db import connection, read_only, transaction
+from easel.store.records import PENDING_SIZE, StoredFile
 from easel.store.tables import files, secrets
-
-
-@dataclass(frozen=True, slots=True)
-class StoredFile:
-    token: str
-    account_id: str
-    key: str
-    format: str
-    size: int
-    width: int
-    height: int
-
-
-PENDING_SIZE = 0  # a row announced by POST /upload/sts/token whose bytes have not been inspected
 
 
 class FileStore:

@@ -27,8 +27,10 @@ from easel.store.lifecycle import (
     queued,
     succeed,
 )
+from easel.store.records import Heartbeat
+from easel.store.refusals import waited_too_long, worker_gone
 from easel.store.tables import attempts, tasks, workers
-from easel.store.task_rows import Heartbeat, running_of, task_from_row
+from easel.store.task_rows import running_of, task_from_row
 
 _CLAIM = (
     update(tasks)
@@ -221,19 +223,15 @@ class QueueStore:
                     task,
                     Status.FAILED,
                     FatalServerError.code,
-                    f"The task's worker stopped responding {task.attempts} times; giving up.",
+                    worker_gone(task.attempts),
                     fence(task),
                 )
         return len(requeued) + len(dead) + len(cancelled)
 
     async def expire_queued(self, max_wait_s: float) -> int:
         """End ``expired`` (with a refund) every task queued longer than ``max_wait_s``."""
-        message = (
-            f"The task waited more than {max_wait_s:.0f} s in the queue and expired; "
-            "its credits were refunded."
-        )
         waited = tasks.c.created_at < time.time() - max_wait_s
-        return await self._end_queued(waited, Status.EXPIRED, message)
+        return await self._end_queued(waited, Status.EXPIRED, waited_too_long(max_wait_s))
 
     async def fail_queued(self, model_version: str, message: str) -> int:
         """End ``failed`` (1001, with a refund) every queued task of ``model_version``: no

@@ -1,9 +1,8 @@
-"""A task row and its attempts as the store reads them, and the queue's claim order."""
+"""A task row and its attempts as the SQL store reads them, and the queue's claim order."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
@@ -11,34 +10,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from easel.domain.tasks import Reference, Status, Task
+from easel.store.records import Attempt
 from easel.store.tables import attempts, tasks
-
-
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    id: str
-    type: str
-    model_version: str
-    input: dict[str, Any]
-    prompt: str
-    refs: tuple[Reference, ...]
-    price: int
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    ours: bool  # the claim is still this worker's
-    cancel: bool  # the client asked to cancel the task
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    backend: str
-    claim: int
-    started_at: float
-    ended_at: float | None
-    outcome: str | None
-    error: str | None
 
 
 def task_from_row(row: Row[Any]) -> Task:

@@ -6,40 +6,30 @@ retention of outputs. Workers' side of the queue is :mod:`easel.store.queue`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.domain.accounts import Caller, LedgerKind
-from easel.domain.errors import IdempotencyConflict, NotEnoughCredit, TooManyUnfinishedTasks
 from easel.domain.eta import Measured
 from easel.domain.tasks import UNFINISHED, Status, Task
 from easel.store import events
 from easel.store.accounts import write_ledger_row
 from easel.store.db import connection, read_only, transaction
-from easel.store.estimates import Estimates, Outlook, outlook, position_of
+from easel.store.estimates import Estimates, outlook, position_of
 from easel.store.lifecycle import end_with_refund, queued
 from easel.store.notify import notify
+from easel.store.records import IDEMPOTENCY_WINDOW_S, Idempotency, NewTask, Outlook
+from easel.store.refusals import idempotency_conflict, not_enough_credit, too_many_unfinished
 from easel.store.tables import accounts, idempotency_keys, tasks
 from easel.store.task_rows import (
     TASK_AND_ATTEMPTS,
     TASK_AND_ATTEMPTS_OF_KEY,
-    NewTask,
     joined_attempts,
     task_from_row,
 )
 
 _UNFINISHED = [s.value for s in UNFINISHED]
-
-
-IDEMPOTENCY_WINDOW_S = 24 * 3600
-
-
-@dataclass(frozen=True, slots=True)
-class Idempotency:
-    key: str
-    body_hash: str
 
 
 async def _replay(
@@ -58,9 +48,7 @@ async def _replay(
         await conn.execute(idempotency_keys.delete().where(same_key))
         return None
     if row.body_hash != idempotency.body_hash:
-        raise IdempotencyConflict(
-            f"Idempotency-Key {idempotency.key!r} was used with another request body.",
-        )
+        raise idempotency_conflict(idempotency.key)
     return str(row.task_id)
 
 
@@ -118,19 +106,13 @@ class TaskStore:
                     return replay
             unfinished = await conn.scalar(_UNFINISHED_OF_KEY, {"key_id": caller.key_id})
             if (unfinished or 0) >= max_unfinished:
-                raise TooManyUnfinishedTasks(
-                    f"This key already has {unfinished} unfinished tasks; the limit is "
-                    f"{max_unfinished}.",
-                    retry_after_s=retry_after_s,
-                )
+                raise too_many_unfinished(unfinished or 0, max_unfinished, retry_after_s)
             held = await conn.execute(_HOLD, {"account_id": caller.account_id, "price": new.price})
             if held.rowcount != 1:
                 balance = await conn.scalar(
                     select(accounts.c.balance).where(accounts.c.id == caller.account_id)
                 )
-                raise NotEnoughCredit(
-                    f"{new.model_version} costs {new.price} credits; the balance is {balance}."
-                )
+                raise not_enough_credit(new, balance)
             await write_ledger_row(
                 conn, caller.account_id, new.id, LedgerKind.HOLD, -new.price, new.price
             )

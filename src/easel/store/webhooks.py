@@ -23,7 +23,6 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.domain.accounts import Caller
-from easel.domain.errors import InvalidParameter
 from easel.domain.tasks import Status
 from easel.domain.webhooks import (
     MAX_PER_KEY,
@@ -33,6 +32,7 @@ from easel.domain.webhooks import (
     Webhook,
 )
 from easel.store.db import connection, read_only, transaction
+from easel.store.refusals import too_many_webhooks
 from easel.store.tables import events, webhook_attempts, webhook_deliveries, webhooks
 
 if TYPE_CHECKING:
@@ -114,10 +114,7 @@ class WebhookStore:
                 select(func.count()).where(webhooks.c.api_key_id == caller.key_id)
             )
             if (count or 0) >= MAX_PER_KEY:
-                raise InvalidParameter(
-                    f"this key already has {count} webhooks; the limit is {MAX_PER_KEY}.",
-                    "Delete a webhook you no longer need ('DELETE /v2/openapi/webhooks/{id}').",
-                )
+                raise too_many_webhooks(count or 0)
             await conn.execute(
                 insert(webhooks).values(
                     id=hook.id,

@@ -35,7 +35,6 @@ from easel.outbound import OutboundPolicy
 from easel.storage.check import StorageCheck
 from easel.storage.objects import ObjectStore, ObjectStoreError
 from easel.store import Store, is_outage, outages_suppressed
-from easel.store.notify import QueueListener
 from easel.worker.attempts import outcome_of, run_attempt
 from easel.worker.identity import (
     WorkerCannotRegister,
@@ -95,7 +94,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._full = False  # the last claims stopped at the slot limit, not an empty queue
-        self._listener = QueueListener(store.engine, self.wake)
+        self._listener = store.wake_ups(self.wake)
         self._last_housekeeping = -HOUSEKEEPING_S
 
     @property
