@@ -16,6 +16,8 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from easel.store import Store, connect
+from easel.store.memory import MEMORY_URL
 from loopback import Peer, running
 from s3server import S3Server, moto_server
 from tcpproxy import TcpProxy
@@ -127,14 +129,37 @@ async def reset_schema(url: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database: a SQLite file, or a freshly emptied PostgreSQL schema."""
-    if request.param == "sqlite":
+async def _empty_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
+    if kind == "memory":
+        return MEMORY_URL
+    if kind == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'easel.db'}"
     url: str = request.getfixturevalue("postgres_database")
     await reset_schema(url)
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a SQLite file, or a freshly emptied PostgreSQL schema."""
+    return await _empty_database(request, request.param, tmp_path)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``database_url``'s databases and the in-memory store (``memory://``): for what every
+    store must do alike (the store contract, and service and API tests that test no SQL)."""
+    return await _empty_database(request, request.param, tmp_path)
+
+
+@pytest.fixture
+async def any_store(store_url: str) -> AsyncIterator[Store]:
+    """An empty store of each kind (see ``store_url``), closed after the test."""
+    store = await connect(store_url)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 # -- other hosts: Linux answers on all of 127.0.0.0/8 -----------------------------------------
