@@ -20,6 +20,7 @@ from easel.domain.catalog import CATALOG
 from easel.runtime import Runtime
 from easel.services.loops import LOOP_RESTARTS, Backoff
 from easel.store import SqlStore, Store
+from easel.store.memory import MemoryStore
 from easel.store.tables import files, ledger, tasks, webhooks
 
 UNFINISHED = ("queued", "running")
@@ -132,13 +133,21 @@ class State:
     ledger: int
 
 
+async def row_counts(store: Store) -> tuple[int, int, int, int]:
+    """How many tasks, files, webhooks and ledger rows the store holds (any kind of store)."""
+    if isinstance(store, MemoryStore):
+        m = store.memory
+        return len(m.tasks), len(m.files), len(m.hooks), len(m.ledger)
+    async with engine_of(store).connect() as conn:
+        tasks_, files_, webhooks_, ledger_ = [
+            int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+            for table in (tasks, files, webhooks, ledger)
+        ]
+    return tasks_, files_, webhooks_, ledger_
+
+
 async def account_state(runtime: Runtime, account_id: str) -> State:
     """The account's balance and frozen credits, and how many tasks, files, webhooks and
     ledger rows exist (any refused request must leave all of them as they were)."""
     balance = await runtime.store.accounts.balance(account_id)
-    async with engine_of(runtime.store).connect() as conn:
-        counts = [
-            int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-            for table in (tasks, files, webhooks, ledger)
-        ]
-    return State(balance.balance, balance.frozen, *counts)
+    return State(balance.balance, balance.frozen, *await row_counts(runtime.store))

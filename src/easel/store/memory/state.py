@@ -131,6 +131,9 @@ class Memory:
     secrets: dict[str, str] = field(default_factory=dict)
     listeners: list[Callable[[], None]] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        return f"<Memory: {len(self.accounts)} accounts, {len(self.tasks)} tasks>"
+
     # -- credits --------------------------------------------------------------------------
 
     def record_move(
