@@ -100,3 +100,30 @@ def test_no_module_is_over_400_lines() -> None:
         if "migrations" not in path.parts and (n := len(path.read_text().splitlines())) > 400
     }
     assert long == {}
+
+
+def test_the_store_port_and_the_memory_store_need_no_sql() -> None:
+    """The port, its records and words, and the in-memory store import no SQL library: the
+    services and the fake can rely on them without a database."""
+    plain = [
+        "ports.py",
+        "records.py",
+        "refusals.py",
+        *(f"memory/{p.name}" for p in modules("store/memory")),
+    ]
+    found = [
+        f"store/{name}:{line} imports {module}"
+        for name in plain
+        for line, module in imports(PACKAGE / "store" / name)
+        if under(module, *IO_LIBRARIES)
+        or (under(module, "easel.store") and not under(module, *SQL_FREE))
+    ]
+    assert found == []
+
+
+SQL_FREE = (
+    "easel.store.ports",
+    "easel.store.records",
+    "easel.store.refusals",
+    "easel.store.memory",
+)
