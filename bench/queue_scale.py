@@ -38,20 +38,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from throughput import _cpus, _scratch_postgres  # the sibling script, found through the line above
 
 from easel.domain.accounts import Caller
-from easel.store import Store, open_store
+from easel.store import SqlStore, open_store
+from easel.store.records import NewTask
 from easel.store.tables import tasks
-from easel.store.task_rows import NewTask
 
 MODEL = "flux.1_kontext_pro"
 CHUNK = 5_000  # rows per INSERT of the fill
 
 
-async def _callers(store: Store, count: int) -> list[Caller]:
+async def _callers(store: SqlStore, count: int) -> list[Caller]:
     keys = [await store.accounts.create_key(f"bench-{n}", 10**9) for n in range(count)]
     return [await store.accounts.authenticate(key) for key in keys]
 
 
-async def _fill(store: Store, callers: list[Caller], size: int, start: float) -> None:
+async def _fill(store: SqlStore, callers: list[Caller], size: int, start: float) -> None:
     """``size`` queued tasks, taking turns among ``callers``, oldest first."""
     rows: list[dict[str, Any]] = []
     for n in range(size):

@@ -320,8 +320,16 @@ async def test_outputs_past_their_retention(any_store: Store) -> None:
     task_id = await submit(any_store, caller)
     assert await any_store.queue.complete(await claimed(any_store), "outputs/x.png", "dry")
     assert await any_store.tasks.outputs_past(3600) == []
-    assert await any_store.tasks.outputs_past(-1) == [(task_id, "outputs/x.png")]
+    assert await any_store.tasks.outputs_past(-1) == [(task_id, ["outputs/x.png"])]
     await any_store.tasks.mark_output_deleted(task_id)
     gone = await current(any_store, task_id)
     assert gone.output_key is None and gone.output_deleted_at is not None
     assert await any_store.tasks.outputs_past(-1) == []
+    views = {"front": "outputs/f.png", "back": "outputs/b.png"}
+    multi_id = await submit(any_store, caller)
+    multi = await claimed(any_store)
+    assert await any_store.queue.complete(multi, "outputs/f.png", "dry", views=views)
+    assert (await current(any_store, multi_id)).output_views == views
+    assert await any_store.tasks.outputs_past(-1) == [
+        (multi_id, ["outputs/b.png", "outputs/f.png"])
+    ]

@@ -11,11 +11,11 @@ from typing import Any
 
 from easel.backends.fallback import Router
 from easel.domain.errors import StoreUnavailable
-from easel.store.queue import QueueStore
+from easel.store.ports import QueuePort
 
 
 class ServedModels:
-    def __init__(self, router: Router, queue: QueueStore) -> None:
+    def __init__(self, router: Router, queue: QueuePort) -> None:
         self._router = router
         self._queue = queue
 

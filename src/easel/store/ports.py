@@ -47,7 +47,9 @@ class TasksPort(Protocol):
         self, task_id: str, key_id: str | None = None
     ) -> tuple[Task, Outlook] | None: ...
     async def cancel(self, task_id: str, key_id: str) -> Task | None: ...
-    async def outputs_past(self, retention_s: float, limit: int = 500) -> list[tuple[str, str]]: ...
+    async def outputs_past(
+        self, retention_s: float, limit: int = 500
+    ) -> list[tuple[str, list[str]]]: ...
     async def mark_output_deleted(self, task_id: str) -> None: ...
 
 
@@ -64,7 +66,12 @@ class QueuePort(Protocol):
         self, attempt_id: int, outcome: AttemptOutcome, error: str | None = None
     ) -> None: ...
     async def complete(
-        self, task: Task, output_key: str, backend: str, attempt_id: int | None = None
+        self,
+        task: Task,
+        output_key: str,
+        backend: str,
+        attempt_id: int | None = None,
+        views: dict[str, str] | None = None,
     ) -> bool: ...
     async def fail(
         self, task: Task, status: Status, code: int | None, message: str | None

@@ -85,7 +85,12 @@ class MemoryQueue:
             self._m.end_attempt(attempt_id, outcome.value, error)
 
     async def complete(
-        self, task: Task, output_key: str, backend: str, attempt_id: int | None = None
+        self,
+        task: Task,
+        output_key: str,
+        backend: str,
+        attempt_id: int | None = None,
+        views: dict[str, str] | None = None,
     ) -> bool:
         m = self._m
         async with m.lock:
@@ -96,6 +101,7 @@ class MemoryQueue:
                 Status.SUCCESS,
                 progress=100,
                 output_key=output_key,
+                output_views=None if views is None else dict(views),
                 backend=backend,
                 consumed_credit=task.price,
                 lease_until=None,

@@ -65,6 +65,7 @@ class MemoryTasks:
                 lease_until=None,
                 backend=None,
                 output_key=None,
+                output_views=None,
                 output_deleted_at=None,
                 error_code=None,
                 error_msg=None,
@@ -185,7 +186,9 @@ class MemoryTasks:
                 m.cancel_requested.setdefault(task.id, time.time())
             return m.tasks[task_id]
 
-    async def outputs_past(self, retention_s: float, limit: int = 500) -> list[tuple[str, str]]:
+    async def outputs_past(
+        self, retention_s: float, limit: int = 500
+    ) -> list[tuple[str, list[str]]]:
         cutoff = time.time() - retention_s
         async with self._m.lock:
             old = [
@@ -197,12 +200,16 @@ class MemoryTasks:
                 and t.finished_at < cutoff
             ]
         old.sort(key=lambda t: t.finished_at or 0.0)
-        return [(t.id, t.output_key) for t in old[:limit] if t.output_key is not None]
+        return [
+            (t.id, sorted({t.output_key, *(t.output_views or {}).values()}))
+            for t in old[:limit]
+            if t.output_key is not None
+        ]
 
     async def mark_output_deleted(self, task_id: str) -> None:
         async with self._m.lock:
             task = self._m.tasks.get(task_id)
             if task is not None:
                 self._m.tasks[task_id] = dataclasses.replace(
-                    task, output_key=None, output_deleted_at=time.time()
+                    task, output_key=None, output_views=None, output_deleted_at=time.time()
                 )
