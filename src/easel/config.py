@@ -51,11 +51,13 @@ class BackendTable(BaseModel):
 
 
 class ModelTable(BaseModel):
-    """A ``[models."<model_version>"]`` table: ordered backends, optional provider ids."""
+    """A ``[models."<model_version>"]`` table: ordered backends, optional provider ids, and
+    optionally the model's price in credits (default: the catalog's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     backends: list[str] = Field(min_length=1)
     provider_model: dict[str, str] = Field(default_factory=dict)
+    credits: int | None = Field(default=None, gt=0, le=1_000_000)
 
 
 class Settings(BaseModel):
@@ -124,8 +126,13 @@ class Settings(BaseModel):
     # the host of AWS_ENDPOINT_URL, else s3.<AWS_REGION>.amazonaws.com
     s3_public_host: str | None = None
     # The models this server knows (not a key of the file: code passes another catalog,
-    # e.g. a test serving a model the code does not list). Before models: it checks them.
+    # e.g. a test serving a model the code does not list), with the file's [aliases] and
+    # [models."…"] credits applied (_configure_catalog). Before models: it checks them.
     catalog: InstanceOf[Catalog] = Field(default_factory=lambda: CATALOG, exclude=True)
+    # Other names for models: a request naming the key runs as the model the value names (a
+    # model_version or v3 name), at its price, on its backends. A key that is a model_version
+    # sends all of that entry's names there: how a model retired upstream is remapped.
+    aliases: dict[str, str] = Field(default_factory=dict)
     # The model a v2 text_to_image task runs on (its body names none); None: the catalog's
     # default model. Its price stays Tripo's flat 5 credits.
     text_to_image_model: str | None = None
@@ -167,11 +174,37 @@ class Settings(BaseModel):
             )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _configure_catalog(cls, data: Any) -> Any:
+        """Apply ``aliases`` and the model tables' ``credits`` to the catalog, before the
+        fields that are checked against it. Ill-typed values are left to the fields' own
+        checks, which name them."""
+        if not isinstance(data, dict):
+            return data
+        aliases, models = data.get("aliases") or {}, data.get("models") or {}
+        if not isinstance(aliases, dict) or not isinstance(models, dict):
+            return data
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+            return data
+        credits = {}
+        for version, table in models.items():
+            price = table.get("credits") if isinstance(table, dict) else None
+            if isinstance(table, ModelTable):
+                price = table.credits
+            if isinstance(price, int) and not isinstance(price, bool) and price > 0:
+                credits[version] = price
+        catalog = data.get("catalog", CATALOG)
+        if not isinstance(catalog, Catalog) or not (aliases or credits):
+            return data
+        known = {version: price for version, price in credits.items() if version in catalog}
+        return {**data, "catalog": catalog.configured(aliases, known)}
+
     @field_validator("text_to_image_model")
     @classmethod
     def _text_to_image_model(cls, value: str | None, info: ValidationInfo) -> str | None:
         models = info.data.get("catalog", CATALOG)
-        if value is not None and value not in models:
+        if value is not None and value not in models and value not in models.aliases:
             raise ValueError(f"unknown model_version {value!r}; known: {', '.join(models)}")
         return value
 
@@ -196,6 +229,13 @@ class Settings(BaseModel):
     ) -> dict[str, ModelTable]:
         models = info.data.get("catalog", CATALOG)
         for version in value:
+            if version in models.aliases:
+                target = models.aliases[version]
+                raise ValueError(
+                    f"{version!r} is an alias of {target!r} ([aliases]): its requests run on "
+                    f'{target}\'s backends. Configure [models."{target}"] instead, or remove '
+                    "the alias"
+                )
             if version not in models:
                 raise ValueError(f"unknown model_version {version!r}; known: {', '.join(models)}")
         return value
@@ -236,6 +276,8 @@ def _describe(exc: ValidationError, source: str) -> str:
         where = ".".join(str(part) for part in error["loc"]) or "(top level)"
         if error["type"] == "extra_forbidden":
             lines.append(f"  unknown key {where!r}")
+        elif not error["loc"] and error["type"] == "value_error":  # a check of several keys
+            lines.append(f"  {error['ctx']['error']}")
         else:
             lines.append(f"  {where}: {error['msg']}")
     return "\n".join(lines)
@@ -259,7 +301,9 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         raise ConfigError(f"invalid configuration in {source}:\n  unknown key 'catalog'")
     data.update(_env_overrides(env))
     if not data.get("backends") and not data.get("models"):
-        data.update(auto_tables(env, local_gpu=has_local_gpu()))
+        aliases = data.get("aliases")
+        retired: list[str] = list(aliases) if isinstance(aliases, dict) else []
+        data.update(auto_tables(env, local_gpu=has_local_gpu(), retired=retired))
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -2,9 +2,10 @@
 
 - :class:`SdkBackend` (``openai``, ``gemini``): one vendor SDK client, made on first use, and
   one request per job under the concurrency limit and the retry policy.
-- :class:`PollingBackend` (``bfl``, ``midjourney-proxy``): over plain httpx, submit a task,
-  poll it until it ends and download the result, under the concurrency limit, each request
-  under the retry policy.
+- :class:`HttpBackend` (``modelark``): over plain httpx, one guarded client per job under the
+  concurrency limit, each request under the retry policy.
+- :class:`PollingBackend` (``bfl``, ``midjourney-proxy``): an :class:`HttpBackend` that
+  submits a task, polls it until it ends and downloads the result.
 
 Each request has ``request_timeout_s`` for its whole answer and is retried past it
 (:meth:`~easel.backends._remote.RemoteBackend.request`); the job as a whole has ``timeout_s``,
@@ -86,23 +87,8 @@ class SdkBackend(RemoteBackend, ABC, Generic[C, R]):
             await self._close(client)
 
 
-class PollingBackend(RemoteBackend):
-    """A remote kind that submits a task over httpx, then polls it until it ends."""
-
-    poll_interval_s: float = 1.0  # seconds between two polls; a kind sets its own
-
-    def __init__(
-        self,
-        name: str,
-        options: RemoteOptions,
-        *,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        poll_interval_s: float | None = None,
-        outbound: OutboundPolicy | None = None,
-    ) -> None:
-        super().__init__(name, options, retry=retry, outbound=outbound)
-        if poll_interval_s is not None:
-            self.poll_interval_s = poll_interval_s
+class HttpBackend(RemoteBackend):
+    """A remote kind spoken over plain httpx: :meth:`session` gives each job its client."""
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[httpx.AsyncClient]:
@@ -121,6 +107,25 @@ class PollingBackend(RemoteBackend):
                 yield client
         except OutboundRefused as refusal:
             raise refused(self.provider, refusal.url, refusal.reason) from None
+
+
+class PollingBackend(HttpBackend):
+    """A remote kind that submits a task over httpx, then polls it until it ends."""
+
+    poll_interval_s: float = 1.0  # seconds between two polls; a kind sets its own
+
+    def __init__(
+        self,
+        name: str,
+        options: RemoteOptions,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        poll_interval_s: float | None = None,
+        outbound: OutboundPolicy | None = None,
+    ) -> None:
+        super().__init__(name, options, retry=retry, outbound=outbound)
+        if poll_interval_s is not None:
+            self.poll_interval_s = poll_interval_s
 
     async def poll(
         self,

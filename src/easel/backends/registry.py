@@ -23,6 +23,7 @@ KINDS: dict[str, str] = {
     "midjourney-proxy": "easel.backends.midjourney",
     "openai": "easel.backends.openai",
     "gemini": "easel.backends.gemini",
+    "modelark": "easel.backends.modelark",
     "diffusers": "easel.backends.diffusers",
 }
 

@@ -11,7 +11,7 @@ Choices where v3 and this server differ (also in docs/protocol.md):
 
 - ``model`` takes this server's ``model_version`` names and the v3 names of the same models
   (``banana`` is ``gemini_2.5_flash_image_preview``, and so on: each catalog entry's
-  ``v3_names``).
+  ``v3_names``), and the operator's ``[aliases]``.
 - A string input that is neither a URL nor an uploaded file's token is read as the task id
   of one of the key's successful tasks, whose image becomes the reference.
 - v3 options this server has no use for (``size``, ``aspect_ratio``, ``quality``,
@@ -57,7 +57,7 @@ def model_version(name: object, models: Catalog = CATALOG) -> str:
     if spec is None:
         raise ModelVersionInvalid(
             f"model {name!r} is not a model of this server.",
-            f"Use one of: {', '.join([*models, *models.v3_names])}.",
+            f"Use one of: {', '.join(models.names)}.",
         )
     return spec.version
 
