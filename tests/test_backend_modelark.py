@@ -8,11 +8,13 @@ reference's error bodies.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.responses import Response
 
+from apptools import png, running_api, settings_for
 from easel.backends.base import (
     BackendFailed,
     BackendRateLimited,
@@ -23,7 +25,7 @@ from easel.backends.base import (
 )
 from easel.backends.modelark import ModelArkBackend, Options
 from easel.backends.registry import create_backend
-from easel.config import BackendTable
+from easel.config import BackendTable, Settings
 from easel.outbound import OutboundPolicy
 from fake_modelark import (
     ARK_IMAGE,
@@ -272,3 +274,59 @@ def test_registry_builds_modelark_with_its_documented_defaults() -> None:
         "url",
         False,
     )
+
+
+# --- through the API and the worker ------------------------------------------------------------
+
+
+def served_by_modelark(tmp_path: Path, base_url: str) -> Settings:
+    ark = {"kind": "modelark", "base_url": base_url, "api_key_env": KEY_ENV}
+    return settings_for(
+        f"sqlite+aiosqlite:///{tmp_path / 'easel.db'}",
+        backends={"ark": ark},
+        models={"seedream_v4": {"backends": ["ark"]}, "seedream_v5": {"backends": ["ark"]}},
+    )
+
+
+async def test_seedream_tasks_run_on_modelark_from_v2_and_v3(
+    fake: FakeModelArk, base_url: str, tmp_path: Path
+) -> None:
+    async with running_api(served_by_modelark(tmp_path, base_url), credits=20) as api:
+        first, second = await api.upload(png(color="red")), await api.upload(png(color="blue"))
+        response = await api.submit(
+            prompt="image[1] in the style of image[2]",
+            model_version="seedream_v5",
+            files=[{"type": "png", "file_token": first}, {"type": "png", "file_token": second}],
+        )
+        v2 = await api.wait(response.json()["data"]["task_id"])
+        response = await api.client.post(
+            "/v3/generation/text-to-image", json={"prompt": PROMPT, "model": "seedream_v4"}
+        )
+        v3 = await api.wait(response.json()["data"]["task_id"])
+
+        assert (v2["status"], v3["status"]) == ("success", "success")
+        edit, text = fake.bodies
+        assert edit["model"] == "seedream-5-0-260128"
+        assert [decode_reference(item)[0] for item in edit["image"]] == ["png", "png"]
+        assert (text["model"], text["prompt"], "image" in text) == (
+            "seedream-4-0-250828",
+            PROMPT,
+            False,
+        )
+        output = await api.client.get(v3["output"]["generated_image"])
+        assert output.content == ARK_IMAGE
+        assert (await api.balance())["balance"] == 20 - 5 - 5
+
+
+async def test_a_content_policy_refusal_bans_the_task_and_refunds_it(
+    fake: FakeModelArk, base_url: str, tmp_path: Path
+) -> None:
+    fake.errors = [SENSITIVE_PROMPT]
+    async with running_api(served_by_modelark(tmp_path, base_url), credits=20) as api:
+        response = await api.submit(prompt=PROMPT, model_version="seedream_v4")
+        task = await api.wait(response.json()["data"]["task_id"])
+
+        assert (task["status"], task["error_code"]) == ("banned", 2008)
+        assert "InputTextSensitiveContentDetected" in task["error_msg"]
+        assert (await api.balance())["balance"] == 20
+        assert fake.attempts == 1  # final: neither retried nor passed down a chain

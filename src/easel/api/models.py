@@ -1,4 +1,8 @@
-"""``GET /models`` (an extension): the catalog, and which backends serve each model here."""
+"""``GET /models`` (an extension): the catalog, and which backends serve each model here.
+
+Each row is a model a request can reach, with its price (the configured one) and the names
+v3's ``model`` also takes for it; ``aliases`` maps each configured alias to the
+``model_version`` it runs as (an aliased entry has no row of its own)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ EXAMPLE = {
     "models": [
         {
             "model_version": "flux.1_kontext_pro",
+            "v3_names": [],
             "description": "FLUX.1 Kontext [pro]",
             "credits": 5,
             "images": "accepts",
@@ -36,11 +41,13 @@ EXAMPLE = {
             ],
         }
     ],
+    "aliases": {"chat_image_1": "gpt_image_2"},
 }
 
 
 @router.get("/models", summary="The model catalog with prices and serving backends")
 @declare(example=EXAMPLE)
 async def models(caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
-    default = runtime.settings.catalog.default
-    return ok({"default": default, "models": await runtime.models.describe()})
+    catalog = runtime.settings.catalog
+    rows = await runtime.models.describe()
+    return ok({"default": catalog.default, "models": rows, "aliases": dict(catalog.aliases)})

@@ -44,6 +44,7 @@ class ServedModels:
             rows.append(
                 {
                     "model_version": spec.version,
+                    "v3_names": list(spec.v3_names),
                     "description": spec.description,
                     "credits": spec.credits,
                     "images": spec.images.value,
