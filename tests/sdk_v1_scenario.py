@@ -80,7 +80,7 @@ async def scenario(base_url: str, key: str, workdir: Path) -> dict[str, Any]:
         errors = {}
         for name, call in (
             ("model", client.text_to_model("a house")),
-            ("bad_model", client.text_to_image("a cat", model="seedream_v5")),
+            ("bad_model", client.text_to_image("a cat", model="seedream_v3")),
             ("missing", client.get_task("00000000-0000-4000-8000-000000000000")),
         ):
             try:

@@ -1,14 +1,16 @@
 """Every model_version end to end: a real ``easel serve`` against fake providers on loopback.
 
-The four fakes of :mod:`fake_providers` run in threads of this process, so what they were sent
-is checked here, while ``easel serve`` (API and in-process worker) is a child process whose
-config points each backend's ``base_url`` at a fake and its ``api_key_env`` at a test-only
-variable set for the child alone. Two servers run:
+The fakes of :mod:`fake_providers` and :mod:`fake_modelark` run in threads of this process, so
+what they were sent is checked here, while ``easel serve`` (API and in-process worker) is a child
+process whose config points each backend's ``base_url`` at a fake and its ``api_key_env`` at a
+test-only variable set for the child alone. Two servers run:
 
-- *main*: every catalog model, each routed to the hosted kind its entry names. One task per
-  model goes over HTTP (a reference uploaded through ``/v2/openapi/upload`` for the models that
-  take images), its output is downloaded through ``output.generated_image`` and compared with
-  the fake's image, and the fake's record shows the endpoint and provider model id used.
+- *main*: every catalog model a hosted kind serves (``z_image``'s only kind is the local
+  ``diffusers``; ``test_model_names`` serves it through the placeholder), each routed to the
+  hosted kind its entry names. One task per model goes over HTTP (a reference uploaded through
+  ``/v2/openapi/upload`` for the models that take images), its output is downloaded through
+  ``output.generated_image`` and compared with the fake's image, and the fake's record shows
+  the endpoint and provider model id used.
 - *scenarios*: chains built to fail: a backend without a key (skipped) and one answering 503
   (retried, then left) before a backend that succeeds; a content-policy refusal that is final;
   a provider that rate-limits forever; models whose backends all lack keys (not served).
@@ -34,6 +36,7 @@ from starlette.applications import Starlette
 
 from easel.backends._remote import DEFAULT_RETRY
 from easel.domain.catalog import CATALOG, ImageRule, ModelSpec
+from fake_modelark import ARK_IMAGE, ARK_KEY, FakeModelArk, decode_reference
 from fake_providers import (
     BFL_IMAGE,
     BFL_KEY,
@@ -66,12 +69,14 @@ OPENAI_KEY_ENV = "EASEL_E2E_OPENAI_KEY"
 GEMINI_KEY_ENV = "EASEL_E2E_GEMINI_KEY"
 BFL_KEY_ENV = "EASEL_E2E_BFL_KEY"
 MJ_SECRET_ENV = "EASEL_E2E_MJ_SECRET"
+ARK_KEY_ENV = "EASEL_E2E_ARK_KEY"
 UNSET_KEY_ENV = "EASEL_E2E_UNSET_KEY"
 CHILD_ENV = {
     OPENAI_KEY_ENV: OPENAI_KEY,
     GEMINI_KEY_ENV: GEMINI_KEY,
     BFL_KEY_ENV: BFL_KEY,
     MJ_SECRET_ENV: MJ_SECRET,
+    ARK_KEY_ENV: ARK_KEY,
 }
 
 Table = dict[str, Any]
@@ -220,6 +225,7 @@ class Providers:
     gemini: FakeGemini = field(default_factory=FakeGemini)
     bfl: FakeBfl = field(default_factory=FakeBfl)
     mj: FakeMidjourneyProxy = field(default_factory=FakeMidjourneyProxy)
+    ark: FakeModelArk = field(default_factory=FakeModelArk)
     urls: dict[str, str] = field(default_factory=dict)  # by backend name, once serving
 
     def forget(self) -> None:
@@ -228,6 +234,7 @@ class Providers:
         self.gemini.seen.clear()
         self.bfl.submits.clear()
         self.mj.submits.clear()
+        self.ark.bodies.clear()
 
 
 @dataclass(frozen=True)
@@ -250,6 +257,7 @@ HOSTED_KINDS = {
     "gemini": ("gemini", "/v1beta/models/{id}:generateContent"),
     "bfl": ("bfl", "/v1/{id}"),
     "midjourney-proxy": ("midjourney", "/mj/submit/imagine"),
+    "modelark": ("modelark", "/api/v3/images/generations"),
 }
 
 
@@ -263,13 +271,18 @@ def round_trip(spec: ModelSpec) -> RoundTrip:
     return RoundTrip(spec.version, backend, endpoint.format(id=model), model, with_reference)
 
 
-ROUND_TRIPS = [round_trip(spec) for spec in CATALOG.values()]
+ROUND_TRIPS = [
+    round_trip(spec)
+    for spec in CATALOG.values()
+    if any(kind in HOSTED_KINDS for kind in spec.provider_models)
+]
 TEXT_ONLY_GPT = RoundTrip("gpt_image_2", "openai", "/v1/images/generations", "gpt-image-2", False)
 FAKE_IMAGES = {
     "openai": OPENAI_IMAGE,
     "gemini": GEMINI_IMAGE,
     "bfl": BFL_IMAGE,
     "midjourney": MJ_IMAGE,
+    "modelark": ARK_IMAGE,
 }
 
 
@@ -277,8 +290,9 @@ FAKE_IMAGES = {
 def providers() -> Iterator[Providers]:
     fakes = Providers()
     with ExitStack() as stack:
-        urls = serve_fakes(stack, fakes.openai, fakes.gemini, fakes.bfl, fakes.mj)
-        fakes.urls = dict(zip(("openai", "gemini", "bfl", "midjourney"), urls, strict=True))
+        urls = serve_fakes(stack, fakes.openai, fakes.gemini, fakes.bfl, fakes.mj, fakes.ark)
+        names = ("openai", "gemini", "bfl", "midjourney", "modelark")
+        fakes.urls = dict(zip(names, urls, strict=True))
         yield fakes
 
 
@@ -290,6 +304,7 @@ def main(providers: Providers, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "gemini": remote("gemini", urls["gemini"], GEMINI_KEY_ENV),
         "bfl": remote("bfl", urls["bfl"], BFL_KEY_ENV),
         "midjourney": remote("midjourney-proxy", urls["midjourney"], MJ_SECRET_ENV),
+        "modelark": remote("modelark", urls["modelark"], ARK_KEY_ENV),
     }
     models = {case.model_version: {"backends": [case.backend]} for case in ROUND_TRIPS}
     with easel_serve(tmp_path_factory.mktemp("easel-models"), backends, models) as server:
@@ -322,6 +337,12 @@ def check_wire(providers: Providers, case: RoundTrip) -> None:
         else:
             assert (body["width"], body["height"]) == (1024, 1024)
             assert not any(key.startswith("input_image") for key in body)
+    elif case.backend == "modelark":
+        [body] = providers.ark.bodies
+        assert (body["model"], body["prompt"]) == (case.provider_model, PROMPT)
+        assert (body.get("image") and decode_reference(body["image"])) == (
+            ("png", REFERENCE) if case.with_reference else None
+        )
     else:
         [(headers, body)] = providers.mj.submits
         assert headers["mj-api-secret"] == MJ_SECRET

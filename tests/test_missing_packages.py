@@ -36,6 +36,7 @@ KINDS = {
     "gemini": ({"api_key_env": "EASEL_TEST_KEY"}, "google.genai", "google-genai"),
     "bfl": ({"api_key_env": "EASEL_TEST_KEY"}, "stamina", "stamina"),
     "midjourney-proxy": ({"base_url": "http://127.0.0.1:9"}, "stamina", "stamina"),
+    "modelark": ({"api_key_env": "EASEL_TEST_KEY"}, "stamina", "stamina"),
 }
 
 

@@ -146,7 +146,7 @@ async def test_v3_model_names_map_to_the_same_models_and_prices(idle_api: Api) -
         ("image-to-image", {"prompt": "x", "inputs": []}, 400, 1004),
         ("image-to-image", {"prompt": "x", "input": 7}, 400, 1004),
         ("image-to-image", {"prompt": "x", "input": "no-such-token"}, 404, 2019),
-        ("text-to-image", {"prompt": "x", "model": "seedream_v5"}, 400, 2017),
+        ("text-to-image", {"prompt": "x", "model": "seedream_v3"}, 400, 2017),
         ("text-to-image", {"prompt": "a 🦊"}, 400, 2009),
         ("text-to-image", {"prompt": "x", "model": "midjourney", "template": "t_pose"}, 400, 1004),
     ],
