@@ -429,8 +429,11 @@ async def test_models_lists_the_catalog_with_prices_and_serving_backends(api: Ap
     data = response.json()["data"]
     assert data["default"] == "flux.1_kontext_pro"
     rows = {row["model_version"]: row for row in data["models"]}
-    assert len(rows) == 9
+    assert len(rows) == 14
+    assert data["aliases"] == {}
     assert rows["gpt_image_2"]["credits"] == 10
+    assert rows["gpt_image_2"]["v3_names"] == ["chat_image_2"]
+    assert (rows["seedream_v5"]["credits"], rows["seedream_v5"]["max_files"]) == (5, 4)
     assert rows["flux.1_dev"]["images"] == "upgrade"
     assert rows["midjourney"]["images"] == "refuses"
     assert rows["flux.1_kontext_pro"]["served"] is True
