@@ -214,9 +214,9 @@ class Settings(BaseModel):
         models = info.data.get("catalog", CATALOG)
         if value is None:
             return value
-        if value not in models:
+        if value not in models and value not in models.aliases:
             raise ValueError(f"unknown model_version {value!r}; known: {', '.join(models)}")
-        if models[value].images is not ImageRule.ACCEPTS:
+        if models.lookup(value).images is not ImageRule.ACCEPTS:
             raise ValueError(
                 f"multiview_model {value!r} takes no reference images; pick an editing model"
             )
