@@ -197,3 +197,11 @@ def test_environment_autoconfig_leaves_an_aliased_model_to_its_target(tmp_path: 
     assert settings.models["gpt_image_2"].backends == ["openai"]
     assert settings.models["seedream_v5"].backends == ["modelark"]
     assert settings.catalog.lookup("gpt_4o").version == "gpt_image_2"
+
+
+def test_aliases_live_in_the_file_only(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(DRY + ROUTED + '[aliases]\nchat_image_1 = "chat_image_2"\n')
+    settings = load_settings(path, env={"EASEL_ALIASES": "chat_image_1=gpt_4o"})
+    assert settings.aliases == {"chat_image_1": "chat_image_2"}
+    assert settings.catalog.lookup("chat_image_1").version == "gpt_image_2"

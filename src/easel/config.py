@@ -4,7 +4,7 @@ No file is needed: the defaults run embedded (SQLite and a local object store un
 ``./easel-data/``), with backends enabled from the provider keys in the environment when the
 file names none (``easel.backends.autoconfig``). Unknown keys are an error that names the key. Every
 top-level key can be overridden by ``EASEL_<KEY>`` (lists as JSON or comma-separated);
-backend and model tables live in the file only, since their names hold dots and dashes.
+backend, model and alias tables live in the file only, since their names hold dots and dashes.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in Settings.model_fields.items():
         raw = env.get(f"EASEL_{name.upper()}")
-        if raw is None or name in ("backends", "models", "catalog"):
+        if raw is None or name in ("backends", "models", "aliases", "catalog"):
             continue
         if field.annotation == list[str]:
             stripped = raw.strip()
