@@ -22,7 +22,15 @@ from easel.domain import v3
 from easel.domain.catalog import DEFAULT_MODEL
 from easel.domain.errors import InvalidParameter, NotAllowed, RouteNotSupported, TaskNotFound
 from easel.domain.multiview import VIEWS
-from easel.domain.prompts import MAX_PROMPT_CHARS
+from easel.domain.options import (
+    ASPECT_RATIOS,
+    BACKGROUNDS,
+    EXTRA_RATIOS,
+    OUTPUT_FORMATS,
+    QUALITIES,
+)
+from easel.domain.parsing import MAX_NEGATIVE_PROMPT_CHARS
+from easel.domain.prompts import MAX_PROMPT_CHARS, V3_MAX_PROMPT_CHARS
 from easel.storage.signing import upload_key
 
 router = APIRouter(prefix="/v3", tags=["v3"])
@@ -55,10 +63,22 @@ TASK = {  # a task as GET /v3/tasks/{task_id} answers it
 # The rules themselves are easel.domain.v3's and easel.domain.parsing's; this describes them.
 GENERATION_SCHEMA = {
     "type": "object",
-    "description": "v3 generation options; options this server has no use for (size, "
-    "aspect_ratio, quality, negative_prompt …) are accepted and ignored.",
+    "description": "v3 generation options. The image options (size … negative_prompt) are "
+    "honoured where the model takes them and refused (1004, naming the accepted values) "
+    "where it does not; docs/protocol.md has the table per model.",
     "properties": {
-        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+        "prompt": {"type": "string", "maxLength": V3_MAX_PROMPT_CHARS},
+        "negative_prompt": {"type": "string", "maxLength": MAX_NEGATIVE_PROMPT_CHARS},
+        "size": {
+            "type": "string",
+            "pattern": r"^([124][kK]|[1-9][0-9]{1,4}[xX×*][1-9][0-9]{1,4})$",
+            "description": "a tier (1K, 2K, 4K) or WxH pixels such as 1536x1024",
+        },
+        "aspect_ratio": {"type": "string", "enum": [*ASPECT_RATIOS, *EXTRA_RATIOS]},
+        "quality": {"type": "string", "enum": list(QUALITIES)},
+        "background": {"type": "string", "enum": list(BACKGROUNDS)},
+        "output_format": {"type": "string", "enum": [*OUTPUT_FORMATS, "jpg"]},
+        "watermark": {"type": "boolean"},
         "model": {"type": "string", "default": DEFAULT_MODEL},
         "input": {"type": "string", "description": "image-to-image: a file_token, URL or task_id"},
         "inputs": {"type": "array", "items": {"type": "string"}},
@@ -153,7 +173,7 @@ async def _submit(
     options = await json_object(request, "of generation options")
     body = v3.to_generate_image(options, route, runtime.settings.catalog)
     task_id = await runtime.service.submit(
-        caller, body, idempotency_key=request.headers.get("idempotency-key")
+        caller, body, idempotency_key=request.headers.get("idempotency-key"), v3=True
     )
     return ok({"task_id": task_id})
 

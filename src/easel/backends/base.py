@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from easel.domain.options import ImageOptions
+
 T = TypeVar("T")
+log = logging.getLogger("easel.backends")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +37,21 @@ class Job:
     prompt: str  # the composed prompt (template, user prompt, t_pose, sketch_to_render)
     images: tuple[InputImage, ...]  # in image[N] order: the user's files, then the template's
     provider_model: str | None = None  # from [models."…"].provider_model, when configured
-    negative_prompt: str = ""  # a text_to_image's; only the diffusers pipelines use it
+    negative_prompt: str = ""  # text_to_image's or a v3 request's (diffusers, Midjourney)
     # A seed the views of one multiview task share; kinds that take one send it (BFL, Gemini,
     # diffusers; OpenAI's image API has none). None: the kind's own choice.
     seed: int | None = None
+    # v3's size, aspect_ratio, quality, background, output_format, watermark, plus a
+    # template's default aspect ratio; each kind maps what it can (its module says how)
+    options: ImageOptions = field(default_factory=ImageOptions)
+
+
+def record_mapping(backend: str, job: Job, sent: dict[str, object]) -> None:
+    """Log what ``backend`` made of the job's options: the record of how a kind (a stand-in
+    above all: a local model behind a hosted name) honoured them. Silent without options."""
+    asked = job.options.to_json() | ({"negative_prompt": "…"} if job.negative_prompt else {})
+    if asked:
+        log.info("task %s on %s: options %s sent as %s", job.task_id, backend, asked, sent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 A job without images goes to ``POST {base_url}/images/generations`` (JSON body: model,
 prompt, n=1); a job with images goes to ``POST {base_url}/images/edits`` (multipart, every
 reference as an ``image[]`` part, in image[N] order). GPT image models always answer with
-base64 (``data[0].b64_json``). The SDK's own retries are off (``max_retries=0``): the bounded
+base64 (``data[0].b64_json``). The job's options go as ``size``, ``quality``, ``background``
+and ``output_format`` (:func:`image_params`). The SDK's own retries are off (``max_retries=0``): the bounded
 policy of :mod:`easel.backends._remote` decides, and SDK exceptions are translated here.
 """
 
@@ -28,8 +29,10 @@ from easel.backends.base import (
     BackendRejected,
     GeneratedImage,
     Job,
+    record_mapping,
 )
 from easel.domain.images import MIME_TYPES
+from easel.domain.options import ImageOptions, pixel_size
 from easel.outbound import OutboundPolicy, guarded_client
 
 if TYPE_CHECKING:
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 
 _POLICY_CODES = ("moderation_blocked", "content_policy_violation")
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+# gpt-image-1 and 1.5 paint three sizes; gpt-image-2 and later any WxH within limits.
+FIXED_SIZES = ((1024, 1024), (1536, 1024), (1024, 1536))
+_FIXED_SIZE_MODELS = ("gpt-image-1", "chatgpt-image")
 
 
 class Options(RemoteOptions):
@@ -56,6 +62,29 @@ def _references(job: Job) -> list[tuple[str, bytes, str]]:
         )
         for index, image in enumerate(job.images)
     ]
+
+
+def image_params(model: str, options: ImageOptions) -> dict[str, str]:
+    """The Images API parameters for ``options`` on ``model``: ``size`` (a tier as its
+    square, a ``WxH`` as given, an aspect ratio as the nearest size the model paints: one of
+    :data:`FIXED_SIZES` for gpt-image-1/1.5, else multiples of 16 within 1:3 … 3:1 and
+    3840x2160's pixels), ``quality``, ``background``, ``output_format``."""
+    params: dict[str, str] = {}
+    if options.size is not None or options.ratio is not None:
+        if model.startswith(_FIXED_SIZE_MODELS):
+            ratio = options.ratio or 1.0
+            width, height = min(FIXED_SIZES, key=lambda s: abs(s[0] / s[1] - ratio))
+        elif options.pixels is not None:
+            width, height = options.pixels
+        else:
+            limits = {"max_side": 3840, "max_pixels": 3840 * 2160, "min_side": 1024 // 3}
+            width, height = pixel_size(options, (1024, 1024), **limits)
+        params["size"] = f"{width}x{height}"
+    for name in ("quality", "background", "output_format"):
+        value = getattr(options, name)
+        if value is not None:
+            params[name] = value
+    return params
 
 
 def _translate(exc: Exception, model: str, base_url: str) -> BackendError:
@@ -118,12 +147,17 @@ class OpenAIBackend(SdkBackend["AsyncOpenAI", "ImagesResponse"]):
     async def _request(self, client: AsyncOpenAI, model: str, job: Job) -> ImagesResponse:
         import openai
 
+        params = image_params(model, job.options)
+        record_mapping(self.name, job, dict(params))
+        images = cast("Any", client.images)  # params are strings; the SDK types Literals
         try:
             if job.images:
-                return await client.images.edit(
-                    model=model, image=_references(job), prompt=job.prompt
+                answer = await images.edit(
+                    model=model, image=_references(job), prompt=job.prompt, **params
                 )
-            return await client.images.generate(model=model, prompt=job.prompt, n=1)
+            else:
+                answer = await images.generate(model=model, prompt=job.prompt, n=1, **params)
+            return cast("ImagesResponse", answer)
         except openai.OpenAIError as exc:
             raise _translate(exc, model, self.options.base_url) from exc
 

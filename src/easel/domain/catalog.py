@@ -2,7 +2,8 @@
 
 An entry (:class:`ModelSpec`) gives a model's ``model_version`` and the other names v3
 accepts for it, its price, what it does with reference images (how many, which formats),
-the optional request fields it takes, and, per backend kind, the provider's id for it. The
+the optional request fields it takes, the v3 image options it takes (``image_options``, a
+preset of :mod:`easel.domain.options`), and, per backend kind, the provider's id for it. The
 request rules, the v3 names, ``GET /v2/openapi/models``, the backends' model ids and the
 backends enabled from the environment all read it; adding a model is one entry here (plus an
 adapter under ``easel.backends`` when no existing kind serves it). Rules from the seed page:
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from easel.domain import options as opt
 from easel.domain.errors import ModelVersionInvalid
 
 # The optional fields of a generate_image request (besides the images); every model takes all.
@@ -62,6 +64,8 @@ class ModelSpec:
     formats: frozenset[str] = ALL_FORMATS  # reference image formats it takes
     v3_names: tuple[str, ...] = ()  # the names v3's ``model`` also takes for it
     options: frozenset[str] = REQUEST_OPTIONS  # the optional request fields it takes
+    # the v3 image options and values it takes (a preset of easel.domain.options)
+    image_options: opt.OptionRules = opt.NO_OPTIONS
     provider_models: Mapping[str, str | None] = field(default_factory=dict, hash=False)
 
     @property
@@ -200,66 +204,75 @@ CATALOG = Catalog(
     [
         ModelSpec(
             "flux.1_kontext_pro", 5, "FLUX.1 Kontext [pro]", max_files=4, formats=PNG_JPEG,
+            image_options=opt.FLUX_KONTEXT,
             provider_models={"bfl": "flux-kontext-pro", "diffusers": "flux-kontext"},
         ),
         ModelSpec(
             "flux.1_dev", 5, "FLUX.1 [dev], text only", images=ImageRule.UPGRADE, max_files=0,
+            image_options=opt.FLUX_DEV,
             provider_models={"bfl": "flux-dev", "diffusers": "flux"},
         ),
         # Tripo publishes no price for z_image: 5, as flux.1_dev, its text-only peer.
         ModelSpec(
             "z_image", 5, "Z-Image, text only", images=ImageRule.REFUSES, max_files=0,
-            provider_models={"diffusers": "z-image"},
+            image_options=opt.FLUX_DEV, provider_models={"diffusers": "z-image"},
         ),
         # gpt-image-1 and gpt-image-1.5 are retired at OpenAI (2026-10-23, 2026-12-01): an
         # operator remaps their names in [aliases] (docs/configuration.md).
         ModelSpec(
             "gpt_4o", 5, "OpenAI gpt-image-1", v3_names=("chat_image_1",),
-            provider_models={"openai": "gpt-image-1"},
+            image_options=opt.GPT_IMAGE_1, provider_models={"openai": "gpt-image-1"},
         ),
         ModelSpec(
             "gpt_image_1.5", 10, "OpenAI gpt-image-1.5", v3_names=("chat_image_1.5",),
+            image_options=opt.GPT_IMAGE_1,
             provider_models={"openai": "gpt-image-1.5"},
         ),
         ModelSpec(
             "gpt_image_2", 10, "OpenAI gpt-image-2", v3_names=("chat_image_2",),
+            image_options=opt.GPT_IMAGE_2,
             provider_models={"openai": "gpt-image-2"},
         ),
         # v3 names with no v2 name before them: the name is the model_version on both
         # protocols. No published Tripo price: chat_image_2's 10; up to 16 references (v3).
         ModelSpec(
             "chat_image_2.5_flare", 10, "OpenAI gpt-image-2.5-flare (speed tier)", max_files=16,
-            provider_models={"openai": "gpt-image-2.5-flare"},
+            image_options=opt.CHAT_IMAGE_2_5, provider_models={"openai": "gpt-image-2.5-flare"},
         ),
         ModelSpec(
             "chat_image_2.5_sunburst", 10, "OpenAI gpt-image-2.5-sunburst (fidelity tier)",
-            max_files=16, provider_models={"openai": "gpt-image-2.5-sunburst"},
+            max_files=16, image_options=opt.CHAT_IMAGE_2_5,
+            provider_models={"openai": "gpt-image-2.5-sunburst"},
         ),
         ModelSpec(
             "midjourney", 10, "Midjourney, text only", images=ImageRule.REFUSES, max_files=0,
+            image_options=opt.MIDJOURNEY,
             provider_models={"midjourney-proxy": None},
         ),
         ModelSpec(
             "gemini_2.5_flash_image_preview", 5, "Nano Banana", v3_names=("banana",),
+            image_options=opt.GEMINI_2_5_FLASH,
             provider_models={"gemini": "gemini-2.5-flash-image"},  # the preview ids are retired
         ),
         ModelSpec(
             "gemini_3_pro_image_preview", 10, "Nano Banana Pro", v3_names=("banana_pro",),
+            image_options=opt.GEMINI_3_PRO,
             provider_models={"gemini": "gemini-3-pro-image"},
         ),
         ModelSpec(
             "gemini_3.1_flash_image_preview", 10, "Nano Banana 2", v3_names=("banana2",),
+            image_options=opt.GEMINI_3_1_FLASH,
             provider_models={"gemini": "gemini-3.1-flash-image"},
         ),
         # Seedream on BytePlus ModelArk; 5 credits, as hosted Tripo was seen charging for
         # seedream_v4. v3 calls seedream_v4 text-to-image only and caps seedream_v5 at 4 refs.
         ModelSpec(
             "seedream_v4", 5, "Seedream 4.0, text only", images=ImageRule.REFUSES, max_files=0,
-            provider_models={"modelark": "seedream-4-0-250828"},
+            image_options=opt.SEEDREAM, provider_models={"modelark": "seedream-4-0-250828"},
         ),
         ModelSpec(
             "seedream_v5", 5, "Seedream 5.0: editing, multi-image fusion", max_files=4,
-            provider_models={"modelark": "seedream-5-0-260128"},
+            image_options=opt.SEEDREAM, provider_models={"modelark": "seedream-5-0-260128"},
         ),
     ],
     default=DEFAULT_MODEL,

@@ -117,3 +117,19 @@ def _decode(data: bytes, fmt: str, what: str) -> None:
             f"decoded ({reason}).",
             "Send the whole file: re-export the image and check that it opens in a viewer.",
         ) from None
+
+
+def encode_as(data: bytes, fmt: str) -> bytes:
+    """An image's bytes re-encoded as ``fmt`` (png | jpeg); JPEG has no alpha, so
+    transparency is flattened on white. Callers keep the original bytes (and any C2PA
+    manifest in them) when the format already matches."""
+    out = io.BytesIO()
+    with Image.open(io.BytesIO(data)) as image:
+        if fmt == "jpeg":
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            flat.save(out, format="JPEG", quality=95)
+        else:
+            image.save(out, format="PNG")
+    return out.getvalue()

@@ -24,6 +24,7 @@ from easel.domain.catalog import (
     ModelSpec,
 )
 from easel.domain.errors import InvalidParameter, TaskTypeNotSupported
+from easel.domain.options import ImageOptions
 
 TASK_TYPE = "generate_image"
 TEXT_TO_IMAGE = "text_to_image"
@@ -63,7 +64,8 @@ class GenerateImageRequest:
     sketch_to_render: bool = False
     notes: tuple[str, ...] = field(default=())
     type: str = TASK_TYPE
-    negative_prompt: str = ""  # text_to_image only; backends that take one use it
+    negative_prompt: str = ""  # text_to_image's, or a v3 request's; backends that take one use it
+    options: ImageOptions = ImageOptions()  # v3's size, aspect_ratio, …; v2 sends none
 
     @property
     def credits(self) -> int:
@@ -96,7 +98,9 @@ class GenerateImageRequest:
             echo["template"] = self.template.slug
         echo["t_pose"] = self.t_pose
         echo["sketch_to_render"] = self.sketch_to_render
-        return echo
+        if self.negative_prompt:
+            echo["negative_prompt"] = self.negative_prompt
+        return echo | self.options.to_json()
 
     def _text_to_image_echo(self) -> dict[str, Any]:
         echo: dict[str, Any] = {"prompt": self.prompt, "model_version": self.model.version}
@@ -180,9 +184,13 @@ def _check_options(body: dict[str, Any], model: ModelSpec) -> None:
         )
 
 
-def parse_generate_image(body: dict[str, Any], models: Catalog = CATALOG) -> GenerateImageRequest:
+def parse_generate_image(
+    body: dict[str, Any], models: Catalog = CATALOG, *, v3: bool = False
+) -> GenerateImageRequest:
     """Validate a task body against the catalog ``models``; raise the protocol error for the
-    first problem found."""
+    first problem found. ``v3``: a v3 route's body, with its 1,800-character prompt and its
+    image options, checked against what the model takes (v2 ignores them, as it ignores any
+    field it does not know)."""
     task_type = body.get("type")
     if task_type != TASK_TYPE:
         raise TaskTypeNotSupported(f"task type {task_type!r} is not supported.")
@@ -201,7 +209,7 @@ def parse_generate_image(body: dict[str, Any], models: Catalog = CATALOG) -> Gen
         raise InvalidParameter(
             "prompt is required.", "Describe the image in the prompt, or choose a template."
         )
-    prompts.check_prompt(prompt)
+    prompts.check_prompt(prompt, prompts.V3_MAX_PROMPT_CHARS if v3 else prompts.MAX_PROMPT_CHARS)
 
     version = body.get("model_version")
     if version is None:
@@ -214,7 +222,7 @@ def parse_generate_image(body: dict[str, Any], models: Catalog = CATALOG) -> Gen
     files = _parse_files(body)
     # text_to_image's fields mean nothing here, but the one published body schema documents
     # them for both types: a value it calls invalid is refused on either (1004), not ignored.
-    _negative_prompt(body)
+    negative = _negative_prompt(body)
     _style_image(body)
     request = GenerateImageRequest(
         prompt=prompt,
@@ -224,7 +232,23 @@ def parse_generate_image(body: dict[str, Any], models: Catalog = CATALOG) -> Gen
         t_pose=_bool(body, "t_pose"),
         sketch_to_render=_bool(body, "sketch_to_render"),
     )
-    return _check_images(request, models)
+    request = _check_images(request, models)
+    return _with_options(request, body, negative) if v3 else request
+
+
+def _with_options(
+    request: GenerateImageRequest, body: dict[str, Any], negative: str
+) -> GenerateImageRequest:
+    """A v3 request's options, for the model that runs it (after an upgrade): 1004 with the
+    accepted values for what it cannot take."""
+    rules, name = request.model.image_options, request.model.version
+    if negative and not rules.negative_prompt:
+        raise InvalidParameter(
+            f"{name} does not take negative_prompt.",
+            "Say what the image must not show in the prompt, or pick a model that takes a "
+            "negative prompt (flux.1_dev, flux.1_kontext_pro, midjourney).",
+        )
+    return replace(request, options=rules.parse(body, name), negative_prompt=negative)
 
 
 def _check_images(request: GenerateImageRequest, models: Catalog) -> GenerateImageRequest:

@@ -22,6 +22,7 @@ import unicodedata
 from easel.domain.errors import InvalidParameter, InvalidPromptCharacters
 
 MAX_PROMPT_CHARS = 1024
+V3_MAX_PROMPT_CHARS = 1800  # Tripo's limit on the v3 image routes
 
 # Emoji_Presentation=Yes code points below U+1F000 (Unicode emoji-data.txt).
 _EMOJI_PRESENTATION_BMP: tuple[tuple[int, int], ...] = (
@@ -91,12 +92,12 @@ def refused_reason(char: str) -> str | None:
     return None
 
 
-def check_prompt(prompt: str) -> None:
-    """Refuse an over-long prompt (1004) or one with refused characters (2009)."""
-    if len(prompt) > MAX_PROMPT_CHARS:
+def check_prompt(prompt: str, limit: int = MAX_PROMPT_CHARS) -> None:
+    """Refuse a prompt over ``limit`` characters (1004) or one with refused characters (2009)."""
+    if len(prompt) > limit:
         raise InvalidParameter(
-            f"prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}.",
-            "Shorten the prompt to at most 1024 characters (about 100 words).",
+            f"prompt is {len(prompt)} characters long; the limit is {limit}.",
+            f"Shorten the prompt to at most {limit} characters.",
         )
     check_characters(prompt, "prompt")
 

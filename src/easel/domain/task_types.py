@@ -35,10 +35,13 @@ def parse_task(
     models: Catalog = CATALOG,
     text_to_image_model: str | None = None,
     multiview_model: str | None = None,
+    *,
+    v3: bool = False,
 ) -> TaskRequest:
     """Validate a body of any task type this server runs; 2002 for any other type.
     ``text_to_image_model`` and ``multiview_model`` are the models those types run on (None:
-    the catalog's default)."""
+    the catalog's default). ``v3``: a body made from a v3 route's request (a generate_image
+    one then takes v3's prompt limit and image options)."""
     task_type = body.get("type")
     if task_type == TEXT_TO_IMAGE:
         return parse_text_to_image(body, models, text_to_image_model)
@@ -48,4 +51,4 @@ def parse_task(
         return parse_edit_multiview(body, models, multiview_model)
     if task_type != TASK_TYPE:
         raise TaskTypeNotSupported(f"task type {task_type!r} is not supported.")
-    return parse_generate_image(body, models)
+    return parse_generate_image(body, models, v3=v3)

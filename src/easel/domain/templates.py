@@ -2,7 +2,8 @@
 
 Each template is data: the seed's title and description, the prompt Easel prepends to the
 user's, and optional reference images (packaged PNGs, appended after the user's images and
-counted against the model's file limit). Slugs accept ``-`` for ``_`` (``3d-enhance``).
+counted against the model's file limit) and, where the seed names one ("ar 16:9"), the aspect
+ratio the image gets unless the request asks for another shape. Slugs accept ``-`` for ``_`` (``3d-enhance``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Template:
     best_with: str
     prompt: str
     images: tuple[str, ...] = ()  # file names in easel/domain/template_images/
+    aspect_ratio: str | None = None  # the seed's "ar …": the default where none is asked
 
     def image_bytes(self) -> list[bytes]:
         folder = resources.files("easel.domain") / "template_images"
@@ -36,6 +38,7 @@ TEMPLATES: dict[str, Template] = {
             "Extract the main objects of the scene as separate, complete assets laid out side "
             "by side on a plain white background, each fully visible, unoccluded and evenly "
             "lit, with no shadows or overlaps, ready for 3D generation.",
+            aspect_ratio="16:9",
         ),
         Template(
             "character_completion",
@@ -53,6 +56,7 @@ TEMPLATES: dict[str, Template] = {
             "T-pose reference image: full body, front view, arms horizontal, legs straight, "
             "on a plain white background.",
             images=("t_pose_reference.png",),
+            aspect_ratio="1:1",
         ),
         Template(
             "head_extraction",
@@ -61,6 +65,7 @@ TEMPLATES: dict[str, Template] = {
             "Isolate the character's head and hair, centred and front-facing, filling most of "
             "a square frame with sharp facial detail, neutral expression, even lighting, on a "
             "plain white background.",
+            aspect_ratio="1:1",
         ),
         Template(
             "3d_enhance",

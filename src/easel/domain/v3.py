@@ -14,8 +14,10 @@ Choices where v3 and this server differ (also in docs/protocol.md):
   ``v3_names``), and the operator's ``[aliases]``.
 - A string input that is neither a URL nor an uploaded file's token is read as the task id
   of one of the key's successful tasks, whose image becomes the reference.
-- v3 options this server has no use for (``size``, ``aspect_ratio``, ``quality``,
-  ``negative_prompt`` …) are accepted and ignored, as v2 ignores unknown fields.
+- v3's image options (``size``, ``aspect_ratio``, ``quality``, ``background``,
+  ``output_format``, ``watermark``, ``negative_prompt``) pass through to the body, where
+  :func:`easel.domain.parsing.parse_generate_image` (``v3=True``) checks them against the
+  model (:mod:`easel.domain.options`): honoured, or refused with 1004.
 - ``/generation/image-to-multiview`` (one ``input``) and ``/generation/edit-multiview``
   (``input``: the task id of a multiview task, and ``prompts``) become the v2
   ``generate_multiview_image`` and ``edit_multiview_image`` bodies (:func:`to_multiview`).
@@ -36,6 +38,7 @@ from typing import Any, Literal
 from easel.domain.catalog import CATALOG, REQUEST_OPTIONS, Catalog
 from easel.domain.errors import InvalidParameter, ModelVersionInvalid
 from easel.domain.multiview import EDIT_MULTIVIEW, GENERATE_MULTIVIEW, MULTIVIEW_TYPES, OUTPUT_KEY
+from easel.domain.options import OPTION_NAMES
 from easel.domain.parsing import TASK_TYPE, TEXT_TO_IMAGE
 from easel.domain.tasks import WITH_ERROR, Task
 
@@ -106,7 +109,7 @@ def to_generate_image(
     model = body.get("model", body.get("model_version"))
     if model is not None:
         out["model_version"] = model_version(model, models)
-    for name in ("prompt", *sorted(REQUEST_OPTIONS)):
+    for name in ("prompt", "negative_prompt", *sorted(REQUEST_OPTIONS), *OPTION_NAMES):
         if name in body:
             out[name] = body[name]
     return out

@@ -55,10 +55,16 @@ class TaskService:
     # -- submit ---------------------------------------------------------------------------
 
     async def submit(
-        self, caller: Caller, body: dict[str, Any], idempotency_key: str | None = None
+        self,
+        caller: Caller,
+        body: dict[str, Any],
+        idempotency_key: str | None = None,
+        *,
+        v3: bool = False,
     ) -> str:
         """Validate, hold the credits and enqueue; returns the task id. With an
-        ``idempotency_key``, a repeat of the same body returns the first task's id."""
+        ``idempotency_key``, a repeat of the same body returns the first task's id. ``v3``:
+        the body comes from a v3 route (:func:`easel.domain.parsing.parse_task`)."""
         idempotency = None
         if idempotency_key is not None:
             if not 0 < len(idempotency_key) <= 255:
@@ -68,7 +74,11 @@ class TaskService:
             idempotency = Idempotency(idempotency_key, digest)
         settings = self.settings
         request = parse_task(
-            body, settings.catalog, settings.text_to_image_model, settings.multiview_model
+            body,
+            settings.catalog,
+            settings.text_to_image_model,
+            settings.multiview_model,
+            v3=v3,
         )
         version = request.model.version
         if not await self.is_served(version):

@@ -8,6 +8,7 @@ path (easel.store.outage) and re-queues the task as if the database were down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from easel.backends.base import (
@@ -23,6 +24,7 @@ from easel.backends.base import (
     within,
 )
 from easel.domain.errors import first_line
+from easel.domain.images import encode_as
 from easel.domain.tasks import AttemptOutcome
 from easel.store import is_outage
 
@@ -64,3 +66,11 @@ def outcome_of(exc: BackendError) -> AttemptOutcome:
     if isinstance(exc, BackendRejected):
         return AttemptOutcome.REJECTED
     return AttemptOutcome.RETRYABLE if exc.retryable else AttemptOutcome.FAILED
+
+
+async def in_format(image: GeneratedImage, fmt: str | None) -> GeneratedImage:
+    """The image encoded as the task's ``output_format``; the provider's own bytes (and any
+    C2PA manifest in them) when it asked for none or they are in that format already."""
+    if fmt is None or fmt == image.format:
+        return image
+    return GeneratedImage(await asyncio.to_thread(encode_as, image.data, fmt), fmt)

@@ -30,12 +30,13 @@ from easel.backends.fallback import Router
 from easel.config import Settings
 from easel.domain.errors import EaselError, FatalServerError, first_line
 from easel.domain.multiview import MULTIVIEW_TYPES
+from easel.domain.options import task_options
 from easel.domain.tasks import AttemptOutcome, Status, Task
 from easel.outbound import OutboundPolicy
 from easel.storage.check import StorageCheck
 from easel.storage.objects import ObjectStore, ObjectStoreError
 from easel.store import Store, is_outage, outages_suppressed
-from easel.worker.attempts import outcome_of, run_attempt
+from easel.worker.attempts import in_format, outcome_of, run_attempt
 from easel.worker.identity import (
     WorkerCannotRegister,
     check_worker_id,
@@ -328,6 +329,8 @@ class Worker:
             await self.store.queue.end_attempt(attempt, AttemptOutcome.SUCCESS)
             await self.store.queue.fail(task, Status.CANCELLED, None, None)
             return
+        if views is None:
+            image = await in_format(image, task_options(task.input).output_format)
         key, keys = output_key(task.id, image), None
         try:
             if views is None:
@@ -371,6 +374,7 @@ class Worker:
                 leg.provider_model,
                 negative_prompt=str(task.input.get("negative_prompt", "")),
                 seed=seed,
+                options=task_options(task.input),
             )
             try:
                 image = await run_attempt(backend, job, control)
