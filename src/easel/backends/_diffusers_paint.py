@@ -3,9 +3,11 @@
 ``flux`` is text to image: reference images are ignored (the catalog sends editing models
 elsewhere). ``flux-kontext`` edits: Kontext-dev takes ONE conditioning image, so several
 references are scaled to a common height and concatenated left to right in ``image[N]`` order
-(:func:`reference_canvas`). The seed derives from the task id (:func:`easel.domain.tasks.task_seed`)
-unless the job carries one (a multiview task's views share theirs), so a re-run of an attempt
-paints the same image. torch is imported only inside functions.
+(:func:`reference_canvas`). The job's options set the size (:func:`diffusers_size`, for every
+pipeline family) and the steps (:func:`diffusers_steps`). The seed derives from the task id
+(:func:`easel.domain.tasks.task_seed`) unless the job carries one (a multiview task's views
+share theirs), so a re-run of an attempt paints the same image. torch is imported only inside
+functions.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from easel.backends.base import InputImage, Job, JobCancelled, JobControl
+from easel.backends.base import InputImage, Job, JobCancelled, JobControl, record_mapping
+from easel.domain.options import ImageOptions, pixel_size
 from easel.domain.tasks import task_seed
 
 if TYPE_CHECKING:
@@ -24,6 +27,44 @@ if TYPE_CHECKING:
 
 # The true-CFG scale a negative prompt runs with (diffusers' FLUX example value).
 TRUE_CFG_SCALE = 4.0
+# What a FLUX pipeline paints: sides in multiples of 16 (VAE scale × 2), up to 2048 and about
+# four megapixels (FLUX is trained to about two; larger costs time and coherence).
+MAX_SIDE, MAX_PIXELS, MIN_SIDE = 2048, 2048 * 2048, 256
+# quality → the configured steps times this (Tripo's quality, for a local stand-in).
+STEP_FACTORS = {"low": 0.5, "medium": 1.0, "high": 1.5, "xhigh": 2.0, "max": 2.0}
+MAX_STEPS = 200
+
+
+def diffusers_size(
+    options: ImageOptions,
+    default: tuple[int, int],
+    *,
+    multiple: int = 16,
+    max_side: int = MAX_SIDE,
+    max_pixels: int = MAX_PIXELS,
+) -> tuple[int, int]:
+    """The ``(width, height)`` a pipeline paints for a job's options: the ``WxH`` size, the
+    tier, or the aspect ratio over ``default``'s area (the backend's configured size), in
+    multiples of ``multiple`` within the pipeline's limits; ``default`` without options.
+    Pipeline families with other limits pass their own."""
+    if options.size is None and options.ratio is None:
+        return default
+    return pixel_size(
+        options,
+        default,
+        multiple=multiple,
+        min_side=min(MIN_SIDE, *default),
+        max_side=max_side,
+        max_pixels=max_pixels,
+    )
+
+
+def diffusers_steps(quality: str | None, steps: int) -> int:
+    """The steps for ``quality`` (``STEP_FACTORS`` times the configured ``steps``, at least
+    one, at most 200); the configured steps without one."""
+    if quality is None:
+        return steps
+    return max(1, min(MAX_STEPS, round(steps * STEP_FACTORS.get(quality, 1.0))))
 
 
 def paint(
@@ -33,7 +74,8 @@ def paint(
     per step it took (None when too few steps ran to tell). ``control`` None: a warm-up."""
     import torch
 
-    steps = options.steps
+    steps = diffusers_steps(job.options.quality, options.steps)
+    width, height = diffusers_size(job.options, (options.width, options.height))
     stamps = [time.perf_counter()]
 
     def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
@@ -46,8 +88,8 @@ def paint(
 
     arguments: dict[str, Any] = {
         "prompt": job.prompt,
-        "width": options.width,
-        "height": options.height,
+        "width": width,
+        "height": height,
         "num_inference_steps": steps,
         "guidance_scale": options.guidance_scale,
         "generator": torch.Generator("cpu").manual_seed(
@@ -56,9 +98,12 @@ def paint(
         "callback_on_step_end": on_step,
     }
     if options.pipeline == "flux-kontext":
-        arguments |= _kontext_arguments(pipe, options, job)
+        arguments |= _kontext_arguments(pipe, width * height, job)
     if job.negative_prompt:
         arguments |= negative_arguments(job)
+    if control is not None:
+        shape = {"width": width, "height": height, "steps": steps}
+        record_mapping(f"diffusers {options.pipeline}", job, shape)
     image = pipe(**arguments).images[0]
     if getattr(pipe, "_interrupt", False):
         raise JobCancelled(job.task_id)
@@ -74,11 +119,10 @@ def negative_arguments(job: Job) -> dict[str, Any]:
     return {"negative_prompt": job.negative_prompt, "true_cfg_scale": TRUE_CFG_SCALE}
 
 
-def _kontext_arguments(pipe: Any, options: Options, job: Job) -> dict[str, Any]:
-    """The reference (or strip) resized, aspect kept, to the output's pixel area and passed
-    with ``max_area=width*height`` and ``_auto_resize=False``: the configured size is honoured
-    and a small configuration never pays for a one-megapixel reference."""
-    area = options.width * options.height
+def _kontext_arguments(pipe: Any, area: int, job: Job) -> dict[str, Any]:
+    """The reference (or strip) resized, aspect kept, to the output's pixel ``area`` and passed
+    with ``max_area=area`` and ``_auto_resize=False``: the size asked for is honoured and a
+    small configuration never pays for a one-megapixel reference."""
     arguments: dict[str, Any] = {"max_area": area, "_auto_resize": False}
     if job.images:
         multiple = pipe.vae_scale_factor * 2

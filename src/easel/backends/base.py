@@ -12,7 +12,7 @@ import asyncio
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -46,7 +46,7 @@ class Job:
     options: ImageOptions = field(default_factory=ImageOptions)
 
 
-def record_mapping(backend: str, job: Job, sent: dict[str, object]) -> None:
+def record_mapping(backend: str, job: Job, sent: Mapping[str, object]) -> None:
     """Log what ``backend`` made of the job's options: the record of how a kind (a stand-in
     above all: a local model behind a hosted name) honoured them. Silent without options."""
     asked = job.options.to_json() | ({"negative_prompt": "…"} if job.negative_prompt else {})

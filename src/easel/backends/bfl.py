@@ -5,9 +5,11 @@ endpoint is ``POST {base_url}/v1/{endpoint}``, ``endpoint`` being the job's
 ``provider_model`` (by default the catalog's ``bfl`` id: ``flux-kontext-pro``,
 ``flux-dev``):
 
-- a Kontext endpoint (``flux-kontext-pro``): ``prompt``, ``output_format: "png"`` and the
+- a Kontext endpoint (``flux-kontext-pro``): ``prompt``, ``output_format`` (the job's, else
+  ``png``), the job's ``aspect_ratio`` (a ``WxH`` size as the nearest ratio) and the
   references as raw base64 in ``input_image``, ``input_image_2`` … ``input_image_4``;
-- another (``flux-dev``): ``prompt``, ``width``/``height`` 1024, ``output_format``.
+- another (``flux-dev``): ``prompt``, ``width``/``height`` (1024 square, or the job's size or
+  ratio in multiples of 32 within 256–1440), ``output_format``.
 
 The answer is ``{"id", "polling_url"}``. The backend polls that URL as given (it may name a
 regional host) until ``status`` is ``Ready``, then downloads ``result.sample`` at once, since
@@ -46,7 +48,9 @@ from easel.backends.base import (
     Job,
     JobCancelled,
     JobControl,
+    record_mapping,
 )
+from easel.domain.options import ASPECT_RATIOS, ImageOptions, nearest_ratio, pixel_size
 from easel.outbound import OutboundPolicy
 
 PROVIDER = "Black Forest Labs"
@@ -79,16 +83,32 @@ def request_body(endpoint: str, job: Job) -> dict[str, Any]:
     """The JSON for ``POST /v1/{endpoint}``: references as ``input_image``, ``input_image_2``…"""
     if len(job.images) > MAX_REFERENCES:
         raise BackendFailed(f"BFL takes at most {MAX_REFERENCES} reference images")
-    body: dict[str, Any] = {"prompt": job.prompt, "output_format": "png"}
+    body: dict[str, Any] = {"prompt": job.prompt, **shape_params(endpoint, job.options)}
     for index, image in enumerate(job.images, start=1):
         data, _ = png_or_jpeg(image)
         key = "input_image" if index == 1 else f"input_image_{index}"
         body[key] = base64.b64encode(data).decode("ascii")
-    if not job.images and "kontext" not in endpoint:
-        body["width"] = body["height"] = TEXT_TO_IMAGE_SIZE
+    if job.images and "kontext" not in endpoint:
+        del body["width"], body["height"]  # flux-dev draws no references: BFL's default
     if job.seed is not None:
         body["seed"] = job.seed
     return body
+
+
+def shape_params(endpoint: str, options: ImageOptions) -> dict[str, Any]:
+    """``output_format`` and the shape for ``endpoint``: Kontext takes ``aspect_ratio`` (a
+    ``WxH`` size as its nearest ratio between 21:9 and 9:21), the others ``width`` and
+    ``height`` (multiples of 32 within 256–1440)."""
+    params: dict[str, Any] = {"output_format": options.output_format or "png"}
+    if "kontext" in endpoint:
+        if options.aspect_ratio is not None:
+            params["aspect_ratio"] = options.aspect_ratio
+        elif options.ratio is not None:
+            params["aspect_ratio"] = nearest_ratio(options.ratio, (*ASPECT_RATIOS, "9:21"))
+        return params
+    default = (TEXT_TO_IMAGE_SIZE, TEXT_TO_IMAGE_SIZE)
+    width, height = pixel_size(options, default, multiple=32, min_side=256, max_side=1440)
+    return params | {"width": width, "height": height}
 
 
 def _error(response: httpx.Response, endpoint: str) -> BackendError:
@@ -142,6 +162,7 @@ class BflBackend(PollingBackend):
             raise JobCancelled(job.task_id)
         endpoint = endpoint_for(job)
         body = request_body(endpoint, job)
+        record_mapping(self.name, job, {k: v for k, v in body.items() if "image" not in k})
         headers = {"x-key": self.api_key(), "accept": "application/json"}
         async with self.session() as client:
             url = f"{self.options.base_url.rstrip('/')}/v1/{endpoint}"

@@ -3,8 +3,10 @@
 Every job is one ``POST {base_url}/v1beta/models/{model}:generateContent`` (key in the
 ``x-goog-api-key`` header): a user turn of the prompt text followed by each reference as an
 ``inlineData`` part, with ``responseModalities`` TEXT and IMAGE. The first non-thought image
-part of the answer is the result. A prompt or answer blocked for safety is a policy refusal
-(the task ends ``banned``); a text-only answer is a failure that quotes the model's text.
+part of the answer is the result. The job's size and aspect ratio go in
+``generationConfig.imageConfig`` (:func:`image_config`). A prompt or answer blocked for safety
+is a policy refusal (the task ends ``banned``); a text-only answer is a failure that quotes the
+model's text.
 """
 
 from __future__ import annotations
@@ -26,8 +28,16 @@ from easel.backends.base import (
     BackendRejected,
     GeneratedImage,
     Job,
+    record_mapping,
 )
 from easel.domain.images import MIME_TYPES
+from easel.domain.options import (
+    ASPECT_RATIOS,
+    EXTRA_RATIOS,
+    TIERS,
+    ImageOptions,
+    nearest_ratio,
+)
 from easel.outbound import OutboundPolicy
 
 if TYPE_CHECKING:
@@ -55,6 +65,26 @@ class Options(RemoteOptions):
     base_url: str = "https://generativelanguage.googleapis.com"
     api_key_env: str = "GEMINI_API_KEY"
     trusted_hosts: tuple[str, ...] = ("generativelanguage.googleapis.com",)
+
+
+def image_config(model: str, options: ImageOptions) -> dict[str, str]:
+    """``imageConfig`` for ``options`` on ``model`` (snake_case, as the SDK's ``ImageConfig``
+    takes it): ``aspect_ratio`` (a ``WxH`` size's nearest ratio the model draws; the four
+    extreme ones only on 3.1 Flash) and ``image_size`` (the tier, or the tier a ``WxH``
+    size's long side needs; never on 2.5 Flash, which draws about 1K only)."""
+    config: dict[str, str] = {}
+    ratios = ASPECT_RATIOS + EXTRA_RATIOS if model.startswith("gemini-3.1") else ASPECT_RATIOS
+    if options.aspect_ratio is not None:
+        config["aspect_ratio"] = options.aspect_ratio
+    elif options.ratio is not None:
+        config["aspect_ratio"] = nearest_ratio(options.ratio, ratios)
+    tier = options.tier
+    if tier is None and options.pixels is not None:
+        long_side = max(options.pixels)
+        tier = next((t for t, side in TIERS.items() if long_side <= side), "4K")
+    if tier is not None and not model.startswith("gemini-2.5"):
+        config["image_size"] = tier
+    return config
 
 
 def _reason(value: object) -> str:
@@ -152,7 +182,13 @@ class GeminiBackend(SdkBackend["Client", "GenerateContentResponse"]):
     async def _request(self, client: Client, model: str, job: Job) -> GenerateContentResponse:
         from google.genai import errors, types
 
-        config = types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"], seed=job.seed)
+        wanted = image_config(model, job.options)
+        record_mapping(self.name, job, {"imageConfig": wanted})
+        config = types.GenerateContentConfig(
+            response_modalities=["TEXT", "IMAGE"],
+            image_config=types.ImageConfig(**wanted) if wanted else None,
+            seed=job.seed,
+        )
         caught: tuple[type[Exception], ...] = (errors.APIError, *_transport_errors())
         try:
             return await client.aio.models.generate_content(

@@ -6,7 +6,9 @@ operator runs and configures: the REST shape of the open-source novicezk/midjour
 (also served by its forks, e.g. trueai-org/midjourney-proxy).
 
 - ``POST {base_url}/mj/submit/imagine`` with ``{"prompt", "base64Array": [data URLs]}`` and,
-  when ``MJ_API_SECRET`` (``api_key_env``) is set, the header ``mj-api-secret``. The answer is
+  when ``MJ_API_SECRET`` (``api_key_env``) is set, the header ``mj-api-secret``; the job's
+  options become Midjourney parameters at the prompt's end (:func:`imagine_prompt`: ``--ar``
+  for the aspect ratio or a ``WxH`` size's ratio, ``--no`` for the negative prompt). The answer is
   ``{"code", "description", "result": "<task id>"}``: code 1 (submitted), 22 (queued) and 21
   (that task exists already) go on, 23 (queue full) is retried, 24 (banned prompt) is a policy
   refusal, others fail.
@@ -49,7 +51,9 @@ from easel.backends.base import (
     Job,
     JobCancelled,
     JobControl,
+    record_mapping,
 )
+from easel.domain.options import reduced_ratio
 from easel.outbound import OutboundPolicy
 
 PROVIDER = "the Midjourney proxy"
@@ -73,6 +77,18 @@ def parse_progress(value: object) -> float | None:
     """``"45%"`` → 0.45; None when the proxy gives no percentage."""
     match = _PERCENT.search(value) if isinstance(value, str) else None
     return min(float(match.group(1)) / 100, 1.0) if match else None
+
+
+def imagine_prompt(job: Job) -> str:
+    """The prompt with the job's options as Midjourney parameters: ``--ar W:H`` (the aspect
+    ratio, else a ``WxH`` size reduced) and ``--no …`` (the negative prompt, on one line)."""
+    options, parameters = job.options, []
+    ratio = options.aspect_ratio or (reduced_ratio(*options.pixels) if options.pixels else None)
+    if ratio is not None:
+        parameters.append(f"--ar {ratio}")
+    if job.negative_prompt:
+        parameters.append(f"--no {' '.join(job.negative_prompt.split())}")
+    return " ".join([job.prompt, *parameters])
 
 
 def _data_urls(job: Job) -> list[str]:
@@ -154,7 +170,8 @@ class MidjourneyProxyBackend(PollingBackend):
             raise BackendUnavailable(f"backend {self.name!r} has {reason}")
         secret = read_api_key(self.options)
         headers = {"mj-api-secret": secret} if secret else {}
-        body = {"prompt": job.prompt, "base64Array": _data_urls(job)}
+        body = {"prompt": imagine_prompt(job), "base64Array": _data_urls(job)}
+        record_mapping(self.name, job, {"prompt": body["prompt"]})
         async with self.session() as client:
             task_id = await self.request(lambda: self._submit(client, headers, body))
             image_url = await self._poll(client, task_id, headers, control, job)

@@ -1,11 +1,12 @@
 """Backend kind ``openai``: GPT image models through the official ``openai`` SDK.
 
-A job without images goes to ``POST {base_url}/images/generations`` (JSON body: model,
-prompt, n=1); a job with images goes to ``POST {base_url}/images/edits`` (multipart, every
-reference as an ``image[]`` part, in image[N] order). GPT image models always answer with
-base64 (``data[0].b64_json``). The job's options go as ``size``, ``quality``, ``background``
-and ``output_format`` (:func:`image_params`). The SDK's own retries are off (``max_retries=0``): the bounded
-policy of :mod:`easel.backends._remote` decides, and SDK exceptions are translated here.
+A job without images goes to ``POST {base_url}/images/generations`` (JSON body: model, prompt,
+n=1); a job with images goes to ``POST {base_url}/images/edits`` (multipart, every reference as
+an ``image[]`` part, in image[N] order). GPT image models always answer with base64
+(``data[0].b64_json``). The job's options go as ``size``, ``quality``, ``background`` and
+``output_format`` (:func:`image_params`). The SDK's own retries are off (``max_retries=0``):
+the bounded policy of :mod:`easel.backends._remote` decides, and SDK exceptions are translated
+here.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ same inputs give the same bytes): a colour field seeded by their hash, the word
 makes it take that long (reporting progress, honouring cancel) and ``fail_rate`` makes that
 share of runs fail as a retryable outage, to exercise retries and refunds; ``timeout_s``
 shorter than ``delay_s`` makes it a backend that hangs, to exercise fallback.
+
+It stands in for any model, so it maps the job's options as a local model would: ``size`` and
+``aspect_ratio`` give the picture's shape (:func:`picture_size`, around the configured
+``width``×``height``); the rest it cannot draw (the log records what it made of them), and
+the worker encodes the PNG as the ``output_format`` asked for.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from easel.backends.base import (
     Job,
     JobCancelled,
     JobControl,
+    record_mapping,
 )
+from easel.domain.options import pixel_size
 from easel.outbound import OutboundPolicy
 
 _STEP_S = 0.05
@@ -88,6 +95,14 @@ def draw(job: Job, width: int, height: int) -> bytes:
     return out.getvalue()
 
 
+def picture_size(job: Job, width: int, height: int) -> tuple[int, int]:
+    """The picture's ``(width, height)``: the configured size unless the job asks for a size
+    or a shape (then that, in multiples of 8 within 64–2048)."""
+    if job.options.size is None and job.options.ratio is None:
+        return width, height
+    return pixel_size(job.options, (width, height), multiple=8, min_side=64, max_side=2048)
+
+
 class PlaceholderBackend(ImageBackend):
     kind = "placeholder"
 
@@ -110,7 +125,9 @@ class PlaceholderBackend(ImageBackend):
                 f"placeholder backend {self.name!r} failed on purpose (fail_rate "
                 f"{self.options.fail_rate})"
             )
-        data = await asyncio.to_thread(draw, job, self.options.width, self.options.height)
+        width, height = picture_size(job, self.options.width, self.options.height)
+        record_mapping(self.name, job, {"width": width, "height": height})
+        data = await asyncio.to_thread(draw, job, width, height)
         control.progress(1.0)
         return GeneratedImage(data=data, format="png")
 

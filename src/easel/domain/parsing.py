@@ -64,8 +64,8 @@ class GenerateImageRequest:
     sketch_to_render: bool = False
     notes: tuple[str, ...] = field(default=())
     type: str = TASK_TYPE
-    negative_prompt: str = ""  # text_to_image's, or a v3 request's; backends that take one use it
-    options: ImageOptions = ImageOptions()  # v3's size, aspect_ratio, …; v2 sends none
+    negative_prompt: str = ""  # text_to_image's or a v3 request's; backends that take one use it
+    options: ImageOptions = field(default_factory=ImageOptions)  # v3's; v2 sends none
 
     @property
     def credits(self) -> int:

@@ -3,7 +3,8 @@
 Each template is data: the seed's title and description, the prompt Easel prepends to the
 user's, and optional reference images (packaged PNGs, appended after the user's images and
 counted against the model's file limit) and, where the seed names one ("ar 16:9"), the aspect
-ratio the image gets unless the request asks for another shape. Slugs accept ``-`` for ``_`` (``3d-enhance``).
+ratio the image gets unless the request asks for another shape. Slugs accept ``-`` for ``_``
+(``3d-enhance``).
 """
 
 from __future__ import annotations
