@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
 # The true-CFG scale a negative prompt runs with (diffusers' FLUX example value).
 TRUE_CFG_SCALE = 4.0
-# What a FLUX pipeline paints: sides in multiples of 16 (VAE scale × 2), up to 2048 and about
-# four megapixels (FLUX is trained to about two; larger costs time and coherence).
-MAX_SIDE, MAX_PIXELS, MIN_SIDE = 2048, 2048 * 2048, 256
+# What a FLUX pipeline paints: sides in multiples of 16 (VAE scale × 2), from 32 (two latent
+# patches; the catalog keeps requests for FLUX models at 256 and up) to 2048, at most four
+# megapixels (FLUX is trained to about two; larger costs time and coherence).
+MAX_SIDE, MAX_PIXELS, MIN_SIDE = 2048, 2048 * 2048, 32
 # quality → the configured steps times this (Tripo's quality, for a local stand-in).
 STEP_FACTORS = {"low": 0.5, "medium": 1.0, "high": 1.5, "xhigh": 2.0, "max": 2.0}
 MAX_STEPS = 200
@@ -40,6 +41,7 @@ def diffusers_size(
     default: tuple[int, int],
     *,
     multiple: int = 16,
+    min_side: int = MIN_SIDE,
     max_side: int = MAX_SIDE,
     max_pixels: int = MAX_PIXELS,
 ) -> tuple[int, int]:
@@ -53,7 +55,7 @@ def diffusers_size(
         options,
         default,
         multiple=multiple,
-        min_side=min(MIN_SIDE, *default),
+        min_side=min_side,
         max_side=max_side,
         max_pixels=max_pixels,
     )
