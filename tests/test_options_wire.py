@@ -156,6 +156,9 @@ async def test_gemini_image_config_carries_size_and_aspect_ratio(
     assert image_config(seen.body) == wire
 
 
+PNG = {"output_format": "png"}  # BFL's default, sent always
+
+
 # --- Black Forest Labs -----------------------------------------------------------------------
 
 
@@ -178,10 +181,10 @@ def bfl_backend(fake_bfl: FakeBfl, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         ("flux.1_kontext_pro", {}, {"output_format": "png"}),
         ("flux.1_kontext_pro", {"aspect_ratio": "21:9", "output_format": "jpeg"},
          {"aspect_ratio": "21:9", "output_format": "jpeg"}),
-        ("flux.1_kontext_pro", {"size": "1920x1080"}, {"aspect_ratio": "16:9", "output_format": "png"}),
-        ("flux.1_dev", {}, {"width": 1024, "height": 1024, "output_format": "png"}),
-        ("flux.1_dev", {"size": "1280x720"}, {"width": 1280, "height": 704, "output_format": "png"}),
-        ("flux.1_dev", {"aspect_ratio": "3:4"}, {"width": 896, "height": 1184, "output_format": "png"}),
+        ("flux.1_kontext_pro", {"size": "1920x1080"}, {"aspect_ratio": "16:9", **PNG}),
+        ("flux.1_dev", {}, {"width": 1024, "height": 1024, **PNG}),
+        ("flux.1_dev", {"size": "1280x720"}, {"width": 1280, "height": 704, **PNG}),
+        ("flux.1_dev", {"aspect_ratio": "3:4"}, {"width": 896, "height": 1184, **PNG}),
     ],
 )  # fmt: skip
 async def test_bfl_body_carries_the_shape_and_output_format(
