@@ -5,7 +5,9 @@
 one JSON object of observations. With ``--no-aiohttp`` the SDK cannot import aiohttp and
 falls back to its own asyncio HTTP client, as it does where aiohttp is not installed.
 
-Usage: python sdk_v1_scenario.py BASE_URL API_KEY WORKDIR [--no-aiohttp]
+Usage: python sdk_v1_scenario.py BASE_URL API_KEY WORKDIR [--no-aiohttp] [--options]
+
+With ``--options`` it runs :func:`options_scenario` instead: v3 image options.
 """
 
 from __future__ import annotations
@@ -91,12 +93,39 @@ async def scenario(base_url: str, key: str, workdir: Path) -> dict[str, Any]:
     return out
 
 
+async def options_scenario(base_url: str, key: str, workdir: Path) -> dict[str, Any]:
+    """v3 image options through the SDK's keyword arguments (it sends them as given)."""
+    from tripo3d import TripoAPIError, TripoClient
+
+    reference = workdir / "reference.png"
+    Image.new("RGB", (96, 64), (40, 120, 200)).save(reference, format="PNG")
+    out: dict[str, Any] = {}
+    async with TripoClient(api_key=key, v3_base_url=base_url) as client:
+        wide = await client.text_to_image(
+            "a harbour", model="banana", aspect_ratio="16:9", output_format="jpeg"
+        )
+        banner = await client.image_to_image(
+            str(reference), prompt="a banner", model="flux.1_kontext_pro", size="768x384"
+        )
+        for name, task_id in (("wide", wide), ("banner", banner)):
+            task = await client.wait_for_task(task_id, polling_interval=0.2, timeout=60)
+            downloads = await client.download_task_models(task, str(workdir))
+            out[name] = {"status": task.status.value, "image": _image_facts(downloads["image"])}
+        try:
+            await client.text_to_image("a cat", model="banana", quality="high")
+        except TripoAPIError as exc:
+            out["refused"] = {"code": exc.code, "message": exc.message}
+        out["balance"] = vars(await client.get_balance())
+    return out
+
+
 def main() -> None:
     base_url, key, workdir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     if "--no-aiohttp" in sys.argv:
         sys.modules["aiohttp"] = None  # type: ignore[assignment]  # import fails, spec is None
     os.environ["TRIPO_DISABLE_GEO_DETECTION"] = "1"  # else its import asks geo-IP services
-    print(json.dumps(asyncio.run(scenario(base_url, key, workdir))))
+    run = options_scenario if "--options" in sys.argv else scenario
+    print(json.dumps(asyncio.run(run(base_url, key, workdir))))
 
 
 if __name__ == "__main__":

@@ -125,3 +125,22 @@ def test_a_v3_session_with_the_official_sdk_1_0(
     assert errors["bad_model"]["code"] == 2017
     assert errors["missing"]["code"] == 2001
     assert all(error["id"] for error in errors.values())  # the v3 envelope's request_id
+
+
+def test_v3_image_options_through_the_official_sdk_1_0(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The SDK's keyword arguments reach the model: 16:9 paints a wide JPEG, a WxH size a
+    banner, and an option the model cannot take is 1004 before any cost."""
+    base_url, config = server
+    key = create_key(config, CREDITS)
+    seen = run_scenario(base_url, key, tmp_path, "--options")
+    assert seen["wide"]["status"] == "success"
+    assert seen["wide"]["image"]["format"] == "JPEG"
+    width, height = seen["wide"]["image"]["size"]
+    assert abs(width / height - 16 / 9) < 0.05
+    assert seen["banner"]["status"] == "success"
+    assert seen["banner"]["image"]["size"] == [768, 384]
+    assert seen["refused"]["code"] == 1004
+    assert "does not take quality" in seen["refused"]["message"]
+    assert seen["balance"] == {"balance": float(CREDITS - 10), "frozen": 0.0}

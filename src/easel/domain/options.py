@@ -109,7 +109,8 @@ class SizeRule:
             listed.append(
                 f"WxH with sides {self.min_side}-{self.max_side}"
                 + (f" in multiples of {self.multiple}" if self.multiple > 1 else "")
-                + f", at most {self.max_pixels:,} pixels and a ratio within 1:{self.max_ratio:g}"
+                + f", at most {self.max_pixels:,} pixels"
+                + f", the long side at most {self.max_ratio:.3g} times the short"
             )
         return ", ".join(listed)
 
