@@ -56,6 +56,7 @@ from pathlib import Path
 
 import h11
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (  # the sibling script, found through the line above
@@ -408,6 +409,15 @@ class Run:
     outcomes: list[Outcome]
     offered_rate: float
     audit: Audit | None = None
+    cpu_s: float = 0.0  # CPU the server's processes spent while the load ran
+
+    @property
+    def answered(self) -> int:
+        return sum(len(x) for out in self.outcomes for x in out.latencies.values())
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu_s * 1000 / max(self.answered, 1)
 
     def latencies(self, kind: str) -> list[float]:
         return [x for out in self.outcomes for x in out.latencies.get(kind, [])]
@@ -422,15 +432,26 @@ class Run:
 
     @property
     def answered_per_s(self) -> float:
-        answered = sum(len(x) for out in self.outcomes for x in out.latencies.values())
         span = max(out.last_done for out in self.outcomes)
-        return answered / span if span > 0 else 0.0
+        return self.answered / span if span > 0 else 0.0
 
 
 @contextmanager
-def _server(command: list[str], log: Path, ready_url: str) -> Iterator[None]:
-    with log.open("wb") as sink, _process(command, sink, ready_url):
-        yield
+def _server(command: list[str], log: Path, ready_url: str) -> Iterator[psutil.Process]:
+    with log.open("wb") as sink, _process(command, sink, ready_url) as process:
+        yield psutil.Process(process.pid)
+
+
+def _cpu_s(server: psutil.Process) -> float:
+    """CPU seconds (user and system) the server and its child processes have used so far.
+    Unlike latency, this barely moves when other work shares the machine: the figure to
+    compare two versions by on a busy machine."""
+    total = 0.0
+    for process in [server, *server.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def bench_easel(
@@ -447,7 +468,7 @@ def bench_easel(
     base = f"http://127.0.0.1:{port}"
     command = [str(EASEL), "serve", "--config", str(config), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--processes", str(args.processes)]
-    with _server(command, workdir / "easel.log", f"{base}/healthz"):
+    with _server(command, workdir / "easel.log", f"{base}/healthz") as server:
         seeds = {key: _seed(base, key, SEED_TASKS) for key in keys}
         start_at = time.time() + START_MARGIN_S
         plans = [
@@ -462,27 +483,31 @@ def bench_easel(
             )
             for client_keys in mine
         ]
+        cpu_before = _cpu_s(server)
         outcomes = run_clients(plans)
+        cpu_s = _cpu_s(server) - cpu_before
         ids = {key: list(seeds[key]) for key in keys}
         for client_keys, out in zip(mine, outcomes, strict=True):
             for which, task_id in [*out.submitted, *_settle_unsure(base, client_keys, out)]:
                 ids[client_keys[which]].append(task_id)
         audit = asyncio.run(_audit(base, url, dict.fromkeys(keys, grant), ids))
-    return Run(label, outcomes, args.rate, audit)
+    return Run(label, outcomes, args.rate, audit, cpu_s)
 
 
 def bench_baseline(args: argparse.Namespace, workdir: Path) -> Run:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, str(Path(__file__).resolve()), "--serve-baseline-port", str(port)]
-    with _server(command, workdir / "baseline.log", f"{base}/ping"):
+    with _server(command, workdir / "baseline.log", f"{base}/ping") as server:
         start_at = time.time() + START_MARGIN_S
         per_client = args.rate / args.clients
         plans = [
             Plan(base, (), per_client, args.duration, start_at, args.polls_per_submit)
             for _ in range(args.clients)
         ]
-        return Run("baseline GET /ping", run_clients(plans), args.rate)
+        cpu_before = _cpu_s(server)
+        outcomes = run_clients(plans)
+        return Run("baseline GET /ping", outcomes, args.rate, cpu_s=_cpu_s(server) - cpu_before)
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -510,6 +535,10 @@ def _report(run: Run, baseline: Run | None) -> None:
         print(line)
     errors = {k: n for k, n in run.statuses().items() if not k.endswith(" 200")}
     print(f"    errors by status: {errors or 'none'}")
+    cpu = f"    server CPU {run.cpu_s:.1f} s, {run.cpu_ms_per_request:.2f} ms per request"
+    if baseline is not None and baseline.cpu_s > 0:
+        cpu += f" (x{run.cpu_ms_per_request / baseline.cpu_ms_per_request:.1f} the baseline's)"
+    print(cpu)
     lags = [x for out in run.outcomes for x in out.lags]
     late = max(out.late_start_s for out in run.outcomes)
     unsent = sum(out.unsent for out in run.outcomes)

@@ -88,7 +88,9 @@ def _env() -> dict[str, str]:
 
 
 @contextmanager
-def _process(command: list[str], log: IO[bytes], ready_url: str) -> Iterator[None]:
+def _process(
+    command: list[str], log: IO[bytes], ready_url: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``command``, wait until ``ready_url`` answers 200, stop it at the end."""
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env())
     try:
@@ -104,7 +106,7 @@ def _process(command: list[str], log: IO[bytes], ready_url: str) -> Iterator[Non
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{ready_url} did not answer within {START_TIMEOUT_S} s")
             time.sleep(0.05)
-        yield
+        yield process
     finally:
         process.terminate()
         try:
