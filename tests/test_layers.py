@@ -4,6 +4,7 @@ what. A module that breaks a rule is named with the import that breaks it."""
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +128,21 @@ SQL_FREE = (
     "easel.store.refusals",
     "easel.store.memory",
 )
+
+
+def test_the_layer_table_names_every_module() -> None:
+    """Each module of a layer's package is named (in backticks, or its folder is) on that
+    layer's row of docs/architecture.md: the file list reads like the table."""
+    doc = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)/` \|(.*)$", doc, re.M))
+    unnamed = [
+        f"{layer}/{path.relative_to(PACKAGE / layer)}"
+        for layer, row in rows.items()
+        for path in modules(layer)
+        if path.stem != "__init__"
+        and "migrations" not in path.parts
+        and f"`{path.stem}`" not in row
+        and f"`{path.relative_to(PACKAGE / layer).parts[0]}/`" not in row
+    ]
+    assert sorted(rows) == sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+    assert unnamed == []
