@@ -8,6 +8,7 @@ reference's error bodies.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from easel.backends.base import (
 from easel.backends.modelark import ModelArkBackend, Options
 from easel.backends.registry import create_backend
 from easel.config import BackendTable, Settings
+from easel.domain.options import ImageOptions
 from easel.outbound import OutboundPolicy
 from fake_modelark import (
     ARK_IMAGE,
@@ -124,6 +126,27 @@ async def test_options_and_provider_model_reach_the_wire(fake: FakeModelArk, bas
     assert body["response_format"] == "b64_json"
     assert image.data == ARK_IMAGE
     assert fake.download_headers == []  # base64 answers need no second request
+
+
+@pytest.mark.parametrize(
+    ("asked", "sent"),
+    [
+        (ImageOptions(), ("2K", False)),  # nothing asked: the backend's configured values
+        (ImageOptions(size="4K", watermark=True), ("4K", True)),
+        (ImageOptions(size="4096x2304"), ("4096x2304", False)),
+        (ImageOptions(aspect_ratio="16:9"), ("2736x1536", False)),  # a v2 template's ratio
+        (ImageOptions(size="1K", aspect_ratio="1:1"), ("1024x1024", False)),
+    ],
+)
+async def test_the_tasks_size_and_watermark_reach_the_wire(
+    fake: FakeModelArk, base_url: str, asked: ImageOptions, sent: tuple[str, bool]
+) -> None:
+    ark = backend(base_url)
+
+    await ark.generate(replace(job("seedream_v4"), options=asked), Control())
+
+    [body] = fake.bodies
+    assert (body["size"], body["watermark"]) == sent
 
 
 def test_a_size_the_provider_does_not_take_is_refused_at_startup() -> None:

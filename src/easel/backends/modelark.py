@@ -31,6 +31,7 @@ import base64
 import binascii
 import json
 import re
+from dataclasses import replace
 from typing import Any, Literal
 
 import httpx
@@ -56,6 +57,7 @@ from easel.backends.base import (
     JobControl,
 )
 from easel.domain.images import MIME_TYPES
+from easel.domain.options import TIERS, ImageOptions, pixel_size
 from easel.outbound import OutboundPolicy
 
 PROVIDER = "BytePlus ModelArk"
@@ -73,16 +75,30 @@ class Options(RemoteOptions):
     request_timeout_s: float = Field(default=180, gt=0)  # one synchronous generation
 
 
+def size_param(options: ImageOptions, configured: str) -> str:
+    """``size`` for the task's ``options``: a tier or ``WxH`` as asked; a shape asked by
+    ratio alone (a v2 template's "ar 16:9") as the nearest ``WxH`` within the provider's
+    limits (at most 4096 a side and 4096² pixels), over the tier's area or the configured
+    size's; else the configured size."""
+    if options.ratio is None or options.pixels is not None:
+        return options.size or configured
+    sized = replace(options, size=options.size or (configured if configured in TIERS else None))
+    base = pixel_size(sized, (2048, 2048), multiple=16, min_side=512, max_side=4096)
+    return f"{base[0]}x{base[1]}"
+
+
 def request_body(model: str, job: Job, options: Options) -> dict[str, Any]:
-    """The JSON of ``POST /api/v3/images/generations`` for ``job``."""
+    """The JSON of ``POST /api/v3/images/generations`` for ``job``: the task's own ``size``
+    and ``watermark`` where it asked for them, else the backend's configured ones."""
     if len(job.images) > MAX_REFERENCES:
         raise BackendFailed(f"ModelArk takes at most {MAX_REFERENCES} reference images")
+    asked = job.options
     body: dict[str, Any] = {
         "model": model,
         "prompt": job.prompt,
-        "size": options.size,
+        "size": size_param(asked, options.size),
         "response_format": options.response_format,
-        "watermark": options.watermark,
+        "watermark": options.watermark if asked.watermark is None else asked.watermark,
         "sequential_image_generation": "disabled",
     }
     images = [
