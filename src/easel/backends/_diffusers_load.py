@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from easel.backends.diffusers import Options
-
-_PIPELINES = {"flux": "FluxPipeline", "flux-kontext": "FluxKontextPipeline"}
 
 
 def optimize_pipeline(
@@ -80,7 +81,7 @@ def _fp8_supported() -> bool:
     )
 
 
-def _is_path(source: str) -> bool:
+def is_path(source: str) -> bool:
     """A local path rather than a hub id (``owner/name``)."""
     return Path(source).expanduser().exists() or source.startswith(("/", ".", "~"))
 
@@ -89,7 +90,7 @@ def weights_problem(source: str) -> str | None:
     """Why a local weights directory cannot be loaded, found without loading it: it is
     missing or holds no ``model_index.json`` (which every saved pipeline has). Hub ids are
     only checked by loading them."""
-    if not _is_path(source):
+    if not is_path(source):
         return None
     path = Path(source).expanduser()
     if not path.is_dir():
@@ -101,7 +102,7 @@ def weights_problem(source: str) -> str | None:
 
 def _weights(source: str) -> tuple[str, bool]:
     """``(where, local_files_only)``; a path that is not a directory fails before the Hub."""
-    if not _is_path(source):
+    if not is_path(source):
         return source, False
     problem = weights_problem(source)
     if problem:
@@ -109,19 +110,85 @@ def _weights(source: str) -> tuple[str, bool]:
     return str(Path(source).expanduser()), True
 
 
+def _lora(source: str) -> tuple[str, bool]:
+    """``(where, local_files_only)`` of a LoRA: a local file or directory, else a hub id."""
+    if not is_path(source):
+        return source, False
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"LoRA {source!r}: no such file or directory")
+    return str(path), True
+
+
 def load_pipeline(options: Options) -> Any:
-    """The configured pipeline from its weights, on its device, without a progress bar."""
+    """The configured pipeline from its weights (with its LoRA fused in), on its device,
+    without a progress bar."""
     import diffusers
     import torch
 
     where, local = _weights(options.weights_source)
-    pipeline_class = getattr(diffusers, _PIPELINES[options.pipeline])
+    token = os.environ.get("HF_TOKEN") or None
+    pipeline_class = getattr(diffusers, options.family.pipeline_class)
     pipe = pipeline_class.from_pretrained(
-        where,
-        dtype=getattr(torch, options.dtype),
-        local_files_only=local,
-        token=os.environ.get("HF_TOKEN") or None,
+        where, dtype=getattr(torch, options.dtype), local_files_only=local, token=token
     )
+    if options.lora:
+        lora, lora_local = _lora(options.lora)
+        pipe.load_lora_weights(
+            lora,
+            weight_name=options.lora_weight_name,
+            adapter_name="easel",
+            local_files_only=lora_local,
+            token=token,
+        )
+        pipe.fuse_lora(lora_scale=options.lora_scale)
+        pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
     pipe.to(options.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@dataclass(slots=True)
+class Loaded:
+    """A pipeline in memory, the backends using it, and the lock one run at a time holds."""
+
+    pipe: Any
+    users: int = 0
+    run_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PipelineLoader:
+    """Every diffusers pipeline of this process, by what it is built from.
+
+    Backends get their pipeline here: two backends configured with the same weights, LoRA,
+    device and dtype share one copy (and its run lock). This is the one place that decides
+    what stays in memory, where a GPU memory budget would go.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[Hashable, Loaded] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: Hashable, build: Callable[[], Any]) -> Loaded:
+        """The pipeline for ``key``, built (in this thread) when none is loaded."""
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is None:
+                loaded = self._loaded[key] = Loaded(build())
+            loaded.users += 1
+            return loaded
+
+    def release(self, key: Hashable) -> Any:
+        """One user fewer; the pipeline when that was the last (to free), else None."""
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is None:
+                return None
+            loaded.users -= 1
+            if loaded.users > 0:
+                return None
+            del self._loaded[key]
+            return loaded.pipe
+
+
+LOADER = PipelineLoader()

@@ -1,10 +1,13 @@
 """One ``diffusers`` pipeline call: its arguments, its progress and cancel hooks, its pace.
 
-``flux`` is text to image: reference images are ignored (the catalog sends editing models
-elsewhere). ``flux-kontext`` edits: Kontext-dev takes ONE conditioning image, so several
-references are scaled to a common height and concatenated left to right in ``image[N]`` order
-(:func:`reference_canvas`). The job's options set the size (:func:`diffusers_size`, for every
-pipeline family) and the steps (:func:`diffusers_steps`). The seed derives from the task id
+What a family does with references and a negative prompt is data (:mod:`._diffusers_families`):
+a text-to-image family ignores references; ``CANVAS`` (Kontext-dev, ONE conditioning image)
+gets the references scaled to a common height and concatenated left to right in ``image[N]``
+order (:func:`reference_canvas`); ``LIST`` (FLUX.2 klein, Qwen-Image-Edit-Plus) gets them as a
+list, in order. A task with more references than its family takes, or none for a family that
+needs one, is passed on (:class:`BackendUnavailable`: the model's next backend may take it).
+The job's options set the size (:func:`diffusers_size`, within the family's limits) and the
+steps (:func:`diffusers_steps`). The seed derives from the task id
 (:func:`easel.domain.tasks.task_seed`) unless the job carries one (a multiview task's views
 share theirs), so a re-run of an attempt paints the same image. torch is imported only inside
 functions.
@@ -18,15 +21,21 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from easel.backends.base import InputImage, Job, JobCancelled, JobControl, record_mapping
+from easel.backends._diffusers_families import Family, Negative, References
+from easel.backends.base import (
+    BackendUnavailable,
+    InputImage,
+    Job,
+    JobCancelled,
+    JobControl,
+    record_mapping,
+)
 from easel.domain.options import ImageOptions, pixel_size
 from easel.domain.tasks import task_seed
 
 if TYPE_CHECKING:
     from easel.backends.diffusers import Options
 
-# The true-CFG scale a negative prompt runs with (diffusers' FLUX example value).
-TRUE_CFG_SCALE = 4.0
 # What a FLUX pipeline paints: sides in multiples of 16 (VAE scale × 2), from 32 (two latent
 # patches; the catalog keeps requests for FLUX models at 256 and up) to 2048, at most four
 # megapixels (FLUX is trained to about two; larger costs time and coherence).
@@ -76,8 +85,16 @@ def paint(
     per step it took (None when too few steps ran to tell). ``control`` None: a warm-up."""
     import torch
 
-    steps = diffusers_steps(job.options.quality, options.steps)
-    width, height = diffusers_size(job.options, (options.width, options.height))
+    family = options.family
+    steps = diffusers_steps(job.options.quality, options.num_steps)
+    width, height = diffusers_size(
+        job.options,
+        (options.width, options.height),
+        multiple=family.multiple,
+        min_side=family.min_side,
+        max_side=family.max_side,
+        max_pixels=family.max_pixels,
+    )
     stamps = [time.perf_counter()]
 
     def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
@@ -99,10 +116,8 @@ def paint(
         ),
         "callback_on_step_end": on_step,
     }
-    if options.pipeline == "flux-kontext":
-        arguments |= _kontext_arguments(pipe, width * height, job)
-    if job.negative_prompt:
-        arguments |= negative_arguments(job)
+    arguments |= reference_arguments(pipe, family, job, width * height)
+    arguments |= negative_arguments(family, options.true_cfg_scale, job.negative_prompt)
     if control is not None:
         shape = {"width": width, "height": height, "steps": steps}
         record_mapping(f"diffusers {options.pipeline}", job, shape)
@@ -115,16 +130,57 @@ def paint(
     return image, pace
 
 
-def negative_arguments(job: Job) -> dict[str, Any]:
-    """A text_to_image's negative prompt: FLUX heeds it only under true classifier-free
-    guidance (``true_cfg_scale`` > 1), which runs the transformer twice per step."""
-    return {"negative_prompt": job.negative_prompt, "true_cfg_scale": TRUE_CFG_SCALE}
+def negative_arguments(family: Family, true_cfg: float, negative: str) -> dict[str, Any]:
+    """A text_to_image's negative prompt as the family takes it. Under true classifier-free
+    guidance (``true_cfg_scale`` > 1) the transformer runs twice per step."""
+    if family.negative is Negative.ALWAYS_CFG:
+        return {"negative_prompt": negative or " ", "true_cfg_scale": true_cfg}
+    if not negative or family.negative is Negative.IGNORED:
+        return {}
+    if family.negative is Negative.TRUE_CFG:
+        return {"negative_prompt": negative, "true_cfg_scale": true_cfg}
+    return {"negative_prompt": negative}
 
 
-def _kontext_arguments(pipe: Any, area: int, job: Job) -> dict[str, Any]:
-    """The reference (or strip) resized, aspect kept, to the output's pixel ``area`` and passed
-    with ``max_area=area`` and ``_auto_resize=False``: the size asked for is honoured and a
-    small configuration never pays for a one-megapixel reference."""
+def reference_arguments(pipe: Any, family: Family, job: Job, area: int) -> dict[str, Any]:
+    """The task's references the way the family takes them (see the module's docstring)."""
+    count = len(job.images)
+    if family.needs_references and not count:
+        raise BackendUnavailable(
+            f"the {family.name} pipeline edits: it needs at least one reference image"
+        )
+    if family.references is References.NONE:
+        return {}
+    if count > family.max_references:
+        raise BackendUnavailable(
+            f"the {family.name} pipeline takes at most {family.max_references} reference "
+            f"images; this task has {count}"
+        )
+    if family.references is References.CANVAS:
+        return _kontext_arguments(pipe, job, area)
+    if not count:
+        return {}
+    return {"image": [_decoded(image, area, family.min_reference_side) for image in job.images]}
+
+
+def _decoded(image: InputImage, area: int, min_side: int) -> Image.Image:
+    """An RGB reference, aspect kept, scaled down to at most ``area`` pixels (the output's:
+    a small configuration never pays for a large reference) and up until its shorter side
+    is at least ``min_side``."""
+    decoded = Image.open(io.BytesIO(image.data)).convert("RGB")
+    width, height = decoded.size
+    scale = min(1.0, (area / (width * height)) ** 0.5)
+    scale = max(scale, min_side / min(width, height))
+    if scale == 1.0:
+        return decoded
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return decoded.resize(size, Image.Resampling.LANCZOS)
+
+
+def _kontext_arguments(pipe: Any, job: Job, area: int) -> dict[str, Any]:
+    """The reference (or strip) resized, aspect kept, to the output's pixel area and passed
+    with ``max_area=width*height`` and ``_auto_resize=False``: the configured size is honoured
+    and a small configuration never pays for a one-megapixel reference."""
     arguments: dict[str, Any] = {"max_area": area, "_auto_resize": False}
     if job.images:
         multiple = pipe.vae_scale_factor * 2
@@ -133,12 +189,12 @@ def _kontext_arguments(pipe: Any, area: int, job: Job) -> dict[str, Any]:
 
 
 def warm_up_job(options: Options) -> Job:
-    """A gray square (and, for Kontext, a gray reference) at the configured size: painting it
-    at load time makes ``torch.compile`` pay its cost then, not on the first task."""
+    """A gray square (and, for an editing family, a gray reference) at the configured size:
+    painting it at load time makes ``torch.compile`` pay its cost then, not on the first task."""
     png = io.BytesIO()
     Image.new("RGB", (options.width, options.height), "gray").save(png, "PNG")
     reference = InputImage(png.getvalue(), "png", options.width, options.height)
-    images = (reference,) if options.pipeline == "flux-kontext" else ()
+    images = () if options.family.references is References.NONE else (reference,)
     return Job("warm-up", "warm-up", "a gray square", images)
 
 
@@ -168,3 +224,4 @@ def _fit(ratio: float, area: int, multiple: int) -> tuple[int, int]:
     height = max(multiple, round((area / ratio) ** 0.5 / multiple) * multiple)
     width = min(round(height * ratio / multiple), area // height // multiple) * multiple
     return max(multiple, width), height
+

@@ -99,6 +99,7 @@ class ImageBackend(ABC):
       else does. None: no deadline (an inference on this machine cannot stop mid-step).
     - :meth:`unavailable_reason`: why it cannot take tasks now (a missing key, no GPU).
     - :meth:`close`: what it holds open (SDK clients, a pipeline in GPU memory).
+    - :meth:`served_by`: what makes the image, for the task's record.
     """
 
     name: str
@@ -123,6 +124,13 @@ class ImageBackend(ABC):
     async def close(self) -> None:
         """Release what the backend holds; a later task may open it again."""
         return None
+
+    def served_by(self, provider_model: str | None) -> str:
+        """What makes the image when this backend runs a model under ``provider_model`` (the
+        leg's provider id), in a few words: recorded on each attempt and shown by the task
+        and ``GET /models``, so a stand-in is never passed off as the hosted model. Default:
+        the kind and the id; a local kind names its pipeline and weights."""
+        return f"{self.kind} {provider_model}" if provider_model else self.kind
 
 
 class BackendError(Exception):

@@ -1,10 +1,13 @@
-"""Tiny random-weight FLUX and FLUX-Kontext pipelines, written to disk without the Hub.
+"""Tiny random-weight pipelines of every ``diffusers`` family, written to disk without the Hub.
 
-``write_demo_weights(DIR)`` saves two diffusers pipelines, ``DIR/flux`` (``FluxPipeline``)
-and ``DIR/flux-kontext`` (``FluxKontextPipeline``), that a ``diffusers`` backend loads like
-real weights (``weights = "DIR/flux"``). **Their images are noise**: every weight is random
-and the models are a few hundred kilobytes. They exist so the whole path (config, load,
-progress, cancel, references, PNG out) runs on any CPU in seconds, offline.
+``write_demo_weights(DIR)`` saves one diffusers pipeline per family (the backend's
+``pipeline`` names): ``DIR/flux`` (``FluxPipeline``), ``DIR/flux-kontext``
+(``FluxKontextPipeline``), and the open-weight ones built in :mod:`._demo_open_weights`
+(``DIR/z-image``, ``DIR/flux2-klein``, ``DIR/qwen-image-edit-plus``), that a ``diffusers``
+backend loads like real weights (``weights = "DIR/flux"``). **Their images are noise**:
+every weight is random and the models are a few hundred kilobytes to a few megabytes. They
+exist so the whole path (config, load, progress, cancel, references, PNG out) runs on any
+CPU in seconds, offline.
 
 The configs follow diffusers' own FLUX test components (``tests/pipelines/flux``), with the
 three Hub downloads of those tests replaced by local objects: a ``T5Config`` built in code,
@@ -20,8 +23,12 @@ second on CPU. torch, diffusers and transformers are imported inside the functio
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from easel.backends._demo_open_weights import unavailable
+from easel.backends._diffusers_families import FAMILIES
 
 _WIDTH = 32  # hidden size shared by T5 d_model, joint_attention_dim, CLIP and pooled dims
 _SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3: bos, pad, eos, unk
@@ -172,19 +179,41 @@ def _transformer() -> Any:
     )
 
 
-def write_demo_weights(directory: Path) -> dict[str, Path]:
-    """Write tiny random pipelines to ``directory/flux`` and ``directory/flux-kontext``.
+def _flux(pipeline_class: Any) -> Any:
+    return pipeline_class(transformer=_transformer(), **_components())
 
-    Returns ``{"flux": path, "flux-kontext": path}``. Each folder reloads with
-    ``from_pretrained(path, local_files_only=True)``. The images they make are noise.
-    """
+
+def _builders() -> dict[str, Callable[[], Any]]:
     from diffusers import FluxKontextPipeline, FluxPipeline
 
-    classes: dict[str, Any] = {"flux": FluxPipeline, "flux-kontext": FluxKontextPipeline}
+    from easel.backends._demo_open_weights import BUILDERS
+
+    return {
+        "flux": lambda: _flux(FluxPipeline),
+        "flux-kontext": lambda: _flux(FluxKontextPipeline),
+        **BUILDERS,
+    }
+
+
+def write_demo_weights(directory: Path, families: Iterable[str] | None = None) -> dict[str, Path]:
+    """Write tiny random pipelines to ``directory/<family>``: ``families`` (the ``pipeline``
+    names of the diffusers backend), by default every family :func:`skipped` does not name.
+
+    Returns ``{family: path}``. Each folder reloads with ``from_pretrained(path,
+    local_files_only=True)``. The images they make are noise.
+    """
+    builders = _builders()
+    names = list(builders) if families is None else list(families)
     written: dict[str, Path] = {}
-    for name, pipeline_class in classes.items():
+    for name in names:
+        if families is None and unavailable(name):
+            continue
         target = directory / name
-        pipeline = pipeline_class(transformer=_transformer(), **_components())
-        pipeline.save_pretrained(target)
+        builders[name]().save_pretrained(target)
         written[name] = target
     return written
+
+
+def skipped() -> dict[str, str]:
+    """The families whose tiny pipeline cannot be built here, with why."""
+    return {name: why for name in FAMILIES if (why := unavailable(name))}

@@ -30,12 +30,21 @@ import io
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from easel.backends._diffusers_load import load_pipeline, optimize_pipeline, weights_problem
+from easel.backends._diffusers_families import FAMILIES, Family
+from easel.backends._diffusers_load import (
+    LOADER,
+    Loaded,
+    is_path,
+    load_pipeline,
+    optimize_pipeline,
+    weights_problem,
+)
 from easel.backends._diffusers_paint import paint, warm_up_job
 from easel.backends.base import (
     BackendFailed,
@@ -52,39 +61,81 @@ from easel.outbound import OutboundPolicy
 
 INSTALL_HINT = "pip install 'easel[local]'"
 _REQUIRED = ("torch", "diffusers", "transformers")
-_DEFAULT_WEIGHTS = {
-    "flux": "black-forest-labs/FLUX.1-dev",
-    "flux-kontext": "black-forest-labs/FLUX.1-Kontext-dev",
-}
-_DEFAULT_GUIDANCE = {"flux": 3.5, "flux-kontext": 2.5}
 log = logging.getLogger(__name__)
 
 
 class Options(BaseModel):
+    """One pipeline: its family (:data:`FAMILIES`), weights, optional LoRA and run settings.
+    Steps, guidance and true-CFG scale default to the family's published values."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
-    pipeline: Literal["flux", "flux-kontext"]
+    pipeline: Literal["flux", "flux-kontext", "z-image", "flux2-klein", "qwen-image-edit-plus"]
     weights: str | None = Field(default=None, min_length=1)  # hub id or local directory
+    # A LoRA loaded into the pipeline and fused (e.g. a Lightning step-distilled variant):
+    # a hub id or local directory, the file in it, and its scale.
+    lora: str | None = Field(default=None, min_length=1)
+    lora_weight_name: str | None = Field(default=None, min_length=1)
+    lora_scale: float = Field(default=1.0, gt=0)
     device: Literal["cuda", "cpu"] = "cuda"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    steps: int = Field(default=28, ge=1, le=200)
-    guidance: float | None = Field(default=None, ge=0)  # 3.5 for flux, 2.5 for flux-kontext
+    steps: int | None = Field(default=None, ge=1, le=200)
+    guidance: float | None = Field(default=None, ge=0)
+    true_cfg: float | None = Field(default=None, ge=1)  # families with true CFG
     width: int = Field(default=1024, ge=16, le=4096, multiple_of=16)
     height: int = Field(default=1024, ge=16, le=4096, multiple_of=16)
 
+    @model_validator(mode="after")
+    def _size_fits(self) -> Options:
+        problem = self.family.size_problem(self.width, self.height)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.pipeline]
+
     @property
     def weights_source(self) -> str:
-        return self.weights or _DEFAULT_WEIGHTS[self.pipeline]
+        return self.weights or self.family.weights
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps if self.steps is not None else self.family.steps
 
     @property
     def guidance_scale(self) -> float:
-        return self.guidance if self.guidance is not None else _DEFAULT_GUIDANCE[self.pipeline]
+        return self.guidance if self.guidance is not None else self.family.guidance
+
+    @property
+    def true_cfg_scale(self) -> float:
+        return self.true_cfg if self.true_cfg is not None else self.family.true_cfg
+
+    def served_by(self) -> str:
+        """What paints: the pipeline class, the weights and the LoRA, by name only (a local
+        directory by its last part, so no path of the machine is shown)."""
+        text = f"diffusers {self.family.pipeline_class}, weights {_named(self.weights_source)}"
+        if self.lora:
+            text += f", LoRA {_named(self.lora_weight_name or self.lora)}"
+        return text
 
 
-def _missing_extra() -> str | None:
-    missing = [name for name in _REQUIRED if importlib.util.find_spec(name) is None]
+def _named(source: str) -> str:
+    """A hub id as it is; a local path by its last part."""
+    return Path(source).name if is_path(source) else source
+
+
+def _missing_extra(options: Options) -> str | None:
+    """The packages the configured pipeline needs that are not installed, and how to get them.
+    torchvision is no part of the extra: it must be the build that matches the torch."""
+    needed = [*_REQUIRED, *options.family.packages, *(("peft",) if options.lora else ())]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if not missing:
         return None
-    return f"the diffusers backend needs {', '.join(missing)}: {INSTALL_HINT}"
+    hint = INSTALL_HINT
+    if "torchvision" in missing:
+        hint += ", and the torchvision built for the installed torch"
+    return f"the {options.pipeline} pipeline needs {', '.join(missing)}: {hint}"
 
 
 class DiffusersBackend(ImageBackend):
@@ -96,12 +147,11 @@ class DiffusersBackend(ImageBackend):
         self.seconds_per_step: float | None = None  # pace of the last run, for ETAs
         self.optimizations: list[str] = []
         self.load_state = LoadState.NOT_LOADED
-        self._pipe: Any = None
+        self._loaded: Loaded | None = None  # from LOADER, shared with same-weights backends
         self._load_error: str | None = None  # why the load failed (FAILED)
         self._setup_error: str | None = None  # a missing extra, no CUDA
         self._checked = False
         self._load_lock = threading.Lock()
-        self._run_lock = threading.Lock()
 
     def unavailable_reason(self) -> str | None:
         """Missing extra, no CUDA for ``device = "cuda"``, the load failure, or (before the
@@ -122,7 +172,8 @@ class DiffusersBackend(ImageBackend):
     def _setup_problem(self) -> str | None:
         """A missing extra or no CUDA: checked once (the packages and the GPU stay put)."""
         if not self._checked:
-            self._checked, self._setup_error = True, _missing_extra() or self._check_cuda()
+            problem = _missing_extra(self.options) or self._check_cuda()
+            self._checked, self._setup_error = True, problem
         return self._setup_error
 
     def _check_cuda(self) -> str | None:
@@ -145,37 +196,59 @@ class DiffusersBackend(ImageBackend):
         return await asyncio.to_thread(self._generate, job, control)
 
     async def close(self) -> None:
-        """Drop the pipeline (a later task would load it again)."""
-        pipe, self._pipe = self._pipe, None
+        """Let go of the pipeline (freed when no other backend uses it; a later task would
+        load it again)."""
+        loaded, self._loaded = self._loaded, None
         if self.load_state is LoadState.LOADED:
             self.load_state = LoadState.NOT_LOADED
+        if loaded is None:
+            return
+        pipe = LOADER.release(self._key)
         if pipe is not None and self.options.device == "cuda":
-            del pipe
+            del pipe, loaded
             import torch
 
             torch.cuda.empty_cache()
 
-    def _ensure_loaded(self) -> Any:
+    def served_by(self, provider_model: str | None) -> str:
+        del provider_model  # the backend runs its own pipeline, whatever the model table says
+        return self.options.served_by()
+
+    @property
+    def _key(self) -> tuple[object, ...]:
+        """What the pipeline is built from: backends that agree share it (:data:`LOADER`)."""
+        o = self.options
+        return (
+            o.pipeline,
+            o.weights_source,
+            o.lora,
+            o.lora_weight_name,
+            o.lora_scale,
+            o.device,
+            o.dtype,
+        )
+
+    def _ensure_loaded(self) -> Loaded:
         with self._load_lock:
-            if self.load_state is LoadState.LOADED:
-                return self._pipe
+            if self.load_state is LoadState.LOADED and self._loaded is not None:
+                return self._loaded
             if self.load_state is LoadState.FAILED:
                 raise BackendUnavailable(self._load_error or "the pipeline did not load")
             reason = self._setup_problem()
             if reason is None:
                 self.load_state = LoadState.LOADING
                 reason = self._load_now()
-            if reason is not None:  # sticky: no reload of tens of gigabytes per task
+            if reason is not None or self._loaded is None:  # sticky: no reload per task
                 self._load_error, self.load_state = reason, LoadState.FAILED
-                raise BackendUnavailable(reason)
+                raise BackendUnavailable(reason or "the pipeline did not load")
             self.load_state = LoadState.LOADED
-            return self._pipe
+            return self._loaded
 
     def _load_now(self) -> str | None:
-        """Load into ``_pipe``; None on success, else why not, in a sentence."""
+        """Load into ``_loaded``; None on success, else why not, in a sentence."""
         options, started = self.options, time.perf_counter()
         try:
-            self._pipe = self._prepare()
+            self._loaded = LOADER.acquire(self._key, self._prepare)
         except Exception as exc:
             reason = first_line(exc, named=False)
             log.error(
@@ -218,12 +291,12 @@ class DiffusersBackend(ImageBackend):
         return load_pipeline(self.options)
 
     def _generate(self, job: Job, control: JobControl) -> GeneratedImage:
-        pipe = self._ensure_loaded()
-        with self._run_lock:
+        loaded = self._ensure_loaded()
+        with loaded.run_lock:  # one run at a time per pipeline, whichever backend asks
             if control.cancelled:
                 raise JobCancelled(job.task_id)
             try:
-                image = self._paint(pipe, job, control)
+                image = self._paint(loaded.pipe, job, control)
             except (JobCancelled, BackendUnavailable):
                 raise
             except Exception as exc:
