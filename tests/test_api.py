@@ -445,6 +445,7 @@ async def test_models_lists_the_catalog_with_prices_and_serving_backends(api: Ap
             "ready": True,
             "reason": None,
             "load_state": "nothing to load",
+            "served_by": "placeholder: a generated test card, no model",
         }
     ]
     assert rows["gemini_3.1_flash_image_preview"]["served"] is False

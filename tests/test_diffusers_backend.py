@@ -51,7 +51,7 @@ class Control:
 
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return write_demo_weights(tmp_path_factory.mktemp("demo-weights"))
+    return write_demo_weights(tmp_path_factory.mktemp("demo-weights"), ("flux", "flux-kontext"))
 
 
 def tiny(weights: dict[str, Path], pipeline: str, steps: int = 2) -> DiffusersBackend:
@@ -114,7 +114,7 @@ def test_defaults_follow_the_pipeline(pipeline: str, guidance: float) -> None:
     backend = create_backend("local", table)
     assert isinstance(backend, DiffusersBackend)
     options = backend.options
-    assert (options.device, options.dtype, options.steps) == ("cuda", "bfloat16", 28)
+    assert (options.device, options.dtype, options.num_steps) == ("cuda", "bfloat16", 28)
     assert (options.width, options.height, options.guidance_scale) == (1024, 1024, guidance)
     assert options.weights_source.startswith("black-forest-labs/FLUX.1-")
 

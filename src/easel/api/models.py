@@ -37,6 +37,7 @@ EXAMPLE = {
                     "ready": True,
                     "reason": None,
                     "load_state": "nothing to load",
+                    "served_by": "bfl flux-kontext-pro",
                 }
             ],
         }

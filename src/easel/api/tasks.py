@@ -46,8 +46,10 @@ TASK = {  # a task as GET /task/{task_id} answers it
             "ended_at": 1709048939.8,
             "outcome": "success",
             "error": None,
+            "served_by": "bfl flux-kontext-pro",
         }
     ],
+    "served_by": "bfl flux-kontext-pro",
 }
 
 # The rules themselves are easel.domain.parsing's; this describes them.

@@ -59,6 +59,7 @@ TASK = {  # a task as GET /v3/tasks/{task_id} answers it
     "completed_at": "2024-02-27T15:48:59Z",
     "running_left_time": -1,
     "queuing_num": -1,
+    "served_by": "bfl flux-kontext-pro",
 }
 # The rules themselves are easel.domain.v3's and easel.domain.parsing's; this describes them.
 GENERATION_SCHEMA = {

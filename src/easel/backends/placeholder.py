@@ -111,6 +111,10 @@ class PlaceholderBackend(ImageBackend):
         self.options = options
         self.timeout_s = options.timeout_s
 
+    def served_by(self, provider_model: str | None) -> str:
+        del provider_model
+        return "placeholder: a generated test card, no model"
+
     async def generate(self, job: Job, control: JobControl) -> GeneratedImage:
         steps = int(self.options.delay_s / _STEP_S)
         for step in range(steps):

@@ -188,6 +188,8 @@ def render_task(task: Task, v2: dict[str, Any]) -> dict[str, Any]:
         data["running_left_basis"] = v2["running_left_basis"]
     if "output_note" in v2:
         data["output_note"] = v2["output_note"]
+    if "served_by" in v2:  # an extension: what made the image (a local stand-in says so)
+        data["served_by"] = v2["served_by"]
     return data
 
 

@@ -37,6 +37,7 @@ class ServedModels:
                     "ready": (reason := leg.backend.unavailable_reason()) is None,
                     "reason": reason,
                     "load_state": leg.backend.load_state.value,
+                    "served_by": leg.backend.served_by(leg.provider_model),
                 }
                 for leg in self._router.chain(spec.version)
             ]

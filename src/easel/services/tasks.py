@@ -28,7 +28,7 @@ from easel.domain.errors import (
 from easel.domain.images import check_image
 from easel.domain.parsing import FileRef
 from easel.domain.task_types import TaskRequest, parse_task
-from easel.domain.tasks import WITH_ERROR, Reference, Status, Task
+from easel.domain.tasks import WITH_ERROR, AttemptOutcome, Reference, Status, Task
 from easel.outbound import OutboundPolicy
 from easel.outbound.fetch import check_url
 from easel.services.upload_tokens import inspect_arrived, is_pending
@@ -321,9 +321,13 @@ class TaskService:
                 "ended_at": a.ended_at,
                 "outcome": a.outcome,
                 "error": a.error,
+                "served_by": a.served_by,
             }
             for a in outlook.attempts
         ]
+        if task.status is Status.SUCCESS:  # what made the image: the last successful attempt
+            made = [a.served_by for a in outlook.attempts if a.outcome == AttemptOutcome.SUCCESS]
+            data["served_by"] = made[-1] if made else None
         if task.status in WITH_ERROR:
             data["error_code"] = task.error_code or FatalServerError.code
             data["error_msg"] = task.error_msg or "the task failed"

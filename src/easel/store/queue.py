@@ -138,13 +138,15 @@ class QueueStore:
                 await event(conn, task, Status.RUNNING, progress)
         return Heartbeat(ours=True, cancel=row.cancel_requested_at is not None)
 
-    async def start_attempt(self, task: Task, backend: str) -> int:
-        """Record that ``backend`` starts running ``task``; returns the attempt's id."""
+    async def start_attempt(self, task: Task, backend: str, served_by: str | None = None) -> int:
+        """Record that ``backend`` starts running ``task`` (``served_by``: what makes the image
+        there, at most 300 characters); returns the attempt's id."""
         attempt = {
             "task_id": task.id,
             "claim": task.attempts,
             "backend": backend,
             "started_at": time.time(),
+            "served_by": served_by[:300] if served_by else None,
         }
         async with transaction(self._engine) as conn:
             await conn.execute(_SET_BACKEND, {**fence(task), "set_backend": backend})

@@ -44,6 +44,7 @@ class Attempt:
     ended_at: float | None
     outcome: str | None
     error: str | None
+    served_by: str | None = None  # ImageBackend.served_by: what makes the image
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,8 @@ attempts = Table(
     Column("ended_at", Float),
     Column("outcome", String(16)),  # success | retryable | failed | rejected | skipped | lost
     Column("error", Text),
+    # what makes the image: the kind and the provider's model, or the local pipeline and weights
+    Column("served_by", String(300)),
 )
 
 files = Table(

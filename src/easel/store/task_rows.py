@@ -52,7 +52,7 @@ ATTEMPTS = (
 # A poll reads the task and its attempts in one statement (a row per attempt, the task's
 # columns repeated; one row with null attempt columns when there is none yet): on PostgreSQL
 # each statement is a round trip, and on either database a pass through SQLAlchemy.
-_ATTEMPT_COLUMNS = ("backend", "claim", "started_at", "ended_at", "outcome", "error")
+_ATTEMPT_COLUMNS = ("backend", "claim", "started_at", "ended_at", "outcome", "error", "served_by")
 TASK_AND_ATTEMPTS = (
     select(
         tasks,
@@ -67,7 +67,7 @@ TASK_AND_ATTEMPTS_OF_KEY = TASK_AND_ATTEMPTS.where(tasks.c.api_key_id == bindpar
 
 
 def _attempt(row: Row[Any]) -> Attempt:
-    return Attempt(row.backend, row.claim, row.started_at, row.ended_at, row.outcome, row.error)
+    return Attempt(*(row._mapping[name] for name in _ATTEMPT_COLUMNS))
 
 
 async def attempts_of(conn: AsyncConnection, task_id: str) -> list[Attempt]:

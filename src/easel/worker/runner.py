@@ -360,7 +360,8 @@ class Worker:
         queue, problems = self.store.queue, []
         for leg in self.router.chain(task.model_version):
             backend = leg.backend
-            attempt = await queue.start_attempt(task, backend.name)
+            served_by = backend.served_by(leg.provider_model)
+            attempt = await queue.start_attempt(task, backend.name, served_by)
             reason = backend.unavailable_reason()
             if reason is not None:
                 await queue.end_attempt(attempt, AttemptOutcome.SKIPPED, reason)

@@ -67,14 +67,15 @@ class MemoryQueue:
                 m.event(task, Status.RUNNING, progress)
             return Heartbeat(ours=True, cancel=task.id in m.cancel_requested)
 
-    async def start_attempt(self, task: Task, backend: str) -> int:
+    async def start_attempt(self, task: Task, backend: str, served_by: str | None = None) -> int:
         m = self._m
         async with m.lock:
             row = m.fenced(task)
             if row is not None:
                 m.tasks[task.id] = replace(row, backend=backend)
             attempt_id = max(m.attempts, default=0) + 1
-            attempt = Attempt(backend, task.attempts, time.time(), None, None, None)
+            made_by = served_by[:300] if served_by else None
+            attempt = Attempt(backend, task.attempts, time.time(), None, None, None, made_by)
             m.attempts[attempt_id] = AttemptRow(task.id, attempt)
             return attempt_id
 

@@ -1,0 +1,338 @@
+"""The ``diffusers`` backend's open-weight families on CPU, on tiny random pipelines.
+
+Z-Image (text to image), FLUX.2 klein (text to image and editing with up to 4 references) and
+Qwen-Image-Edit-Plus (editing with 1–3 references, true CFG) are written once per session by
+``write_demo_weights`` (no Hub access) and loaded from that directory, as real weights would
+be. Qwen's tiny pipeline needs torchvision (transformers' Qwen2-VL processor requires it):
+its tests are skipped where torchvision is missing, and the backend's refusal is tested
+instead. Images are noise: the tests check sizes, hooks, references, seeds and errors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from easel.backends import diffusers as backend_module
+from easel.backends._diffusers_families import FAMILIES
+from easel.backends._diffusers_load import PipelineLoader
+from easel.backends.base import BackendUnavailable, InputImage, Job, JobCancelled, LoadState
+from easel.backends.demo_weights import write_demo_weights
+from easel.backends.diffusers import DiffusersBackend, Options
+from easel.backends.registry import create_backend
+from easel.config import BackendTable, ConfigError
+
+pytestmark = pytest.mark.local  # torch and diffusers: the local extra
+
+SIZE = 64
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+needs_torchvision = pytest.mark.skipif(
+    not HAS_TORCHVISION, reason="Qwen's tiny pipeline needs torchvision (not installed here)"
+)
+
+
+class Control:
+    """A JobControl double: records progress; cancels once ``cancel_after`` steps reported."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.fractions: list[float] = []
+        self.cancel_after = cancel_after
+
+    def progress(self, fraction: float) -> None:
+        self.fractions.append(fraction)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.fractions) >= self.cancel_after
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    families = ["z-image", "flux2-klein", *(["qwen-image-edit-plus"] if HAS_TORCHVISION else [])]
+    return write_demo_weights(tmp_path_factory.mktemp("open-weights"), families)
+
+
+def tiny(weights: dict[str, Path], pipeline: str, steps: int = 2, **more: Any) -> DiffusersBackend:
+    table = {"pipeline": pipeline, "weights": str(weights[pipeline]), "device": "cpu"}
+    table |= {"dtype": "float32", "steps": steps, "width": SIZE, "height": SIZE, **more}
+    return DiffusersBackend(f"tiny-{pipeline}", Options.model_validate(table))
+
+
+def picture(width: int, height: int, color: tuple[int, int, int] = (200, 40, 40)) -> InputImage:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, format="PNG")
+    return InputImage(data=out.getvalue(), format="png", width=width, height=height)
+
+
+def job(*images: InputImage, task_id: str = "task-1", negative: str = "") -> Job:
+    return Job(task_id, "flux.1_dev", "make the cat blue", tuple(images), negative_prompt=negative)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "steps", "guidance", "weights", "licence"),
+    [
+        ("z-image", 9, 0.0, "Tongyi-MAI/Z-Image-Turbo", "Apache-2.0"),
+        ("flux2-klein", 4, 1.0, "black-forest-labs/FLUX.2-klein-4B", "Apache-2.0"),
+        ("qwen-image-edit-plus", 40, 1.0, "Qwen/Qwen-Image-Edit-2511", "Apache-2.0"),
+    ],
+)
+def test_defaults_are_the_published_ones(
+    pipeline: str, steps: int, guidance: float, weights: str, licence: str
+) -> None:
+    table = BackendTable.model_validate({"kind": "diffusers", "pipeline": pipeline})
+    backend = create_backend("local", table)
+    assert isinstance(backend, DiffusersBackend)
+    options = backend.options
+    assert (options.num_steps, options.guidance_scale, options.weights_source) == (
+        steps,
+        guidance,
+        weights,
+    )
+    assert options.family.licence == licence
+    assert (
+        backend.served_by("ignored")
+        == f"diffusers {options.family.pipeline_class}, weights {weights}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ({"pipeline": "z-image", "width": 32}, "sides of 64 to 2048 pixels"),
+        ({"pipeline": "flux2-klein", "height": 4096}, "sides of 64 to 2048 pixels"),
+        ({"pipeline": "qwen-image-edit-plus", "true_cfg": 0.5}, "true_cfg"),
+        ({"pipeline": "z-image", "lora_scale": 0}, "lora_scale"),
+    ],
+)
+def test_config_refuses_what_a_family_cannot_do(table: dict[str, object], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        create_backend("local", BackendTable.model_validate({"kind": "diffusers", **table}))
+
+
+def test_family_sizes_round_down_within_limits() -> None:
+    family = FAMILIES["z-image"]
+    assert family.fit_size(1000, 3000) == (992, 2048)
+    assert family.fit_size(10, 70) == (64, 64)
+
+
+@pytest.mark.parametrize("pipeline", ["z-image", "flux2-klein"])
+async def test_text_to_image_paints_the_configured_size_with_progress(
+    weights: dict[str, Path], pipeline: str
+) -> None:
+    backend, control = tiny(weights, pipeline, steps=3), Control()
+    await backend.load()
+    assert backend.load_state is LoadState.LOADED
+    image = await backend.generate(job(), control)
+    assert (image.format, png_size(image.data)) == ("png", (SIZE, SIZE))
+    assert control.fractions == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+@pytest.mark.parametrize("pipeline", ["z-image", "flux2-klein", "qwen-image-edit-plus"])
+async def test_cancel_stops_at_the_next_step(weights: dict[str, Path], pipeline: str) -> None:
+    if pipeline not in weights:
+        pytest.skip("Qwen's tiny pipeline needs torchvision (not installed here)")
+    backend, control = tiny(weights, pipeline, steps=4), Control(cancel_after=1)
+    with pytest.raises(JobCancelled):
+        await backend.generate(job(picture(SIZE, SIZE)), control)
+    assert control.fractions == [0.25]  # steps 2-4 never ran
+
+
+async def test_the_seed_comes_from_the_task_id(weights: dict[str, Path]) -> None:
+    backend = tiny(weights, "z-image")
+    first, again = [(await backend.generate(job(task_id="t-1"), Control())).data for _ in "ab"]
+    other = await backend.generate(job(task_id="t-2"), Control())
+    assert first == again
+    assert other.data != first
+
+
+async def test_z_image_heeds_a_negative_prompt_only_under_guidance(
+    weights: dict[str, Path],
+) -> None:
+    """Turbo runs at guidance 0, where the pipeline has no negative branch; a configured
+    guidance above 1 turns it on."""
+    turbo = tiny(weights, "z-image")
+    plain = await turbo.generate(job(task_id="t"), Control())
+    assert (await turbo.generate(job(task_id="t", negative="blurry"), Control())).data == plain.data
+    guided = tiny(weights, "z-image", guidance=3.0)
+    without = await guided.generate(job(task_id="t"), Control())
+    assert (
+        await guided.generate(job(task_id="t", negative="blurry"), Control())
+    ).data != without.data
+
+
+async def test_klein_edits_with_a_list_of_references(weights: dict[str, Path]) -> None:
+    """References of any size (a small one is scaled up to klein's 64-pixel minimum) reach
+    the pipeline and change the image of the same task."""
+    backend, control = tiny(weights, "flux2-klein"), Control()
+    plain = await backend.generate(job(task_id="t"), Control())
+    references = (picture(40, 40), picture(300, 200, (0, 0, 255)), picture(64, 96, (0, 255, 0)))
+    edited = await backend.generate(job(*references, task_id="t"), control)
+    assert png_size(edited.data) == (SIZE, SIZE)
+    assert edited.data != plain.data
+    assert control.fractions[-1] == 1.0
+
+
+async def test_more_references_than_a_family_takes_are_passed_on(
+    weights: dict[str, Path],
+) -> None:
+    """Retryable: the model's next backend (a hosted one, say) may take five."""
+    backend = tiny(weights, "flux2-klein")
+    with pytest.raises(BackendUnavailable, match="at most 4 reference images; this task has 5"):
+        await backend.generate(job(*[picture(64, 64)] * 5), Control())
+
+
+@needs_torchvision
+async def test_qwen_edits_one_to_three_references(weights: dict[str, Path]) -> None:
+    backend = tiny(weights, "qwen-image-edit-plus")
+    for count in (1, 2):
+        control = Control()
+        image = await backend.generate(job(*[picture(48, 64)] * count), control)
+        assert png_size(image.data) == (SIZE, SIZE)
+        assert control.fractions == [0.5, 1.0]
+    with pytest.raises(BackendUnavailable, match="at most 3 reference images"):
+        await backend.generate(job(*[picture(64, 64)] * 4), Control())
+
+
+@needs_torchvision
+async def test_qwen_runs_true_cfg_with_the_negative_prompt(weights: dict[str, Path]) -> None:
+    backend = tiny(weights, "qwen-image-edit-plus")
+    plain = await backend.generate(job(picture(64, 64), task_id="t"), Control())
+    negative = await backend.generate(job(picture(64, 64), task_id="t", negative="text"), Control())
+    assert negative.data != plain.data
+
+
+async def test_qwen_needs_a_reference_and_says_so_before_loading(tmp_path: Path) -> None:
+    """A text-only task is passed on (retryable) without loading anything."""
+    options = Options(pipeline="qwen-image-edit-plus", weights=str(tmp_path), device="cpu")
+    backend = DiffusersBackend("qwen", options)
+    from easel.backends._diffusers_paint import reference_arguments
+
+    with pytest.raises(BackendUnavailable, match="needs at least one reference image"):
+        reference_arguments(None, options.family, job(), SIZE * SIZE)
+    assert backend.load_state is LoadState.NOT_LOADED
+
+
+def test_a_missing_package_of_the_family_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+
+    def without(name: str, *args: Any) -> Any:
+        return None if name in ("torchvision", "peft") else real(name, *args)
+
+    monkeypatch.setattr(backend_module.importlib.util, "find_spec", without)
+    qwen = DiffusersBackend("q", Options(pipeline="qwen-image-edit-plus", device="cpu"))
+    reason = qwen.unavailable_reason()
+    assert reason is not None
+    assert "the qwen-image-edit-plus pipeline needs torchvision" in reason
+    assert "the torchvision built for the installed torch" in reason
+    lora = DiffusersBackend("z", Options(pipeline="z-image", device="cpu", lora="a/b"))
+    assert "needs peft" in (lora.unavailable_reason() or "")
+    assert (
+        DiffusersBackend("z", Options(pipeline="z-image", device="cpu")).unavailable_reason()
+        is None
+    )
+
+
+@pytest.mark.parametrize("pipeline", ["z-image", "flux2-klein", "qwen-image-edit-plus"])
+def test_a_missing_weights_directory_is_named_before_loading(pipeline: str, tmp_path: Path) -> None:
+    options = Options(pipeline=pipeline, weights=str(tmp_path / "nowhere"), device="cpu")
+    reason = DiffusersBackend("local", options).unavailable_reason()
+    assert reason is not None
+    assert "no such directory" in reason or "needs torchvision" in reason
+    assert "Traceback" not in reason
+
+
+@pytest.mark.parametrize("pipeline", ["z-image", "flux2-klein"])
+async def test_corrupt_weights_fail_at_load_with_a_short_reason(
+    weights: dict[str, Path], pipeline: str, tmp_path: Path
+) -> None:
+    copy = shutil.copytree(weights[pipeline], tmp_path / "w")
+    (tensors,) = (copy / "transformer").glob("*.safetensors")
+    tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
+    backend = tiny({pipeline: copy}, pipeline)
+    with pytest.raises(BackendUnavailable, match=f"could not load the {pipeline} pipeline"):
+        await backend.load()
+    reason = backend.unavailable_reason()
+    assert reason is not None
+    assert backend.load_state is LoadState.FAILED
+    assert len(reason) < 400
+    assert "Traceback" not in reason
+
+
+def test_served_by_names_a_local_directory_by_its_last_part_and_the_lora() -> None:
+    options = Options(
+        pipeline="qwen-image-edit-plus",
+        weights="/srv/models/Qwen-Image-Edit-2511",
+        lora="lightx2v/Qwen-Image-Edit-2511-Lightning",
+        lora_weight_name="lightning-8steps.safetensors",
+    )
+    assert options.served_by() == (
+        "diffusers QwenImageEditPlusPipeline, weights Qwen-Image-Edit-2511, "
+        "LoRA lightning-8steps.safetensors"
+    )
+
+
+def test_the_loader_shares_one_pipeline_between_its_users() -> None:
+    loader, built = PipelineLoader(), []
+
+    def build() -> object:
+        built.append(object())
+        return built[-1]
+
+    first, second = loader.acquire("key", build), loader.acquire("key", build)
+    assert first is second
+    assert len(built) == 1
+    assert loader.release("key") is None  # still used
+    assert loader.release("key") is built[0]  # the last user: the caller frees it
+    assert loader.acquire("key", build).pipe is built[1]  # loaded again
+
+
+def write_lora(pipeline_dir: Path, where: Path) -> Path:
+    """A random rank-2 LoRA on every ``to_q`` projection of the tiny Z-Image transformer,
+    in diffusers' key format (``transformer.<module>.lora_A/B.weight``)."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+    from safetensors.torch import save_file
+
+    model: Any = ZImageTransformer2DModel.from_pretrained(pipeline_dir / "transformer")  # type: ignore[no-untyped-call]
+    torch.manual_seed(1)
+    tensors = {}
+    for name, module in model.named_modules():
+        if name.endswith("to_q") and isinstance(module, torch.nn.Linear):
+            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(2, module.in_features)
+            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, 2)
+    assert tensors
+    where.mkdir()
+    save_file(tensors, where / "tiny-lora.safetensors")
+    return where
+
+
+async def test_a_configured_lora_is_fused_and_named(
+    weights: dict[str, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("peft")  # diffusers loads LoRAs through peft (in the local extra)
+    lora = write_lora(weights["z-image"], tmp_path / "lora")
+    plain = await tiny(weights, "z-image").generate(job(task_id="t"), Control())
+    backend = tiny(weights, "z-image", lora=str(lora), lora_weight_name="tiny-lora.safetensors")
+    with_lora = await backend.generate(job(task_id="t"), Control())
+    assert png_size(with_lora.data) == (SIZE, SIZE)
+    assert with_lora.data != plain.data
+    assert backend.served_by(None).endswith(", LoRA tiny-lora.safetensors")
+
+
+async def test_a_missing_lora_fails_the_load_with_its_name(weights: dict[str, Path]) -> None:
+    pytest.importorskip("peft")
+    backend = tiny(weights, "z-image", lora="./no-such-lora")
+    with pytest.raises(BackendUnavailable, match="no-such-lora"):
+        await backend.load()
