@@ -75,7 +75,8 @@ async def test_text_to_image_runs_and_reads_back_in_the_v3_shape(api: Api) -> No
     task_id = await v3_submit(api, "text-to-image", prompt="a red fox", model="flux.1_dev")
     await api.wait(task_id)
     task = await v3_task(api, task_id)
-    assert V3_TASK_FIELDS | {"completed_at"} == set(task)
+    assert V3_TASK_FIELDS | {"completed_at", "served_by"} == set(task)
+    assert task["served_by"] == "placeholder: a generated test card, no model"
     assert task["type"] == "text_to_image"
     assert task["status"] == "success"
     assert task["progress"] == 100
