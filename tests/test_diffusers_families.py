@@ -21,7 +21,7 @@ from PIL import Image
 
 from easel.backends import diffusers as backend_module
 from easel.backends._diffusers_families import FAMILIES
-from easel.backends._diffusers_load import PipelineLoader
+from easel.backends._diffusers_load import PipelineLoader, load_pipeline, optimize_pipeline
 from easel.backends.base import BackendUnavailable, InputImage, Job, JobCancelled, LoadState
 from easel.backends.demo_weights import write_demo_weights
 from easel.backends.diffusers import DiffusersBackend, Options
@@ -336,3 +336,18 @@ async def test_a_missing_lora_fails_the_load_with_its_name(weights: dict[str, Pa
     backend = tiny(weights, "z-image", lora="./no-such-lora")
     with pytest.raises(BackendUnavailable, match="no-such-lora"):
         await backend.load()
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "applied"),
+    [("z-image", ["channels-last-vae"]), ("flux2-klein", ["fused-qkv", "channels-last-vae"])],
+)
+def test_the_gpu_path_without_compile_fits_each_family(
+    weights: dict[str, Path], pipeline: str, applied: list[str]
+) -> None:
+    """Z-Image has no fused QKV projections; each family still paints after the rewrites
+    (compile and fp8 need CUDA)."""
+    pipe = load_pipeline(tiny(weights, pipeline).options)
+    assert optimize_pipeline(pipe, compile_mode=None, fp8=False) == applied
+    image = pipe(prompt="a cat", width=SIZE, height=SIZE, num_inference_steps=2).images[0]
+    assert image.size == (SIZE, SIZE)

@@ -29,7 +29,8 @@ def optimize_pipeline(
 ) -> list[str]:
     """Easel's fast GPU path; returns the names of what it applied, in order.
 
-    Fused QKV projections, a channels-last VAE, fp8 dynamic per-row quantization of the
+    Fused QKV projections (where the transformer has them), a channels-last VAE (a 2-D one:
+    Qwen-Image's is 3-D), fp8 dynamic per-row quantization of the
     transformer (``fp8=None``: when torchao is installed, the GPU has fp8 tensor cores and
     the weights are bf16; fp8 only pays together with compile), an opt-in first-block cache
     (it skips steps and changes pixels), then ``torch.compile`` of the transformer and the VAE
@@ -38,9 +39,13 @@ def optimize_pipeline(
     """
     import torch
 
-    applied = ["fused-qkv", "channels-last-vae"]
-    pipe.transformer.fuse_qkv_projections()
-    pipe.vae.to(memory_format=torch.channels_last)
+    applied = []
+    if hasattr(pipe.transformer, "fuse_qkv_projections"):  # not Z-Image's
+        pipe.transformer.fuse_qkv_projections()
+        applied.append("fused-qkv")
+    if all(parameter.dim() != 5 for parameter in pipe.vae.parameters()):  # not a 3-D VAE
+        pipe.vae.to(memory_format=torch.channels_last)
+        applied.append("channels-last-vae")
     if fp8 is None:
         fp8 = pipe.transformer.dtype == torch.bfloat16 and _fp8_supported()
     if fp8:
