@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from easel.backends import diffusers as backend_module
 from easel.backends._diffusers_families import FAMILIES
 from easel.backends._diffusers_load import PipelineLoader, load_pipeline, optimize_pipeline
 from easel.backends.base import BackendUnavailable, InputImage, Job, JobCancelled, LoadState
@@ -59,7 +58,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def tiny(weights: dict[str, Path], pipeline: str, steps: int = 2, **more: Any) -> DiffusersBackend:
-    table = {"pipeline": pipeline, "weights": str(weights[pipeline]), "device": "cpu"}
+    table: dict[str, Any] = {"pipeline": pipeline, "weights": str(weights[pipeline])}
+    table |= {"device": "cpu"}
     table |= {"dtype": "float32", "steps": steps, "width": SIZE, "height": SIZE, **more}
     return DiffusersBackend(f"tiny-{pipeline}", Options.model_validate(table))
 
@@ -230,7 +230,7 @@ def test_a_missing_package_of_the_family_is_named(monkeypatch: pytest.MonkeyPatc
     def without(name: str, *args: Any) -> Any:
         return None if name in ("torchvision", "peft") else real(name, *args)
 
-    monkeypatch.setattr(backend_module.importlib.util, "find_spec", without)
+    monkeypatch.setattr(importlib.util, "find_spec", without)
     qwen = DiffusersBackend("q", Options(pipeline="qwen-image-edit-plus", device="cpu"))
     reason = qwen.unavailable_reason()
     assert reason is not None
