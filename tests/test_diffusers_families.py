@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from easel.backends.demo_weights import write_demo_weights
 from easel.backends.diffusers import DiffusersBackend, Options
 from easel.backends.registry import create_backend
 from easel.config import BackendTable, ConfigError
+from easel.domain.options import ImageOptions
 
 pytestmark = pytest.mark.local  # torch and diffusers: the local extra
 
@@ -121,10 +123,15 @@ def test_config_refuses_what_a_family_cannot_do(table: dict[str, object], proble
         create_backend("local", BackendTable.model_validate({"kind": "diffusers", **table}))
 
 
-def test_family_sizes_round_down_within_limits() -> None:
-    family = FAMILIES["z-image"]
-    assert family.fit_size(1000, 3000) == (992, 2048)
-    assert family.fit_size(10, 70) == (64, 64)
+async def test_a_tasks_aspect_ratio_is_painted_within_the_familys_limits(
+    weights: dict[str, Path],
+) -> None:
+    """v3's aspect_ratio over the configured area, each side at least Z-Image's 64."""
+    backend = tiny(weights, "z-image", width=128, height=64)
+    wide = replace(job(), options=ImageOptions(aspect_ratio="16:9"))
+    width, height = png_size((await backend.generate(wide, Control())).data)
+    assert width > height >= FAMILIES["z-image"].min_side
+    assert (width % 16, height % 16) == (0, 0)
 
 
 @pytest.mark.parametrize("pipeline", ["z-image", "flux2-klein"])

@@ -224,4 +224,3 @@ def _fit(ratio: float, area: int, multiple: int) -> tuple[int, int]:
     height = max(multiple, round((area / ratio) ** 0.5 / multiple) * multiple)
     width = min(round(height * ratio / multiple), area // height // multiple) * multiple
     return max(multiple, width), height
-
