@@ -7,7 +7,6 @@ path. Their images are noise: the tests check sizes, hooks and errors, not pixel
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
+from diffusers_tools import Control, corrupt_copy, picture, png_size
 from easel.backends import diffusers as backend_module
 from easel.backends._diffusers_load import optimize_pipeline
 from easel.backends._diffusers_paint import reference_canvas
@@ -32,21 +31,6 @@ from easel.domain.tasks import task_seed
 pytestmark = pytest.mark.local  # torch and diffusers: the local extra
 
 SIZE = 64
-
-
-class Control:
-    """A JobControl double: records progress; cancels once ``cancel_after`` steps reported."""
-
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.fractions: list[float] = []
-        self.cancel_after = cancel_after
-
-    def progress(self, fraction: float) -> None:
-        self.fractions.append(fraction)
-
-    @property
-    def cancelled(self) -> bool:
-        return self.cancel_after is not None and len(self.fractions) >= self.cancel_after
 
 
 @pytest.fixture(scope="session")
@@ -69,20 +53,8 @@ def tiny(weights: dict[str, Path], pipeline: str, steps: int = 2) -> DiffusersBa
     return DiffusersBackend(f"tiny-{pipeline}", options)
 
 
-def picture(width: int, height: int, color: tuple[int, int, int] = (200, 40, 40)) -> InputImage:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(out, format="PNG")
-    return InputImage(data=out.getvalue(), format="png", width=width, height=height)
-
-
 def job(*images: InputImage, task_id: str = "task-1") -> Job:
     return Job(task_id, "flux.1_dev", "a red cat in image 1", tuple(images))
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as image:
-        assert image.format == "PNG"
-        return image.size
 
 
 def test_importing_the_backend_does_not_import_torch() -> None:
@@ -159,15 +131,6 @@ async def test_missing_weights_directory_makes_the_backend_unavailable(tmp_path:
     with pytest.raises(BackendUnavailable):
         await backend.load()
     assert backend.load_state is LoadState.FAILED
-
-
-def corrupt_copy(weights: Path, where: Path) -> Path:
-    """The pipeline with its transformer's weights cut in half: it looks saved, and fails
-    only when loaded."""
-    shutil.copytree(weights, where)
-    (tensors,) = (where / "transformer").glob("*.safetensors")
-    tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
-    return where
 
 
 async def test_corrupt_weights_fail_at_load_and_stay_failed(

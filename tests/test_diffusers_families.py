@@ -11,17 +11,16 @@ instead. Images are noise: the tests check sizes, hooks, references, seeds and e
 from __future__ import annotations
 
 import importlib.util
-import io
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
+from diffusers_tools import Control, corrupt_copy, picture, png_size
 from easel.backends._diffusers_families import FAMILIES
 from easel.backends._diffusers_load import PipelineLoader, load_pipeline, optimize_pipeline
+from easel.backends.autoconfig import auto_tables
 from easel.backends.base import BackendUnavailable, InputImage, Job, JobCancelled, LoadState
 from easel.backends.demo_weights import write_demo_weights
 from easel.backends.diffusers import DiffusersBackend, Options
@@ -38,21 +37,6 @@ needs_torchvision = pytest.mark.skipif(
 )
 
 
-class Control:
-    """A JobControl double: records progress; cancels once ``cancel_after`` steps reported."""
-
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.fractions: list[float] = []
-        self.cancel_after = cancel_after
-
-    def progress(self, fraction: float) -> None:
-        self.fractions.append(fraction)
-
-    @property
-    def cancelled(self) -> bool:
-        return self.cancel_after is not None and len(self.fractions) >= self.cancel_after
-
-
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     families = ["z-image", "flux2-klein", *(["qwen-image-edit-plus"] if HAS_TORCHVISION else [])]
@@ -66,20 +50,8 @@ def tiny(weights: dict[str, Path], pipeline: str, steps: int = 2, **more: Any) -
     return DiffusersBackend(f"tiny-{pipeline}", Options.model_validate(table))
 
 
-def picture(width: int, height: int, color: tuple[int, int, int] = (200, 40, 40)) -> InputImage:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(out, format="PNG")
-    return InputImage(data=out.getvalue(), format="png", width=width, height=height)
-
-
 def job(*images: InputImage, task_id: str = "task-1", negative: str = "") -> Job:
     return Job(task_id, "flux.1_dev", "make the cat blue", tuple(images), negative_prompt=negative)
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as image:
-        assert image.format == "PNG"
-        return image.size
 
 
 @pytest.mark.parametrize(
@@ -264,10 +236,7 @@ def test_a_missing_weights_directory_is_named_before_loading(pipeline: str, tmp_
 async def test_corrupt_weights_fail_at_load_with_a_short_reason(
     weights: dict[str, Path], pipeline: str, tmp_path: Path
 ) -> None:
-    copy = shutil.copytree(weights[pipeline], tmp_path / "w")
-    (tensors,) = (copy / "transformer").glob("*.safetensors")
-    tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
-    backend = tiny({pipeline: copy}, pipeline)
+    backend = tiny({pipeline: corrupt_copy(weights[pipeline], tmp_path / "w")}, pipeline)
     with pytest.raises(BackendUnavailable, match=f"could not load the {pipeline} pipeline"):
         await backend.load()
     reason = backend.unavailable_reason()
@@ -358,3 +327,15 @@ def test_the_gpu_path_without_compile_fits_each_family(
     assert optimize_pipeline(pipe, compile_mode=None, fp8=False) == applied
     image = pipe(prompt="a cat", width=SIZE, height=SIZE, num_inference_steps=2).images[0]
     assert image.size == (SIZE, SIZE)
+
+
+def test_a_local_gpu_serves_z_image_on_its_own_pipeline() -> None:
+    """With no [backends] and an NVIDIA GPU, the catalog's ``z_image`` runs on Z-Image-Turbo."""
+    tables = auto_tables({}, local_gpu=True)
+    assert tables["models"]["z_image"] == {"backends": ["local-z-image"]}
+    backend = create_backend(
+        "local-z-image", BackendTable.model_validate(tables["backends"]["local-z-image"])
+    )
+    assert (
+        backend.served_by("z-image") == "diffusers ZImagePipeline, weights Tongyi-MAI/Z-Image-Turbo"
+    )

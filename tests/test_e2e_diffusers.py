@@ -19,21 +19,10 @@ import pytest
 from PIL import Image
 
 from apptools import png
+from diffusers_tools import backend_table
 from processes import EASEL, create_key, easel_process, free_port, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.local]
-
-BACKEND = """
-[backends.{name}]
-kind = "diffusers"
-pipeline = "{pipeline}"
-weights = "{weights}"
-device = "cpu"
-dtype = "float32"
-steps = 3
-width = 64
-height = 64
-"""
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +40,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
     config.write_text(
         f'database_url = "sqlite+aiosqlite:///{root / "easel.db"}"\n'
         f'storage_url = "file://{root / "objects"}"\n'
-        + BACKEND.format(name="tiny-flux", pipeline="flux", weights=root / "weights" / "flux")
-        + BACKEND.format(
-            name="tiny-kontext", pipeline="flux-kontext", weights=root / "weights" / "flux-kontext"
-        )
+        + backend_table("tiny-flux", "flux", root / "weights" / "flux")
+        + backend_table("tiny-kontext", "flux-kontext", root / "weights" / "flux-kontext")
         + '[models."flux.1_dev"]\nbackends = ["tiny-flux"]\n'
         + '[models."flux.1_kontext_pro"]\nbackends = ["tiny-kontext"]\n'
     )

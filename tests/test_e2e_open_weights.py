@@ -11,7 +11,6 @@ image, and so does ``GET /models``.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,21 +21,11 @@ import httpx
 import pytest
 
 from apptools import png
+from diffusers_tools import backend_table, corrupt_copy
 from processes import EASEL, create_key, easel_process, free_port, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.local]
 
-BACKEND = """
-[backends.{name}]
-kind = "diffusers"
-pipeline = "{pipeline}"
-weights = "{weights}"
-device = "cpu"
-dtype = "float32"
-steps = {steps}
-width = 64
-height = 64
-"""
 CHAINS = {  # model_version -> (backend, pipeline, steps)
     "flux.1_dev": ("tiny-zimage", "z-image", 2),
     "flux.1_kontext_pro": ("tiny-klein", "flux2-klein", 2),
@@ -46,13 +35,6 @@ CHAINS = {  # model_version -> (backend, pipeline, steps)
     "gpt_image_1.5": ("missing-zimage", "z-image", 2),
     "gpt_4o": ("corrupt-klein", "flux2-klein", 2),
 }
-
-
-def corrupt(weights: Path, where: Path) -> Path:
-    shutil.copytree(weights, where)
-    (tensors,) = (where / "transformer").glob("*.safetensors")
-    tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
-    return where
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
     assert "z-image:" in out.stdout
     assert "flux2-klein:" in out.stdout
     assert "qwen-image-edit-plus:" in out.stdout  # written, or why not
-    paths = {"missing-zimage": root / "nowhere", "corrupt-klein": corrupt(
+    paths = {"missing-zimage": root / "nowhere", "corrupt-klein": corrupt_copy(
         weights / "flux2-klein", root / "corrupt"
     )}  # fmt: skip
     backends, chains = {}, []
@@ -77,7 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
         if pipeline == "qwen-image-edit-plus" and not (weights / pipeline).is_dir():
             continue  # no torchvision here
         path = paths.get(name, weights / pipeline)
-        backends[name] = BACKEND.format(name=name, pipeline=pipeline, weights=path, steps=steps)
+        backends[name] = backend_table(name, pipeline, path, steps)
         chains.append(f'[models."{version}"]\nbackends = ["{name}"]\n')
     config = root / "easel.toml"
     config.write_text(

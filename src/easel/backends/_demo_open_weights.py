@@ -99,7 +99,7 @@ def z_image() -> Any:
         n_kv_heads=2,
         cap_feat_dim=_HIDDEN,
         axes_dims=[8, 4, 4],
-        axes_lens=[256, 32, 32],
+        axes_lens=[256, 128, 128],  # positions up to 256 pixels a side
     )
     with torch.no_grad():  # created with torch.empty: fixed so the folder is reproducible
         transformer.x_pad_token.fill_(1.0)

@@ -1,0 +1,57 @@
+"""What the tests of the ``diffusers`` backend share: a JobControl double, reference pictures,
+PNG sizes, corrupted weights and a backend table for tiny CPU pipelines."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+from PIL import Image
+
+from easel.backends.base import InputImage
+
+
+class Control:
+    """A JobControl double: records progress; cancels once ``cancel_after`` steps reported."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.fractions: list[float] = []
+        self.cancel_after = cancel_after
+
+    def progress(self, fraction: float) -> None:
+        self.fractions.append(fraction)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.fractions) >= self.cancel_after
+
+
+def picture(width: int, height: int, color: tuple[int, int, int] = (200, 40, 40)) -> InputImage:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, format="PNG")
+    return InputImage(data=out.getvalue(), format="png", width=width, height=height)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def corrupt_copy(weights: Path, where: Path) -> Path:
+    """The pipeline with its transformer's weights cut in half: it looks saved, and fails
+    only when loaded."""
+    shutil.copytree(weights, where)
+    (tensors,) = (where / "transformer").glob("*.safetensors")
+    tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
+    return where
+
+
+def backend_table(name: str, pipeline: str, weights: Path, steps: int = 3) -> str:
+    """A ``[backends.<name>]`` table of a tiny pipeline on the CPU, 64×64."""
+    return (
+        f'[backends.{name}]\nkind = "diffusers"\npipeline = "{pipeline}"\n'
+        f'weights = "{weights}"\ndevice = "cpu"\ndtype = "float32"\nsteps = {steps}\n'
+        "width = 64\nheight = 64\n"
+    )
