@@ -170,7 +170,7 @@ async def test_a_success_settles_the_price_exactly_once(any_store: Store) -> Non
     caller = await any_store.accounts.authenticate(key)
     task_id = await submit(any_store, caller)
     task = await claimed(any_store)
-    attempt = await any_store.queue.start_attempt(task, "dry")
+    attempt = await any_store.queue.start_attempt(task, "dry", "placeholder: a test card")
     assert await any_store.queue.complete(task, "outputs/x.png", "dry", attempt)
     assert not await any_store.queue.complete(task, "outputs/y.png", "dry")
     assert not await any_store.queue.fail(task, Status.FAILED, 1001, "late")
@@ -194,7 +194,9 @@ async def test_a_success_settles_the_price_exactly_once(any_store: Store) -> Non
     ]
     found = await any_store.tasks.view(task_id)
     assert found is not None
-    assert [(a.backend, a.outcome) for a in found[1].attempts] == [("dry", "success")]
+    assert [(a.backend, a.outcome, a.served_by) for a in found[1].attempts] == [
+        ("dry", "success", "placeholder: a test card")
+    ]
     assert await any_store.tasks.measured(MODEL, edits=False) is not None
 
 

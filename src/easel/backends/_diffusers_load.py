@@ -1,5 +1,6 @@
-"""Loading a ``diffusers`` pipeline: where its weights are, ``from_pretrained``, and Easel's
-fast GPU path (:func:`optimize_pipeline`).
+"""Loading a ``diffusers`` pipeline: where its weights are, ``from_pretrained`` with the
+family's class and an optional LoRA fused in, Easel's fast GPU path (:func:`optimize_pipeline`),
+and the process's one :data:`LOADER`, which holds every loaded pipeline.
 
 A local weights directory is checked without loading it (:func:`weights_problem`), so an API
 process, which never loads, can refuse a model whose weights are missing. torch, diffusers

@@ -1,6 +1,12 @@
-"""Backend kind ``diffusers``: FLUX.1-dev and FLUX.1-Kontext-dev on this machine's GPU (or CPU).
+"""Backend kind ``diffusers``: open-weight pipelines on this machine's GPU (or CPU).
 
-One backend holds one pipeline, loaded once per process and kept resident: ahead of time by
+The ``pipeline`` option names a family of :data:`FAMILIES` (FLUX.1, Kontext, Z-Image, FLUX.2
+klein, Qwen-Image-Edit-Plus): its diffusers class, default weights, steps, guidance and how it
+takes references and a negative prompt are data there. :meth:`DiffusersBackend.served_by`
+names the class, the weights and the LoRA, for the task's record.
+
+One backend runs one pipeline, loaded once per process and kept resident (by
+:data:`LOADER`, which shares it between backends configured alike): ahead of time by
 :meth:`DiffusersBackend.load` (the worker calls it at start), or on first use. Its
 :class:`LoadState` says where it stands. Before loading, a local weights directory that is
 missing or holds no saved pipeline already makes the backend unavailable (so an API process,
