@@ -45,7 +45,7 @@ def _task_facts(task: Any) -> dict[str, Any]:
 
 async def scenario(base_url: str, key: str, workdir: Path) -> dict[str, Any]:
     import tripo3d
-    from tripo3d import TripoAPIError, TripoClient
+    from tripo3d import TripoAPIError, TripoClient, TripoError
 
     reference = workdir / "reference.png"
     Image.new("RGB", (96, 64), (40, 120, 200)).save(reference, format="PNG")
@@ -66,8 +66,15 @@ async def scenario(base_url: str, key: str, workdir: Path) -> dict[str, Any]:
         generate_id = await client.generate_image(
             prompt="a robot", files=[uploaded["file_token"]], t_pose=True
         )
+        # No model: the server's text-to-image model at text_to_image's flat price.
+        plain_id = await client.text_to_image("a quiet harbour", negative_prompt="boats")
         tasks = {}
-        for name, task_id in (("i2i", i2i_id), ("t2i", t2i_id), ("generate", generate_id)):
+        for name, task_id in (
+            ("i2i", i2i_id),
+            ("t2i", t2i_id),
+            ("generate", generate_id),
+            ("t2i_plain", plain_id),
+        ):
             task = await client.wait_for_task(task_id, polling_interval=0.2, timeout=60)
             tasks[name] = _task_facts(task)
             downloads = await client.download_task_models(task, str(workdir))
@@ -90,6 +97,14 @@ async def scenario(base_url: str, key: str, workdir: Path) -> dict[str, Any]:
             except TripoAPIError as exc:
                 errors[name] = {"code": exc.code, "message": exc.message, "id": exc.request_id}
         out["errors"] = errors
+        plain = await client.get_task(plain_id)
+        out["t2i_plain_input"] = plain.input
+
+    async with TripoClient(api_key="tsk_not_a_key_of_this_server", v3_base_url=base_url) as other:
+        try:
+            await other.get_balance()
+        except TripoError as exc:
+            out["auth_error"] = {"class": type(exc).__name__, **_error_facts(exc)}
     return out
 
 
@@ -117,6 +132,12 @@ async def options_scenario(base_url: str, key: str, workdir: Path) -> dict[str, 
             out["refused"] = {"code": exc.code, "message": exc.message}
         out["balance"] = vars(await client.get_balance())
     return out
+
+
+def _error_facts(exc: Any) -> dict[str, Any]:
+    return {
+        name: getattr(exc, name, None) for name in ("code", "message", "suggestion", "request_id")
+    }
 
 
 def main() -> None:

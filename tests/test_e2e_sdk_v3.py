@@ -4,8 +4,10 @@ The test environment holds ``tripo3d`` 0.4.2 for the v2 tests (``test_e2e_sdk``)
 install`` puts 1.0.0 in ``.venv/tripo3d-v1``. Each test runs ``sdk_v1_scenario.py`` in a child
 process with that directory first on its path, once on the SDK's aiohttp transport and once on
 its own asyncio client (what it uses where aiohttp is not installed), and checks the JSON of
-observations it prints: upload, image-to-image with a reference, text-to-image, the 0.x-style
-``generate_image``, waiting, downloading, listing, balance, usage and the v3 errors.
+observations it prints: upload, image-to-image with a reference, text-to-image (with a model,
+and without one: a ``text_to_image`` task with a negative prompt), the 0.x-style
+``generate_image``, waiting, downloading, listing, balance, usage and the v3 errors, a failed
+authentication among them.
 """
 
 from __future__ import annotations
@@ -93,10 +95,12 @@ def test_a_v3_session_with_the_official_sdk_1_0(
         "i2i": "success",
         "t2i": "success",
         "generate": "success",
+        "t2i_plain": "success",
     }
     assert tasks["i2i"]["type"] == "image_to_image"
     assert tasks["generate"]["type"] == "image_to_image"
-    assert tasks["t2i"]["type"] == "text_to_image"
+    assert tasks["t2i"]["type"] == tasks["t2i_plain"]["type"] == "text_to_image"
+    assert seen["t2i_plain_input"]["negative_prompt"] == "boats"
     for task in tasks.values():
         assert task["progress"] == 100
         assert task["credits_consumed"] == 5.0
@@ -112,12 +116,13 @@ def test_a_v3_session_with_the_official_sdk_1_0(
     }
     usage = seen["usage"]
     assert [item["task_id"] for item in usage] == [
+        tasks["t2i_plain"]["task_id"],
         tasks["generate"]["task_id"],
         tasks["t2i"]["task_id"],
         tasks["i2i"]["task_id"],
     ]
     assert all(item["credits_consumed"] == 5.0 for item in usage)
-    assert seen["balance_after"] == {"balance": float(CREDITS - 15), "frozen": 0.0}
+    assert seen["balance_after"] == {"balance": float(CREDITS - 20), "frozen": 0.0}
 
     errors = seen["errors"]
     assert errors["model"]["code"] == 2002
@@ -125,6 +130,13 @@ def test_a_v3_session_with_the_official_sdk_1_0(
     assert errors["bad_model"]["code"] == 2017
     assert errors["missing"]["code"] == 2001
     assert all(error["id"] for error in errors.values())  # the v3 envelope's request_id
+
+    # A key the server does not know: HTTP 401 with v3's code 2, raised as TripoAPIError.
+    auth = seen["auth_error"]
+    assert auth["class"] == "TripoAPIError"
+    assert auth["code"] == 2
+    assert auth["message"].startswith("Authentication failed")
+    assert auth["suggestion"] and auth["request_id"]
 
 
 def test_v3_image_options_through_the_official_sdk_1_0(

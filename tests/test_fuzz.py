@@ -7,8 +7,9 @@ ones ("positive") and, where the operation has input that can be broken, schema-
 * never be a server error (5xx), nor an exception out of the app,
 * keep the envelope: ``{"code": 0, "data": …}`` on success, ``{"code", "message",
   "suggestion"}`` with a protocol code that goes with the HTTP status on errors (``/v3`` adds
-  ``request_id``), except the routes documented as plain HTTP (probes, metrics, and on success
-  the signed output download and the event streams),
+  ``status`` to both, ``request_id`` to errors, and has v3's codes), except the routes
+  documented as plain HTTP (probes, metrics, and on success the signed output download and the
+  event streams),
 * use a documented status code (where the operation documents its errors) and content type,
   and refuse schema-violating input with a 4xx.
 
@@ -58,7 +59,7 @@ from schemathesis.specs.openapi.checks import (
 from apptools import ALL_MODELS, Api, png, running_api, settings_for
 from easel.api.app import create_app
 from easel.api.envelope import TRACE_HEADER
-from easel.domain import errors
+from easel.domain import errors, v3
 from easel.domain.webhooks import EVENT_TYPES
 from easel.storage.signing import UrlSigner
 from easel.store import open_store
@@ -119,10 +120,13 @@ def _can_be_negated(label: str) -> bool:
 
 # -- checks ---------------------------------------------------------------------------------------
 
-STATUSES_OF_CODE: dict[int, set[int]] = {}
+STATUSES_OF_CODE: dict[int, set[int]] = {}  # on v2 routes
+V3_STATUSES_OF_CODE: dict[int, set[int]] = {}
 for _error in vars(errors).values():
     if isinstance(_error, type) and issubclass(_error, errors.EaselError):
         STATUSES_OF_CODE.setdefault(_error.code, set()).add(_error.status)
+        _code, _status = v3.error_code(_error)
+        V3_STATUSES_OF_CODE.setdefault(_code, set()).add(_status)
 
 
 def envelope_conformance(ctx: CheckContext, response: Response, case: AnyCase) -> bool | None:
@@ -139,15 +143,19 @@ def envelope_conformance(ctx: CheckContext, response: Response, case: AnyCase) -
     assert content_type.startswith("application/json"), f"{label}: {content_type!r}"
     body = json.loads(response.content)
     assert isinstance(body, dict), f"{label}: the body is not an object: {body!r}"
+    on_v3 = case.operation.path.startswith("/v3/")
     if response.status_code < 400:
-        assert set(body) == {"code", "data"} and body["code"] == 0, f"{label}: {body!r}"
+        keys = {"code", "status", "data"} if on_v3 else {"code", "data"}
+        assert set(body) == keys and body["code"] == 0, f"{label}: {body!r}"
+        assert not on_v3 or body["status"] == "success", f"{label}: {body!r}"
         return True
-    keys = {"code", "message", "suggestion"}
-    extra = {"request_id"} if case.operation.path.startswith("/v3/") else set()
-    assert keys <= set(body) <= keys | extra, f"{label}: not the error envelope: {body!r}"
+    keys = {"code", "message", "suggestion"} | ({"status", "request_id"} if on_v3 else set())
+    assert set(body) == keys, f"{label}: not the error envelope: {body!r}"
+    assert not on_v3 or body["status"] == "error", f"{label}: {body!r}"
     assert isinstance(body["message"], str) and body["message"].strip(), f"{label}: {body!r}"
     assert isinstance(body["suggestion"], str) and body["suggestion"].strip(), f"{label}: {body!r}"
-    assert response.status_code in STATUSES_OF_CODE.get(body["code"], set()), (
+    statuses = (V3_STATUSES_OF_CODE if on_v3 else STATUSES_OF_CODE).get(body["code"], set())
+    assert response.status_code in statuses, (
         f"{label}: code {body['code']!r} does not go with HTTP {response.status_code}: {body!r}"
     )
     return True

@@ -50,7 +50,8 @@ async def v3_upload(api: Api, data: bytes) -> str:
 async def v3_task(api: Api, task_id: str) -> dict[str, Any]:
     response = await api.client.get(f"/v3/tasks/{task_id}")
     assert response.status_code == 200, response.text
-    assert response.json()["code"] == 0
+    assert set(response.json()) == {"code", "status", "data"}
+    assert response.json()["code"] == 0 and response.json()["status"] == "success"
     data: dict[str, Any] = response.json()["data"]
     return data
 
@@ -65,8 +66,8 @@ async def v3_submit(api: Api, route: str, **body: Any) -> str:
 def v3_error(response: httpx.Response, status: int, code: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body: dict[str, Any] = response.json()
-    assert set(body) == {"code", "message", "suggestion", "request_id"}
-    assert body["code"] == code
+    assert set(body) == {"code", "status", "message", "suggestion", "request_id"}
+    assert body["code"] == code and body["status"] == "error"
     assert body["request_id"] == response.headers["X-Tripo-Trace-ID"]
     return body
 
@@ -146,7 +147,7 @@ async def test_v3_model_names_map_to_the_same_models_and_prices(idle_api: Api) -
         ("image-to-image", {"prompt": "x", "input": "a", "inputs": ["b"]}, 400, 1004),
         ("image-to-image", {"prompt": "x", "inputs": []}, 400, 1004),
         ("image-to-image", {"prompt": "x", "input": 7}, 400, 1004),
-        ("image-to-image", {"prompt": "x", "input": "no-such-token"}, 404, 2019),
+        ("image-to-image", {"prompt": "x", "input": "no-such-token"}, 400, 1004),  # v2: 2019
         ("text-to-image", {"prompt": "x", "model": "seedream_v3"}, 400, 2017),
         ("text-to-image", {"prompt": "a 🦊"}, 400, 2009),
         ("text-to-image", {"prompt": "x", "model": "midjourney", "template": "t_pose"}, 400, 1004),
@@ -178,7 +179,7 @@ async def test_another_keys_task_is_not_an_input_and_not_visible(database_url: s
         response = await api.client.post(
             "/v3/generation/image-to-image", json={"input": first, "prompt": "x"}, headers=other
         )
-        v3_error(response, 404, 2019)
+        v3_error(response, 400, 1004)
 
 
 async def test_tasks_list_returns_found_and_missed(api: Api) -> None:
@@ -240,7 +241,8 @@ async def test_a_presigned_upload_works_once_and_only_with_its_signature(
         ("POST", "/v3/generation/text-to-model"),
         ("POST", "/v3/generation/image-to-model"),
         ("POST", "/v3/animations/rig"),
-        ("GET", "/v3/something/else"),
+        ("POST", "/v3/models/convert"),
+        ("POST", "/v3/mesh/segment"),
     ],
 )
 async def test_routes_this_server_does_not_serve_say_so(
@@ -254,6 +256,6 @@ async def test_routes_this_server_does_not_serve_say_so(
 
 async def test_v3_needs_a_key_and_the_v2_envelope_stays_as_it_was(idle_api: Api) -> None:
     response = await idle_api.client.get("/v3/account/balance", headers={"Authorization": ""})
-    v3_error(response, 401, 1002)
+    v3_error(response, 401, 2)  # v3's code for a failed authentication; v2's is 1002
     v2 = await idle_api.client.get("/v2/openapi/task/nope")
     assert set(v2.json()) == {"code", "message", "suggestion"}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,20 +15,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from easel import logs
+from easel.domain import v3
 from easel.domain.errors import (
     EaselError,
     InvalidParameter,
     MalformedBody,
+    MethodNotAllowed,
     NotAllowed,
     RateLimited,
     ServiceUnavailable,
     StoreUnavailable,
     TooManyUnfinishedTasks,
+    UnknownRoute,
     UnknownServerError,
 )
 from easel.storage.objects import ObjectStoreError
 
 TRACE_HEADER = "X-Tripo-Trace-ID"
+# On /v3 a client may name its request (Tripo's v3 echoes it as ``request_id``): an id of this
+# form becomes the request's trace id; any other value is not used, and one is made instead.
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")
 _UNPARSABLE_BODY = "There was an error parsing the body"  # FastAPI, for UTF-8 and depth errors
 log = logging.getLogger("easel.api")
 
@@ -37,33 +44,59 @@ def ok(data: Any) -> dict[str, Any]:
     return {"code": 0, "data": data}
 
 
-def error_response(exc: EaselError) -> JSONResponse:
-    headers = {}
+def ok_v3(data: Any) -> dict[str, Any]:
+    """v3's success envelope: v2's plus ``status: "success"``."""
+    return {"code": 0, "status": "success", "data": data}
+
+
+def is_v3(path: str) -> bool:
+    return path == "/v3" or path.startswith("/v3/")
+
+
+def error_response(
+    exc: EaselError, scope: Scope | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The error envelope of ``exc`` (with ``Retry-After`` where the refusal has one): v2's
+    ``{code, message, suggestion}``, or for a ``/v3`` path of ``scope`` v3's, which has v3's
+    code and status (:func:`easel.domain.v3.error_code`), ``status: "error"`` and
+    ``request_id``: the request's trace id, which a client chooses with ``X-Request-ID``."""
+    headers = dict(headers or {})
     if isinstance(exc, (TooManyUnfinishedTasks, ServiceUnavailable, RateLimited)):
         headers["Retry-After"] = str(exc.retry_after_s)
-    body = {"code": exc.code, "message": exc.message, "suggestion": exc.suggestion}
-    return JSONResponse(body, status_code=exc.status, headers=headers)
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message, "suggestion": exc.suggestion}
+    status = exc.status
+    if scope is not None and is_v3(scope["path"]):
+        body["code"], status = v3.error_code(exc)
+        body["status"] = "error"
+        body["request_id"] = scope.get("state", {}).get("trace_id")
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def refuse(exc: EaselError, scope: Scope, receive: Receive, send: Send) -> None:
-    """Answer a request refused before any route ran (from ASGI middleware): the envelope,
-    with ``request_id`` on ``/v3`` as the handlers add it; a WebSocket is closed with 1008
-    and the code and message as its reason."""
+    """Answer a request refused before any route ran (from ASGI middleware): the envelope
+    the handlers give (v3's on ``/v3``, ``Retry-After`` kept); a WebSocket is closed with
+    1008 and the code and message as its reason."""
     if scope["type"] == "websocket":
         await receive()  # websocket.connect
         reason = f"{exc.code}: {exc.message}".encode()[:123].decode(errors="ignore")
         await send({"type": "websocket.close", "code": 1008, "reason": reason})
         return
-    response = error_response(exc)
-    if scope["path"].startswith("/v3/"):
-        body = json.loads(bytes(response.body))
-        body["request_id"] = scope.get("state", {}).get("trace_id")
-        response = JSONResponse(body, status_code=response.status_code)
-    await response(scope, receive, send)
+    await error_response(exc, scope)(scope, receive, send)
+
+
+def _trace_id(scope: Scope) -> str:
+    """The client's ``X-Request-ID`` on ``/v3`` where it has the form of an id, else new."""
+    if is_v3(scope["path"]):
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        for name, value in headers:
+            if name == REQUEST_ID_HEADER.lower().encode() and _REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+    return str(uuid.uuid4())
 
 
 class TraceIdMiddleware:
-    """Give every request a trace id: on the response header and on ``scope['state']``."""
+    """Give every request a trace id (on ``/v3``, the client's ``X-Request-ID`` if it has the
+    form of one): on the response header, on ``scope['state']`` and in the logs."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -72,7 +105,7 @@ class TraceIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        trace_id = str(uuid.uuid4())
+        trace_id = _trace_id(scope)
         scope.setdefault("state", {})["trace_id"] = trace_id
         logs.trace_id.set(trace_id)
 
@@ -108,7 +141,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, StoreUnavailable):
             trace = request.scope.get("state", {}).get("trace_id")
             log.warning("database unavailable (trace %s): %r", trace, exc.__cause__)
-        return error_response(exc)
+        return error_response(exc, request.scope)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -118,29 +151,16 @@ def install_error_handlers(app: FastAPI) -> None:
             tuple(first.get("loc", ())) == ("body",)
             and first.get("type") == "model_attributes_type"
         ):  # the body itself is not JSON, or not an object: 1003 as on POST /task
-            return error_response(
-                MalformedBody(f"the request body is not a JSON object ({where}: {first['msg']}).")
+            error: EaselError = MalformedBody(
+                f"the request body is not a JSON object ({where}: {first['msg']})."
             )
-        return error_response(InvalidParameter(f"{where}: {first.get('msg', 'invalid')}"))
+        else:
+            error = InvalidParameter(f"{where}: {first.get('msg', 'invalid')}")
+        return error_response(error, request.scope)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            return error_response(
-                NotAllowed(
-                    f"no route {request.method} {request.url.path}",
-                    "Check the path; the API lives under /v2/openapi.",
-                )
-            )
-        if exc.status_code == 405:
-            return error_response(
-                NotAllowed(f"{request.method} is not allowed on {request.url.path}")
-            )
-        if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:  # FastAPI's words
-            return error_response(
-                MalformedBody("the request body is not valid JSON (bad UTF-8, or nested too deep).")
-            )
-        return error_response(InvalidParameter(str(exc.detail)))
+        return error_response(_http_error(request, exc), request.scope, exc.headers)
 
     async def on_storage_error(request: Request, exc: Exception) -> JSONResponse:
         """The object store failed a read or a write (easel.storage.objects decided): 503, so
@@ -148,30 +168,29 @@ def install_error_handlers(app: FastAPI) -> None:
         StoreUnavailable, an EaselError, and are answered above."""
         trace = request.scope.get("state", {}).get("trace_id")
         log.warning("object store unavailable (trace %s): %s", trace, exc)
-        return error_response(
-            ServiceUnavailable(f"the server's object store is unavailable for now (trace {trace}).")
+        message = f"the server's object store is unavailable for now (trace {trace})."
+        return error_response(ServiceUnavailable(message), request.scope)
+
+    app.add_exception_handler(EaselError, on_easel_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ObjectStoreError, on_storage_error)
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> EaselError:
+    """Routing's refusals in the protocol's words: no such path is 1005 on v2 and 4001 on
+    v3; a method the path does not take is 1005 on v2 and 1003 on v3."""
+    method, path = request.method, request.url.path
+    if exc.status_code == 404:
+        if is_v3(request.scope["path"]):
+            return UnknownRoute(f"no route {method} {path}.")
+        return NotAllowed(
+            f"no route {method} {path}", "Check the path; the API lives under /v2/openapi."
         )
-
-    app.add_exception_handler(EaselError, _with_request_id(on_easel_error))
-    app.add_exception_handler(RequestValidationError, _with_request_id(on_validation_error))
-    app.add_exception_handler(StarletteHTTPException, _with_request_id(on_http_error))
-    app.add_exception_handler(ObjectStoreError, _with_request_id(on_storage_error))
-
-
-Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
-
-
-def _with_request_id(handler: Handler) -> Handler:
-    """On ``/v3`` routes the error envelope also carries ``request_id`` (the trace id), as
-    Tripo's v3 does; the v2 envelope stays exactly ``code``, ``message``, ``suggestion``."""
-
-    async def handle(request: Request, exc: Exception) -> JSONResponse:
-        response = await handler(request, exc)
-        if not request.url.path.startswith("/v3/"):
-            return response
-        body = json.loads(bytes(response.body))
-        body["request_id"] = request.scope.get("state", {}).get("trace_id")
-        headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
-        return JSONResponse(body, status_code=response.status_code, headers=headers)
-
-    return handle
+    if exc.status_code == 405:
+        if is_v3(request.scope["path"]):
+            return MethodNotAllowed(f"{method} is not allowed on {path}.")
+        return NotAllowed(f"{method} is not allowed on {path}")
+    if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:  # FastAPI's words
+        return MalformedBody("the request body is not valid JSON (bad UTF-8, or nested too deep).")
+    return InvalidParameter(str(exc.detail))

@@ -23,11 +23,9 @@ checked before this runs, by :mod:`easel.api.door`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 
-from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -125,27 +123,13 @@ class RequestLimits:
             await _refuse_body(_too_large(limit, upload, None), scope, receive, send, received)
 
 
-async def _answer(refusal: EaselError, scope: Scope, receive: Receive, send: Send) -> None:
-    await _envelope(refusal, scope)(scope, receive, send)
-
-
-def _envelope(refusal: EaselError, scope: Scope) -> JSONResponse:
-    """The refusal in the envelope; on ``/v3`` with ``request_id``, as the error handlers do."""
-    response = error_response(refusal)
-    if scope["path"].startswith("/v3/"):
-        body = json.loads(bytes(response.body))
-        body["request_id"] = scope.get("state", {}).get("trace_id")
-        response = JSONResponse(body, status_code=response.status_code)
-    return response
-
-
 async def _refuse_body(
     refusal: EaselError, scope: Scope, receive: Receive, send: Send, size: int
 ) -> None:
     """Answer ``refusal`` to a request whose body is unread, then read and discard the body
     (``size`` bytes declared, or as many already read) if that is worth it, so that the
     connection closes with nothing unread and the client sees the answer."""
-    response = _envelope(refusal, scope)
+    response = error_response(refusal, scope)
     response.headers["Connection"] = "close"
     if _expects_continue(scope) or size > DRAIN_MAX_BYTES:
         await response(scope, receive, send)

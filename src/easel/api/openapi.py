@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import RouteContext
 
+from easel.api.envelope import is_v3
 from easel.api.facts import EXAMPLE_ID, RouteFacts, declared, error_codes
-from easel.domain import errors
+from easel.domain import errors, v3
 
 EXAMPLE_MESSAGES: dict[int, str] = {
     1000: "unexpected server error (trace 0b9d…)",
@@ -39,29 +40,42 @@ ERROR_SCHEMA = {
         "code": {"type": "integer"},
         "message": {"type": "string"},
         "suggestion": {"type": "string"},
+        "status": {"type": "string", "enum": ["error"], "description": "v3 routes only."},
+        "request_id": {
+            "type": "string",
+            "description": "v3 routes only: the request's X-Request-ID, else its trace id.",
+        },
     },
 }
+# Refusals no operation documents: routing's (any path, any method) and the /v3 catch-all's.
+_UNDOCUMENTED = (errors.RouteNotSupported, errors.MethodNotAllowed, errors.UnknownRoute)
 
 
-def _error_classes() -> dict[int, list[type[errors.EaselError]]]:
+def _error_classes(v3_route: bool) -> dict[int, list[type[errors.EaselError]]]:
+    """The refusals of each documented code; v3's own (a body of another media type) on
+    ``v3_route`` alone."""
     found: dict[int, list[type[errors.EaselError]]] = {}
     for cls in vars(errors).values():
         if (
             isinstance(cls, type)
             and issubclass(cls, errors.EaselError)
             and cls.code in (EXAMPLE_MESSAGES)
-            and cls is not errors.RouteNotSupported  # only the undocumented /v3 catch-all
+            and cls not in _UNDOCUMENTED
+            and (v3_route or cls is not errors.UnsupportedContentType)
         ):
             found.setdefault(cls.code, []).append(cls)
     return found
 
 
-def _add_errors(operation: dict[str, Any], codes: list[int]) -> None:
-    classes = _error_classes()
+def _add_errors(operation: dict[str, Any], codes: list[int], v3_route: bool) -> None:
+    """An example of each refusal of ``codes`` (and 1000) under its HTTP status; on a /v3
+    route in v3's envelope, with v3's code and status where they differ from v2's."""
+    classes = _error_classes(v3_route)
     for code in [*codes, 1000]:
         for cls in classes[code]:
+            shown, status = v3.error_code(cls) if v3_route else (code, cls.status)
             response = operation["responses"].setdefault(
-                str(cls.status),
+                str(status),
                 {
                     "description": "Error",
                     "content": {
@@ -77,13 +91,14 @@ def _add_errors(operation: dict[str, Any], codes: list[int]) -> None:
                 .setdefault("application/json", {"schema": {"$ref": "#/components/schemas/Error"}})
                 .setdefault("examples", {})
             )
-            examples[f"{code} {cls.__name__}"] = {
-                "value": {
-                    "code": code,
-                    "message": EXAMPLE_MESSAGES[code],
-                    "suggestion": cls.default_suggestion,
-                }
+            value: dict[str, Any] = {
+                "code": shown,
+                "message": EXAMPLE_MESSAGES[code],
+                "suggestion": cls.default_suggestion,
             }
+            if v3_route:
+                value.update(status="error", request_id=EXAMPLE_ID)
+            examples[f"{shown} {cls.__name__}"] = {"value": value}
 
 
 def build_schema(app: FastAPI) -> dict[str, Any]:
@@ -115,13 +130,15 @@ def _add_facts(
     operation: dict[str, Any], route: RouteContext, facts: RouteFacts, components: dict[str, Any]
 ) -> None:
     """What the route declared: its success example, its errors, its hand-parsed body."""
+    v3_route = is_v3(route.path_format or "")
     if facts.example is not None:
         ok = operation["responses"].setdefault("200", {"description": "OK"})
+        envelope = {"code": 0, "status": "success"} if v3_route else {"code": 0}
         ok.setdefault("content", {}).setdefault("application/json", {})["example"] = {
-            "code": 0,
+            **envelope,
             "data": facts.example,
         }
-    _add_errors(operation, error_codes(route, facts))
+    _add_errors(operation, error_codes(route, facts), v3_route)
     if facts.body is not None:
         operation["requestBody"] = facts.body.request_body()
         components.update(facts.body.schemas())

@@ -10,7 +10,7 @@ from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok
 from easel.api.facts import EXAMPLE_ID, JsonBody, declare
 from easel.domain.catalog import DEFAULT_MODEL
-from easel.domain.errors import MalformedBody, TaskNotFound
+from easel.domain.errors import MalformedBody, TaskNotFound, UnsupportedContentType
 from easel.domain.multiview import EDIT_MULTIVIEW, GENERATE_MULTIVIEW, VIEWS
 from easel.domain.parsing import MAX_NEGATIVE_PROMPT_CHARS, TASK_TYPE, TEXT_TO_IMAGE
 from easel.domain.prompts import MAX_PROMPT_CHARS
@@ -166,8 +166,30 @@ async def json_body(request: Request) -> Any:
     return decode_json(await request.body())
 
 
-async def json_object(request: Request, what: str = "with a 'type'") -> dict[str, Any]:
-    """The request body as a JSON object, or 1003."""
+JSON = "application/json"
+
+
+def check_content_type(request: Request, media_type: str, what: str) -> None:
+    """1003 (HTTP 415) for a body declared as something other than ``media_type`` (a JSON
+    body may also be ``…+json``); a body with no ``Content-Type`` is read as the route reads
+    it. v3 routes check it; v2 never did."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    kind = declared.partition(";")[0].strip().lower()
+    if kind != media_type and not (media_type == JSON and kind.endswith("+json")):
+        raise UnsupportedContentType(
+            f"this route reads {what} ({media_type}), and the body is {declared[:100]!r}."
+        )
+
+
+async def json_object(
+    request: Request, what: str = "with a 'type'", *, typed: bool = False
+) -> dict[str, Any]:
+    """The request body as a JSON object, or 1003; ``typed`` (v3): also 1003 for a body
+    declared as another media type (:func:`check_content_type`)."""
+    if typed:
+        check_content_type(request, JSON, "a JSON object")
     body = await json_body(request)
     if not isinstance(body, dict):
         raise MalformedBody(f"the request body must be a JSON object {what}.")

@@ -1,10 +1,11 @@
 """The Tripo API v3 image routes (``/v3/…``), served from the same tasks, credits and files.
 
 ``tripo3d`` 1.x clients point ``v3_base_url`` at this server. Requests become the same
-validated ``generate_image`` task as ``POST /v2/openapi/task`` (see :mod:`easel.domain.v3`), so a
-task is readable through either version. Errors use the v2 envelope plus ``request_id`` (the
-trace id). Multiview requests become ``generate_multiview_image`` and ``edit_multiview_image``
-tasks. Every other ``/v3`` route answers 501 with a "not supported by this server" error.
+validated tasks as ``POST /v2/openapi/task`` (``text_to_image``, ``generate_image`` and the
+multiview types, see :mod:`easel.domain.v3`), so a task is readable through either version.
+Answers are v3's envelopes (``status``; on errors v3's codes and ``request_id``:
+``easel.api.envelope``). The routes of Tripo's other v3 families (3D generation, meshes,
+animation) answer 501 "not supported by this server"; a path of no family 404 / 4001.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from easel.api.deps import CallerDep, RuntimeDep
-from easel.api.envelope import ok
+from easel.api.envelope import ok_v3 as ok
 from easel.api.facts import EXAMPLE_ID, JsonBody, declare
 from easel.api.files import FORMAT_BODY, MAX_UPLOAD_REQUEST_BYTES, UPLOAD_FORMATS, read_upload
-from easel.api.tasks import json_object
+from easel.api.tasks import check_content_type, json_object
 from easel.domain import v3
 from easel.domain.catalog import DEFAULT_MODEL
 from easel.domain.errors import InvalidParameter, NotAllowed, RouteNotSupported, TaskNotFound
@@ -36,6 +37,9 @@ from easel.storage.signing import upload_key
 router = APIRouter(prefix="/v3", tags=["v3"])
 
 UPLOAD_URL_TTL_S = 900
+# The route families of Tripo's v3 API of which this server serves only the image routes (its
+# SDKs' paths); their other routes answer 501, a path of no family 404 / 4001.
+TRIPO_FAMILIES = ("generation", "models", "mesh", "animations")
 
 TASK = {  # a task as GET /v3/tasks/{task_id} answers it
     "task_id": EXAMPLE_ID,
@@ -171,7 +175,7 @@ TASK_IDS_BODY = JsonBody(
 async def _submit(
     request: Request, caller: CallerDep, runtime: RuntimeDep, route: v3.Route
 ) -> dict[str, Any]:
-    options = await json_object(request, "of generation options")
+    options = await json_object(request, "of generation options", typed=True)
     body = v3.to_generate_image(options, route, runtime.settings.catalog)
     task_id = await runtime.service.submit(
         caller, body, idempotency_key=request.headers.get("idempotency-key"), v3=True
@@ -196,7 +200,7 @@ async def image_to_image(
 async def _submit_multiview(
     request: Request, caller: CallerDep, runtime: RuntimeDep, route: v3.MultiviewRoute
 ) -> dict[str, Any]:
-    options = await json_object(request, "with an input")
+    options = await json_object(request, "with an input", typed=True)
     body = v3.to_multiview(options, route)
     task_id = await runtime.service.submit(
         caller, body, idempotency_key=request.headers.get("idempotency-key")
@@ -246,7 +250,7 @@ async def get_task(
     body=TASK_IDS_BODY,
 )
 async def list_tasks(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
-    ids = (await json_object(request, "with task_ids")).get("task_ids")
+    ids = (await json_object(request, "with task_ids", typed=True)).get("task_ids")
     if (
         not isinstance(ids, list)
         or not 0 < len(ids) <= v3.MAX_LISTED_TASKS
@@ -308,13 +312,17 @@ async def usage(
     summary="v3: upload an image (multipart field 'file')",
 )
 @declare(
-    errors=[1004, 2003, 2004],
+    errors=[1003, 1004, 2003, 2004],
     example={"file_token": EXAMPLE_ID},
     upload_limit=MAX_UPLOAD_REQUEST_BYTES,
 )
 async def upload(
-    caller: CallerDep, runtime: RuntimeDep, file: Annotated[UploadFile | None, File()] = None
+    request: Request,
+    caller: CallerDep,
+    runtime: RuntimeDep,
+    file: Annotated[UploadFile | None, File()] = None,
 ) -> dict[str, Any]:
+    check_content_type(request, "multipart/form-data", "a form with the image as 'file'")
     token = await runtime.service.upload(caller, await read_upload(file))
     return ok({"file_token": token})
 
@@ -331,7 +339,7 @@ async def upload(
     body=FORMAT_BODY,
 )
 async def presign(request: Request, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
-    fmt = (await json_object(request, "with a format")).get("format")
+    fmt = (await json_object(request, "with a format", typed=True)).get("format")
     if not isinstance(fmt, str) or fmt.lower().lstrip(".") not in UPLOAD_FORMATS:
         raise InvalidParameter(
             f"format must be one of {', '.join(UPLOAD_FORMATS)}, not {fmt!r}.",
@@ -368,15 +376,16 @@ async def presigned_put(
     return ok({"file_token": token})
 
 
-@router.api_route(
-    "/{path:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-    include_in_schema=False,
-)
 async def not_supported(path: str, request: Request) -> None:
     raise RouteNotSupported(
-        f"{request.method} /v3/{path} is not supported by this server.",
+        f"{request.method} {request.url.path} is not supported by this server.",
         "This server generates images only: use /v3/generation/text-to-image, "
         "/v3/generation/image-to-image, /v3/generation/image-to-multiview or "
         "/v3/generation/edit-multiview, /v3/tasks, /v3/files and /v3/account.",
+    )
+
+
+for _family in TRIPO_FAMILIES:  # after the routes served, which match first
+    router.add_api_route(
+        f"/{_family}/{{path:path}}", not_supported, methods=["POST"], include_in_schema=False
     )

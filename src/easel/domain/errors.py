@@ -57,6 +57,23 @@ class MalformedBody(EaselError):
     default_suggestion = "Send a JSON object as the request body."
 
 
+class MethodNotAllowed(MalformedBody):
+    """v3: a method the route does not take (HTTP 405, code 1003; v2 answers 1005)."""
+
+    code, status = 1003, 405
+    default_suggestion = "Use the method the route takes (the Allow header lists it)."
+
+
+class UnsupportedContentType(MalformedBody):
+    """v3: a body whose ``Content-Type`` the route does not read (HTTP 415, code 1003)."""
+
+    code, status = 1003, 415
+    default_suggestion = (
+        "Send 'Content-Type: application/json' with a JSON body "
+        "(multipart/form-data to upload a file)."
+    )
+
+
 class InvalidParameter(EaselError):
     code, status = 1004, 400
     default_suggestion = "Fix the parameter named in the message and send the request again."
@@ -159,6 +176,13 @@ class RouteNotSupported(EaselError):
 
     code, status = 2002, 501
     default_suggestion = "This server generates images only."
+
+
+class UnknownRoute(EaselError):
+    """v3: a path that is no route of the API (HTTP 404, code 4001; v2 answers 1005)."""
+
+    code, status = 4001, 404
+    default_suggestion = "Check the path: this server's v3 routes are listed at /docs."
 
 
 def first_line(exc: BaseException, *, named: bool = True, limit: int = 200) -> str:

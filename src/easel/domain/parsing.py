@@ -66,11 +66,15 @@ class GenerateImageRequest:
     type: str = TASK_TYPE
     negative_prompt: str = ""  # text_to_image's or a v3 request's; backends that take one use it
     options: ImageOptions = field(default_factory=ImageOptions)  # v3's; v2 sends none
+    priced_by_model: bool = False  # a text_to_image whose client chose the model (v3 ``model``)
 
     @property
     def credits(self) -> int:
-        """The price: text_to_image costs Tripo's flat price whatever model runs it."""
-        return TEXT_TO_IMAGE_CREDITS if self.type == TEXT_TO_IMAGE else self.model.credits
+        """The price: text_to_image costs Tripo's flat price whatever model runs it, unless
+        the client chose the model (v3), which then sets the price as for generate_image."""
+        if self.type == TEXT_TO_IMAGE and not self.priced_by_model:
+            return TEXT_TO_IMAGE_CREDITS
+        return self.model.credits
 
     @property
     def image_count(self) -> int:
@@ -78,7 +82,9 @@ class GenerateImageRequest:
 
     @property
     def composed_prompt(self) -> str:
-        if self.type == TEXT_TO_IMAGE:
+        if self.type == TEXT_TO_IMAGE and not (
+            self.template or self.t_pose or self.sketch_to_render  # v3's text-to-image takes them
+        ):
             return f"{self.prompt}\n\n{STYLE_IMAGE_HINT}" if self.files else self.prompt
         return prompts.compose_prompt(
             self.template.prompt if self.template else None,
@@ -108,7 +114,10 @@ class GenerateImageRequest:
             echo["negative_prompt"] = self.negative_prompt
         if self.files:
             echo["style_image"] = self.files[0].to_json()
-        return echo
+        if self.template:
+            echo["template"] = self.template.slug
+        echo.update({name: True for name in ("t_pose", "sketch_to_render") if getattr(self, name)})
+        return echo | self.options.to_json()
 
 
 def _bool(body: dict[str, Any], name: str) -> bool:

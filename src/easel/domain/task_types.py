@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from easel.domain import v3 as v3_rules
 from easel.domain.catalog import CATALOG, Catalog
 from easel.domain.errors import TaskTypeNotSupported
 from easel.domain.multiview import (
@@ -41,9 +42,11 @@ def parse_task(
     """Validate a body of any task type this server runs; 2002 for any other type.
     ``text_to_image_model`` and ``multiview_model`` are the models those types run on (None:
     the catalog's default). ``v3``: a body made from a v3 route's request (a generate_image
-    one then takes v3's prompt limit and image options)."""
+    or text_to_image one then takes v3's prompt limit and image options)."""
     task_type = body.get("type")
     if task_type == TEXT_TO_IMAGE:
+        if v3:  # v3's text-to-image: its model, template and options (easel.domain.v3)
+            return v3_rules.parse_text_to_image(body, models, text_to_image_model)
         return parse_text_to_image(body, models, text_to_image_model)
     if task_type == GENERATE_MULTIVIEW:
         return parse_generate_multiview(body, models, multiview_model)

@@ -27,20 +27,40 @@ Choices where v3 and this server differ (also in docs/protocol.md):
 - ``POST /v3/tasks/list`` answers ``tasks`` keyed by task id (hosted Tripo's shape, which
   ``tripo3d`` 1.x reads), or as a list for the official Go, JS and Rust SDKs, whose types
   declare one; see :func:`task_list`.
+- ``/generation/text-to-image`` makes a ``text_to_image`` task (:func:`parse_text_to_image`):
+  without ``model`` v2's text_to_image (the server's text-to-image model, Tripo's flat price);
+  with one, that model at that model's price.
+
+Where v3 answers differently from v2 (v3 routes follow v3, v2 routes stay v2): the error codes
+of :func:`error_code`, and a task's status among :data:`STATUSES` only (:func:`status_of`).
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from easel.domain.catalog import CATALOG, REQUEST_OPTIONS, Catalog
-from easel.domain.errors import InvalidParameter, ModelVersionInvalid
+from easel.domain.errors import (
+    AuthenticationFailed,
+    ContentPolicy,
+    EaselError,
+    FileNotFound,
+    InvalidParameter,
+    ModelVersionInvalid,
+    UnknownServerError,
+)
 from easel.domain.multiview import EDIT_MULTIVIEW, GENERATE_MULTIVIEW, MULTIVIEW_TYPES, OUTPUT_KEY
 from easel.domain.options import OPTION_NAMES
-from easel.domain.parsing import TASK_TYPE, TEXT_TO_IMAGE
-from easel.domain.tasks import WITH_ERROR, Task
+from easel.domain.parsing import (
+    TASK_TYPE,
+    TEXT_TO_IMAGE,
+    GenerateImageRequest,
+    parse_generate_image,
+)
+from easel.domain.tasks import WITH_ERROR, Status, Task
 
 Route = Literal["text-to-image", "image-to-image"]
 MultiviewRoute = Literal["image-to-multiview", "edit-multiview"]
@@ -50,6 +70,37 @@ MAX_LISTED_TASKS = 100
 # array (Go ``[]Task``, Rust ``Vec<Task>``, the JS SDK's ``{tasks: Task[]}``); each sends its
 # name by default, e.g. ``tripo3d-sdk-go/0.1.0`` or ``@vastai/tripo-sdk/0.2.0``.
 TASK_ARRAY_CLIENTS = ("tripo3d-sdk-go", "@vastai/tripo-sdk", "tripo3d-sdk-rust")
+
+# v3's codes where they differ from v2's: a failed authentication is ``code: 2`` (v2: 1002).
+AUTHENTICATION_FAILED = 2
+# A task on v3 is in one of five statuses; the others read as ``failed`` with a code.
+STATUSES = (Status.QUEUED, Status.RUNNING, Status.SUCCESS, Status.FAILED, Status.CANCELLED)
+EXPIRED_CODE = 2018  # a task that waited in the queue too long (v2: status ``expired``)
+_FAILED_AS = {
+    Status.BANNED: ContentPolicy.code,  # moderation: 2008
+    Status.EXPIRED: EXPIRED_CODE,
+    Status.UNKNOWN: UnknownServerError.code,
+}
+
+
+def error_code(error: EaselError | type[EaselError]) -> tuple[int, int]:
+    """The v3 ``code`` and HTTP status of a refusal: 2 / 401 for a failed authentication, and
+    1004 / 400 for a file token (or URL) that names no usable image (v2: 2019 / 404); other
+    refusals keep their v2 code and status."""
+    cls = error if isinstance(error, type) else type(error)
+    if issubclass(cls, AuthenticationFailed):
+        return AUTHENTICATION_FAILED, cls.status
+    if issubclass(cls, FileNotFound):
+        return InvalidParameter.code, InvalidParameter.status
+    return cls.code, cls.status
+
+
+def status_of(task: Task) -> tuple[Status, int | None]:
+    """The task's v3 status and the error code that replaces v2's extra statuses (banned:
+    ``failed`` + 2008, expired: ``failed`` + 2018); None where the v2 code stands."""
+    if task.status in _FAILED_AS:
+        return Status.FAILED, _FAILED_AS[task.status]
+    return task.status, None
 
 
 def model_version(name: object, models: Catalog = CATALOG) -> str:
@@ -82,10 +133,11 @@ def _file(value: object, where: str) -> dict[str, Any]:
 def to_generate_image(
     body: dict[str, Any], route: Route, models: Catalog = CATALOG
 ) -> dict[str, Any]:
-    """The v2 ``generate_image`` body for a v3 generation request (``model`` read in
-    ``models``)."""
+    """The v2 body for a v3 generation request (``model`` read in ``models``): of type
+    ``generate_image`` for image-to-image, ``text_to_image`` for text-to-image (which
+    :func:`parse_text_to_image` reads)."""
     has_input, has_inputs = body.get("input") is not None, body.get("inputs") is not None
-    out: dict[str, Any] = {"type": TASK_TYPE}
+    out: dict[str, Any] = {"type": TEXT_TO_IMAGE if route == "text-to-image" else TASK_TYPE}
     if route == "text-to-image":
         if has_input or has_inputs:
             raise InvalidParameter(
@@ -139,6 +191,23 @@ def to_multiview(body: dict[str, Any], route: MultiviewRoute) -> dict[str, Any]:
     return {"type": EDIT_MULTIVIEW, "original_task_id": original, "prompts": body.get("prompts")}
 
 
+def parse_text_to_image(
+    body: dict[str, Any], models: Catalog = CATALOG, text_to_image_model: str | None = None
+) -> GenerateImageRequest:
+    """A v3 text-to-image request (:func:`to_generate_image`'s body) as a ``text_to_image``
+    task, with v3's rules for a generation (its prompt limit, its options, ``negative_prompt``
+    where the model takes one) and a ``template`` that makes ``prompt`` optional, as the SDKs
+    say. Without a ``model`` it runs on ``text_to_image_model`` (else the catalog's default)
+    at text_to_image's flat price, as v2's text_to_image; with one it runs on that model at
+    that model's price: v3 lets the client pick any model here, and their prices differ."""
+    named = body.get("model_version") is not None
+    generation = {**body, "type": TASK_TYPE}
+    if not named:
+        generation["model_version"] = text_to_image_model or models.default
+    request = parse_generate_image(generation, models, v3=True)
+    return replace(request, type=TEXT_TO_IMAGE, priced_by_model=named)
+
+
 def new_file_token() -> str:
     return str(uuid.uuid4())
 
@@ -161,10 +230,11 @@ def task_type(task: Task) -> str:
 
 def render_task(task: Task, v2: dict[str, Any]) -> dict[str, Any]:
     """The v3 task object, from the task and its v2 rendering (same ETA, same signed link)."""
+    status, code = status_of(task)
     data: dict[str, Any] = {
         "task_id": task.id,
         "type": task_type(task),
-        "status": v2["status"],
+        "status": status.value,
         "progress": v2["progress"],
         "input": task.input,
         "output": {},
@@ -181,9 +251,9 @@ def render_task(task: Task, v2: dict[str, Any]) -> dict[str, Any]:
         data["output"] = {OUTPUT_KEY: views, **views}
     if task.finished_at is not None and task.is_final:
         data["completed_at"] = iso(task.finished_at)
-    if task.status in WITH_ERROR:
-        data["error_code"] = v2["error_code"]
-        data["error_message"] = v2["error_msg"]
+    if task.status in WITH_ERROR or code is not None:
+        data["error_code"] = code or v2["error_code"]
+        data["error_message"] = v2.get("error_msg") or "the task failed"
     if "running_left_basis" in v2:
         data["running_left_basis"] = v2["running_left_basis"]
     if "output_note" in v2:
@@ -198,7 +268,7 @@ def usage_item(task: Task) -> dict[str, Any]:
     return {
         "task_id": task.id,
         "type": task_type(task),
-        "status": task.status.value,
+        "status": status_of(task)[0].value,
         "model": task.model_version,
         "created_at": iso(task.created_at),
         "credits_consumed": float(task.consumed_credit),
