@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from easel.api.app import create_app
 from easel.config import Settings
+from easel.domain import errors, v3
 from easel.domain.catalog import CATALOG
 from easel.runtime import Runtime
 from easel.services.loops import LOOP_RESTARTS, Backoff
@@ -26,6 +27,33 @@ from easel.store.tables import files, ledger, tasks, webhooks
 UNFINISHED = ("queued", "running")
 UNSERVED = "gemini_3.1_flash_image_preview"  # served by no backend, on purpose
 ALL_MODELS = tuple(version for version in CATALOG if version != UNSERVED)
+
+
+# Refusals only the /v3 routes answer.
+V3_ONLY = (errors.MethodNotAllowed, errors.UnsupportedContentType, errors.UnknownRoute)
+
+
+def _statuses_of_code(on_v3: bool) -> dict[int, set[int]]:
+    table: dict[int, set[int]] = {}
+    for error in vars(errors).values():
+        if (
+            isinstance(error, type)
+            and issubclass(error, errors.EaselError)
+            and (on_v3 or not issubclass(error, V3_ONLY))
+        ):
+            code, status = v3.error_code(error) if on_v3 else (error.code, error.status)
+            table.setdefault(code, set()).add(status)
+    return table
+
+
+# The HTTP statuses each protocol code goes with, on v2 routes and on /v3 (v3's codes).
+STATUSES_OF_CODE = _statuses_of_code(on_v3=False)
+V3_STATUSES_OF_CODE = _statuses_of_code(on_v3=True)
+
+
+def statuses_of(code: int, path: str) -> set[int]:
+    """The HTTP statuses that go with ``code`` on ``path``."""
+    return (V3_STATUSES_OF_CODE if path.startswith("/v3/") else STATUSES_OF_CODE).get(code, set())
 
 
 def settings_for(database_url: str, **overrides: Any) -> Settings:

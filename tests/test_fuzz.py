@@ -56,10 +56,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from apptools import ALL_MODELS, Api, png, running_api, settings_for
+from apptools import ALL_MODELS, Api, png, running_api, settings_for, statuses_of
 from easel.api.app import create_app
 from easel.api.envelope import TRACE_HEADER
-from easel.domain import errors, v3
 from easel.domain.webhooks import EVENT_TYPES
 from easel.storage.signing import UrlSigner
 from easel.store import open_store
@@ -120,14 +119,6 @@ def _can_be_negated(label: str) -> bool:
 
 # -- checks ---------------------------------------------------------------------------------------
 
-STATUSES_OF_CODE: dict[int, set[int]] = {}  # on v2 routes
-V3_STATUSES_OF_CODE: dict[int, set[int]] = {}
-for _error in vars(errors).values():
-    if isinstance(_error, type) and issubclass(_error, errors.EaselError):
-        STATUSES_OF_CODE.setdefault(_error.code, set()).add(_error.status)
-        _code, _status = v3.error_code(_error)
-        V3_STATUSES_OF_CODE.setdefault(_code, set()).add(_status)
-
 
 def envelope_conformance(ctx: CheckContext, response: Response, case: AnyCase) -> bool | None:
     """The protocol envelope and the trace id, on every answer not documented as plain HTTP."""
@@ -154,8 +145,7 @@ def envelope_conformance(ctx: CheckContext, response: Response, case: AnyCase) -
     assert not on_v3 or body["status"] == "error", f"{label}: {body!r}"
     assert isinstance(body["message"], str) and body["message"].strip(), f"{label}: {body!r}"
     assert isinstance(body["suggestion"], str) and body["suggestion"].strip(), f"{label}: {body!r}"
-    statuses = (V3_STATUSES_OF_CODE if on_v3 else STATUSES_OF_CODE).get(body["code"], set())
-    assert response.status_code in statuses, (
+    assert response.status_code in statuses_of(body["code"], case.operation.path), (
         f"{label}: code {body['code']!r} does not go with HTTP {response.status_code}: {body!r}"
     )
     return True
