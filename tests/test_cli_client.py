@@ -4,6 +4,7 @@ goes wrong (in the flags and variables of the command, not the Python client's w
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -118,6 +119,50 @@ def test_generate_reads_server_and_key_from_the_environment_and_names_the_file_b
     task_id = out.stderr.split("task ", 1)[1].split()[0]
     assert out.stdout.strip() == f"{task_id}.png"
     assert (tmp_path / f"{task_id}.png").is_file()
+
+
+def test_text_to_image_uploads_the_style_image_and_saves_the_png(
+    server: Server, tmp_path: Path
+) -> None:
+    (tmp_path / "style.png").write_bytes(png(color="green"))
+    out = server.call(
+        "text-to-image",
+        "a lighthouse",
+        "-n",
+        "people",
+        "-s",
+        "style.png",
+        "-o",
+        "l.png",
+        cwd=tmp_path,
+    )
+
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "l.png"
+    assert "uploading the style image" in out.stderr
+    with Image.open(tmp_path / "l.png") as image:
+        assert image.format == "PNG"
+    task_id = out.stderr.split("task ", 1)[1].split()[0]
+    shown = server.call("task", "get", task_id, "--json", cwd=tmp_path)
+    task = json.loads(shown.stdout)
+    assert (task["type"], task["status"], task["consumed_credit"]) == (
+        "text_to_image",
+        "success",
+        5,
+    )
+    assert task["input"]["negative_prompt"] == "people"
+    assert set(task["input"]["style_image"]) == {"file_token"}
+
+
+def test_text_to_image_with_a_too_long_negative_prompt_exits_1_and_saves_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    out = server.call("text-to-image", "a fox", "--negative-prompt", "n" * 256, cwd=tmp_path)
+
+    assert out.returncode == 1
+    assert "error 1004: negative_prompt is 256 characters long; the limit is 255." in out.stderr
+    assert "suggestion: Shorten the negative prompt" in out.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_generate_with_an_unknown_model_exits_1_with_the_code_and_suggestion(
@@ -274,7 +319,15 @@ def test_a_failing_or_foreign_server_is_explained_in_cli_terms(
 
 @pytest.mark.parametrize(
     "command",
-    [(), ("generate",), ("task", "get"), ("balance",), ("serve",), ("keys", "create")],
+    [
+        (),
+        ("generate",),
+        ("text-to-image",),
+        ("task", "get"),
+        ("balance",),
+        ("serve",),
+        ("keys", "create"),
+    ],
     ids=lambda command: " ".join(("easel", *command)),
 )
 def test_help_shows_no_value_type_beside_a_flag(command: tuple[str, ...]) -> None:

@@ -194,6 +194,29 @@ async def test_generate_uploads_a_local_image_and_wait_reports_queue_and_progres
         assert await client.balance() == Balance(balance=90, frozen=0)
 
 
+async def test_text_to_image_uploads_a_local_style_image_and_sends_the_negative_prompt(
+    tmp_path: Path,
+) -> None:
+    style = tmp_path / "style.png"
+    style.write_bytes(png(color="blue"))
+    async with connected(tmp_path, text_to_image_model="gpt_4o") as client:
+        task = await client.wait(
+            await client.text_to_image("a harbour", negative_prompt="boats", style_image=style)
+        )
+        plain = await client.wait(await client.text_to_image("a field"))
+        assert await client.balance() == Balance(balance=90, frozen=0)
+
+    assert (task.raw["type"], task.status, task.consumed_credit) == (
+        "text_to_image",
+        TaskStatus.SUCCESS,
+        5,
+    )
+    assert task.model_version == "gpt_4o"
+    assert task.input["negative_prompt"] == "boats"
+    assert list(task.input["style_image"]) == ["file_token"]
+    assert plain.input == {"prompt": "a field", "model_version": "gpt_4o"}
+
+
 async def test_download_writes_the_png_to_a_file_or_into_a_directory(tmp_path: Path) -> None:
     async with connected(tmp_path) as client:
         task = await client.wait(await client.generate_image("a lighthouse"))

@@ -283,6 +283,17 @@ class BaseClient:
         return Call("GET", task.image_url, _image_bytes, authorized=False)
 
     @staticmethod
+    def _text_to_image_body(
+        prompt: str, negative_prompt: str | None, style_image: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": "text_to_image", "prompt": prompt}
+        if negative_prompt is not None:
+            body["negative_prompt"] = negative_prompt
+        if style_image is not None:
+            body["style_image"] = style_image
+        return body
+
+    @staticmethod
     def _task_body(
         prompt: str | None,
         model: str | None,

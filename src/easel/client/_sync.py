@@ -88,6 +88,23 @@ class Client(BaseClient):
         body = self._task_body(prompt, model, files, template, t_pose, sketch_to_render)
         return self._send(self._submit_call(body))
 
+    def text_to_image(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        style_image: ImageInput | None = None,
+    ) -> str:
+        """Submit a text_to_image task (Tripo's "basic text to image": the server's
+        text-to-image model at a flat price) and upload a local ``style_image`` first; its
+        task_id. The style image is image[1], whose style the result takes."""
+        style = None
+        if style_image is not None:
+            (item,) = plan_images([style_image])
+            style = {"file_token": self._upload_planned(item)} if isinstance(item, Upload) else item
+        body = self._text_to_image_body(prompt, negative_prompt, style)
+        return self._send(self._submit_call(body))
+
     def _upload_planned(self, item: Upload) -> str:
         data = item.path.read_bytes() if item.path is not None else item.data or b""
         return self._send(self._upload_call(item.name, data))

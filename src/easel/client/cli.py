@@ -1,4 +1,5 @@
-"""Commands for callers of an Easel server: ``generate``, ``task get``, ``balance``, ``models``.
+"""Commands for callers of an Easel server: ``generate``, ``text-to-image``, ``task get``,
+``balance``, ``models``.
 
 They talk HTTP through :class:`easel.client.Client` (no ``--config``): ``--server`` (or
 ``$EASEL_SERVER``) names the server and ``--key`` (or ``$EASEL_API_KEY``) the API key. A
@@ -55,12 +56,21 @@ KeyOption = Annotated[
         show_default=False,
     ),
 ]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Where to save the image (default: <task_id>.png)."),
+]
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option(help="Stop waiting after this many seconds (the task goes on)."),
+]
 err = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add the caller commands to the ``easel`` command."""
     app.command("generate")(generate)
+    app.command("text-to-image")(text_to_image)
     app.command("balance")(balance)
     app.command("models")(models)
     task_app = App(help="Inspect tasks on an Easel server.", no_args_is_help=True)
@@ -233,14 +243,8 @@ def generate(
     sketch_to_render: Annotated[
         bool, typer.Option("--sketch-to-render", help="Render the sketch in image[1].")
     ] = False,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Where to save the image (default: <task_id>.png)."),
-    ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option(help="Stop waiting after this many seconds (the task goes on)."),
-    ] = None,
+    output: OutputOption = None,
+    timeout: TimeoutOption = None,
     server: ServerOption = DEFAULT_SERVER,
     key: KeyOption = None,
 ) -> None:
@@ -258,17 +262,54 @@ def generate(
             t_pose=t_pose,
             sketch_to_render=sketch_to_render,
         )
-        err.print(f"task {task_id}")
-        try:
-            task = _wait_with_progress(client, task_id, timeout)
-        except KeyboardInterrupt:
-            _fail(
-                f"interrupted; task {task_id} goes on.",
-                suggestion=f"Check it later with: easel task get {task_id}",
-            )
-        path = client.download(task, output)
-        err.print(f"saved; {task.consumed_credit} credits used")
-        typer.echo(str(path))
+        _finish(client, task_id, output, timeout)
+
+
+def text_to_image(
+    prompt: Annotated[str, typer.Argument(help="What to draw (at most 1024 characters).")],
+    negative_prompt: Annotated[
+        str | None,
+        typer.Option("--negative-prompt", "-n", help="What the image must not show (≤255)."),
+    ] = None,
+    style_image: Annotated[
+        str | None,
+        typer.Option(
+            "--style-image",
+            "-s",
+            help="An image whose style the result takes: a local path (uploaded), URL or "
+            "image_token.",
+        ),
+    ] = None,
+    output: OutputOption = None,
+    timeout: TimeoutOption = None,
+    server: ServerOption = DEFAULT_SERVER,
+    key: KeyOption = None,
+) -> None:
+    """Draw from a prompt alone, with a negative prompt: show progress, save the image.
+
+    Tripo's basic text to image (a text_to_image task): it runs on the server's text-to-image
+    model at a flat price; --style-image lends it a style."""
+    with _client(server, key) as client:
+        style = None if style_image is None else _image_arg(style_image)
+        if isinstance(style, Path):
+            err.print("uploading the style image…")
+        task_id = client.text_to_image(prompt, negative_prompt=negative_prompt, style_image=style)
+        _finish(client, task_id, output, timeout)
+
+
+def _finish(client: Client, task_id: str, output: Path | None, timeout: float | None) -> None:
+    """Wait for the task with a progress bar, save its image and print the file's path."""
+    err.print(f"task {task_id}")
+    try:
+        task = _wait_with_progress(client, task_id, timeout)
+    except KeyboardInterrupt:
+        _fail(
+            f"interrupted; task {task_id} goes on.",
+            suggestion=f"Check it later with: easel task get {task_id}",
+        )
+    path = client.download(task, output)
+    err.print(f"saved; {task.consumed_credit} credits used")
+    typer.echo(str(path))
 
 
 def task_get(
