@@ -428,6 +428,8 @@ async def test_models_lists_the_catalog_with_prices_and_serving_backends(api: Ap
     response = await api.client.get("/v2/openapi/models")
     data = response.json()["data"]
     assert data["default"] == "flux.1_kontext_pro"
+    # text_to_image runs on the default model here (none configured), at its flat price
+    assert data["text_to_image"] == {"model_version": "flux.1_kontext_pro", "credits": 5}
     rows = {row["model_version"]: row for row in data["models"]}
     assert len(rows) == 14
     assert data["aliases"] == {}

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -37,6 +38,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "playgro
 DELAY_S = 3.0
 CREDITS = 100
 PRICE = 5  # flux.1_kontext_pro, the default model
+T2I_PRICE = 5  # text_to_image's flat price
 PROMPT = "a red fox in the snow, colours of image[1]"
 OUTAGE = "Connection lost: the server does not answer. Trying again…"
 API = "**/v2/openapi/**"
@@ -240,6 +242,45 @@ def test_generate_with_reference_images(page: Page, key: str) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shot(page, "4-phone-390x844", show="#task-panel")
     shot(page, "4-phone-390x844-full", full_page=True)
+
+
+@pytest.mark.e2e
+def test_text_to_image_with_a_negative_prompt(page: Page, key: str, server: Server) -> None:
+    enter_key(page, key)
+    page.get_by_label("Text to image").check()
+    expect(page.get_by_label("Model")).to_be_hidden()  # it runs on the server's t2i model
+    expect(page.get_by_label("Template")).to_be_hidden()
+    expect(page.locator("#dropzone")).to_be_hidden()
+    expect(page.locator("#negative-help")).to_contain_text(
+        f"runs on flux.1_kontext_pro for {T2I_PRICE} credits"
+    )
+    page.get_by_label("Prompt", exact=True).fill("a lighthouse at dusk")
+    negative = page.get_by_label("Negative prompt")
+    negative.fill("n" * 256)
+    expect(page.locator("#negative-count")).to_have_text("256 / 255 (too long)")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#form-error")).to_contain_text("the limit is 255")
+    negative.fill("people, boats")
+    expect(page.locator("#form-error")).to_be_hidden()  # the fix clears the complaint
+    expect(page.locator("#prompt-help")).not_to_contain_text("reference images")
+    expect(page.locator("#submit")).to_have_text(f"Generate · {T2I_PRICE} credits")
+    shot(page, "text-to-image-form")
+
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#task-status")).to_have_text("Done: the image is ready")
+    task_id = page.locator("#task-meta").inner_text().rsplit("task ", 1)[1]
+    expect(page.locator("#balance-amount")).to_have_text(str(CREDITS - T2I_PRICE))
+    expect(page.locator("#gallery .tile").first).to_contain_text(f"{T2I_PRICE} credits")
+    answer = httpx.get(
+        f"{server.base_url}/v2/openapi/task/{task_id}",
+        headers={"Authorization": f"Bearer {key}"},
+    ).json()["data"]
+    assert answer["type"] == "text_to_image"
+    assert answer["input"]["negative_prompt"] == "people, boats"
+
+    page.get_by_label("Generate image").check()  # back: the model and the images return
+    expect(page.get_by_label("Model")).to_be_visible()
+    expect(page.get_by_label("Negative prompt")).to_be_hidden()
 
 
 @pytest.mark.e2e

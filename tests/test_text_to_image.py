@@ -67,6 +67,8 @@ async def test_it_runs_on_the_configured_model_at_the_flat_price(database_url: s
         assert task["input"]["model_version"] == "gpt_image_2"
         assert task["consumed_credit"] == PRICE
         assert await api.balance() == {"balance": CREDITS - PRICE, "frozen": 0}
+        listed = (await api.client.get("/v2/openapi/models")).json()["data"]
+        assert listed["text_to_image"] == {"model_version": "gpt_image_2", "credits": PRICE}
 
 
 def test_an_unknown_text_to_image_model_is_a_configuration_error() -> None:

@@ -9,6 +9,7 @@ import * as store from "./store.js";
 
 const $ = (id) => document.getElementById(id);
 const MAX_PROMPT = 1024;
+const MAX_NEGATIVE = 255;
 const POLL_MS = 700;
 const RETRY_MAX_MS = 5000; // the longest wait between tries while the server is away
 const STATUS_WORDS = {
@@ -21,10 +22,15 @@ const STATUS_WORDS = {
   unknown: "Unknown state",
 };
 
-const state = { key: store.loadKey(), models: [], defaultModel: "", templates: [], balance: null };
+const state = {
+  key: store.loadKey(), models: [], defaultModel: "", templates: [], balance: null,
+  textToImage: null, // what a text_to_image task runs on and costs: {model_version, credits}
+};
 const view = { task: null, watch: null, deadline: null, shownImage: "", outage: "" };
 const api = createApi(() => state.key);
-const priceOf = (version) => state.models.find((m) => m.model_version === version)?.credits;
+const priceOf = (version, type) => (type === "text_to_image"
+  ? state.textToImage?.credits
+  : state.models.find((m) => m.model_version === version)?.credits);
 const gallery = createGallery({
   api, list: $("gallery"), empty: $("gallery-empty"), getKey: () => state.key, onOpen: openTask,
   priceOf, onFinal: () => refreshBalance().catch(() => {}),
@@ -100,6 +106,7 @@ async function loadModels() {
   const data = await api.models();
   state.models = data.models;
   state.defaultModel = data.default;
+  state.textToImage = data.text_to_image;
   keepSpelling(data.models.map((m) => m.model_version));
   const select = $("model");
   select.replaceChildren(...data.models.map((m) => {
@@ -145,6 +152,15 @@ async function loadTemplates() {
 const model = () => state.models.find((m) => m.model_version === $("model").value);
 const template = () => state.templates.find((t) => t.slug === $("template").value);
 const promptLength = () => [...$("prompt").value].length; // code points, as the server counts
+const negativeLength = () => [...$("negative-prompt").value].length;
+/** The text_to_image mode: a prompt and a negative prompt on the server's text-to-image model. */
+const textOnly = () => document.querySelector("input[name=mode]:checked").value === "text_to_image";
+/** What the task will run on and cost: the text_to_image model, or the form's model. */
+function runner(imageCount) {
+  if (!textOnly()) return effectiveModel(imageCount);
+  const m = state.models.find((x) => x.model_version === state.textToImage?.model_version);
+  return m && { ...m, credits: state.textToImage.credits };
+}
 
 /** The model that will run: a text-only "upgrade" model runs as the default with images. */
 function effectiveModel(imageCount) {
@@ -168,6 +184,7 @@ function formProblem() {
     return new ApiError(0, `The prompt is ${length} characters long; the limit is ${MAX_PROMPT}.`,
       "Shorten the prompt.");
   }
+  if (textOnly()) return textOnlyProblem();
   if (!$("prompt").value.trim() && !template()) {
     return new ApiError(0, "Write a prompt or choose a template.", "Describe the image you want.");
   }
@@ -193,7 +210,44 @@ function formProblem() {
   return null;
 }
 
+function textOnlyProblem() {
+  if (!$("prompt").value.trim()) {
+    return new ApiError(0, "Write a prompt.", "Text to image draws from the prompt alone.");
+  }
+  if (negativeLength() > MAX_NEGATIVE) {
+    return new ApiError(0, `The negative prompt is ${negativeLength()} characters long; the `
+      + `limit is ${MAX_NEGATIVE}.`, "Shorten the negative prompt.");
+  }
+  const m = runner(0);
+  if (!m || !m.served) {
+    return new ApiError(0, "This server does not serve its text-to-image model.",
+      "Use Generate image, or ask the operator to serve the text_to_image model.");
+  }
+  return null;
+}
+
+function checkMode() {
+  const text = textOnly();
+  $("generate-fields").hidden = text;
+  $("prompt-help").textContent = text
+    ? "Up to 1024 characters, no emoji."
+    : "Up to 1024 characters, no emoji. Refer to reference images as image[1], image[2], …";
+  $("mode-help").textContent = text
+    ? "Tripo's basic text to image: a prompt and what the image must not show, at a flat price."
+    : "Choose the model, a template and reference images.";
+  $("negative-field").hidden = !text;
+  const negative = negativeLength();
+  $("negative-count").textContent = `${negative} / ${MAX_NEGATIVE}${negative > MAX_NEGATIVE ? " (too long)" : ""}`;
+  $("negative-count").classList.toggle("over", negative > MAX_NEGATIVE);
+  const t2i = state.textToImage;
+  $("negative-help").textContent = t2i
+    ? `What the image must not show, up to ${MAX_NEGATIVE} characters. Text to image runs on `
+      + `${t2i.model_version} for ${t2i.credits} credits.`
+    : "";
+}
+
 function checkForm() {
+  checkMode();
   const length = promptLength();
   const counter = $("prompt-count");
   counter.textContent = `${length} / ${MAX_PROMPT}${length > MAX_PROMPT ? " (too long)" : ""}`;
@@ -205,7 +259,7 @@ function checkForm() {
     ? `${t.description}${t.images ? ` Adds ${t.images} reference image.` : ""}`
     : "Optional preset that adds its own instructions.";
   const count = images.count + (t?.images || 0);
-  const runs = effectiveModel(count);
+  const runs = runner(count);
   $("submit-price").textContent = runs ? `· ${runs.credits} credits` : "";
   warnBalance(runs);
   const problem = state.models.length ? formProblem() : null;
@@ -234,13 +288,7 @@ async function submit(event) {
   button.disabled = true;
   button.setAttribute("aria-busy", "true");
   try {
-    const prompt = $("prompt").value;
-    const body = { type: "generate_image", prompt, model_version: model().model_version };
-    if (template()) body.template = template().slug;
-    body.t_pose = $("t-pose").checked;
-    body.sketch_to_render = $("sketch").checked;
-    const files = await images.files();
-    if (files.length) body.files = files;
+    const body = textOnly() ? textToImageBody() : await generateImageBody();
     const { task_id } = await api.submit(body);
     gallery.update({ task_id, status: "queued", input: body, create_time: Math.floor(Date.now() / 1000) });
     openTask(task_id);
@@ -251,6 +299,22 @@ async function submit(event) {
     button.disabled = false;
     button.removeAttribute("aria-busy");
   }
+}
+
+function textToImageBody() {
+  const body = { type: "text_to_image", prompt: $("prompt").value };
+  if ($("negative-prompt").value.trim()) body.negative_prompt = $("negative-prompt").value;
+  return body;
+}
+
+async function generateImageBody() {
+  const body = { type: "generate_image", prompt: $("prompt").value, model_version: model().model_version };
+  if (template()) body.template = template().slug;
+  body.t_pose = $("t-pose").checked;
+  body.sketch_to_render = $("sketch").checked;
+  const files = await images.files();
+  if (files.length) body.files = files;
+  return body;
 }
 
 // -- the live task view -------------------------------------------------------------------
@@ -395,8 +459,15 @@ async function cancel() {
 $("key-form").addEventListener("submit", useKey);
 $("forget-key").addEventListener("click", forget);
 $("task-form").addEventListener("submit", submit);
-for (const id of ["prompt", "model", "template"]) $(id).addEventListener("input", checkForm);
-$("prompt").addEventListener("input", () => showError($("form-error"), null));
+for (const id of ["prompt", "negative-prompt", "model", "template"]) {
+  $(id).addEventListener("input", checkForm);
+}
+for (const radio of document.querySelectorAll("input[name=mode]")) {
+  radio.addEventListener("change", () => { showError($("form-error"), null); checkForm(); });
+}
+for (const id of ["prompt", "negative-prompt"]) {
+  $(id).addEventListener("input", () => showError($("form-error"), null));
+}
 $("cancel").addEventListener("click", cancel);
 $("gallery-refresh").addEventListener("click", () => gallery.refresh());
 setInterval(renderDetail, 500);

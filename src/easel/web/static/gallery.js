@@ -9,6 +9,7 @@ const AT_ONCE = 6;
 export function snapshot(task) {
   return {
     task_id: task.task_id,
+    type: task.type || task.input?.type || "generate_image",
     prompt: task.input?.prompt || "",
     template: task.input?.template || "",
     model_version: task.input?.model_version || "",
@@ -72,7 +73,7 @@ export function createGallery({ api, list, empty, getKey, onOpen, priceOf, onFin
     badge.className = `badge badge-${entry.status}`;
     badge.textContent = entry.status;
     const cost = document.createElement("span");
-    cost.textContent = costText(entry, priceOf(entry.model_version));
+    cost.textContent = costText(entry, priceOf(entry.model_version, entry.type));
     meta.append(badge, cost);
     button.append(frame, prompt, meta);
     li.append(button);
