@@ -113,6 +113,10 @@ class Settings(BaseModel):
     # is charged one request per check.
     max_streams_per_key: int = Field(default=20, ge=1)
     stream_check_s: float = Field(default=5.0, gt=0)
+    # Streams read the event log when woken (PostgreSQL: LISTEN/NOTIFY; SQLite: in-process
+    # after each commit). On SQLite each API process also reads the log's new rows every
+    # stream_poll_s, for events other processes committed (--processes N).
+    stream_poll_s: float = Field(default=0.25, gt=0)
     # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the
     # client is the right-most hop not in this list. From other peers it is ignored.
     trusted_proxies: list[str] = Field(default_factory=list)

@@ -39,6 +39,7 @@ from easel.services.loops import (
     Backoff,
     LoopGroup,
 )
+from easel.services.wakeups import EVENT_WAKEUPS_DOWN, EventWakeups
 from easel.services.webhooks import Dispatcher
 from easel.web import router as playground
 
@@ -64,6 +65,8 @@ def create_app(
             loops.add("worker", worker.run, meanwhile=WORKER_DOWN)
         loops.add("webhooks", Dispatcher.for_runtime(runtime).run, meanwhile=DISPATCHER_DOWN)
         loops.add("janitor", runtime.janitor().run, meanwhile=JANITOR_DOWN)
+        wakeups = EventWakeups(runtime.store.engine, runtime.streams, settings.stream_poll_s)
+        loops.add("event wake-ups", wakeups.run, meanwhile=EVENT_WAKEUPS_DOWN)
         try:
             async with loops.running(asyncio.Event()):
                 freeze_startup_objects()

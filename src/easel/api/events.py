@@ -1,7 +1,8 @@
 """Live task updates from the event log: WebSocket watch (as Tripo clients use it) and SSE.
 
-Both read the same ordered, per-account event log (``easel.store.events``) by polling it, so
-any API replica serves any client. Each event carries the task object with the status and
+Both read the same ordered, per-account event log (``easel.store.events``) whenever an event
+of the account may have been committed (``easel.services.wakeups``), so any API replica
+serves any client. Each event carries the task object with the status and
 progress the event recorded.
 
 * WebSocket ``/task/watch/{task_id}``, ``/task/watch/all`` and ``/task/watch/all/{since}``:
@@ -41,7 +42,6 @@ from easel.services.streams import Stream, StreamEnded
 
 router = APIRouter()
 
-POLL_S = 0.2
 KEEPALIVE_S = 15.0
 
 
@@ -57,7 +57,7 @@ async def follow(
             after = event.seq
             yield event
         if not batch:
-            await stream.pause(POLL_S)
+            await stream.pause()
 
 
 async def render_event(runtime: Runtime, event: Event, base_url: str) -> dict[str, Any]:

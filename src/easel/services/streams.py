@@ -15,6 +15,10 @@ counted like requests are:
   client told why (1002).
 * **Shutdown ends every stream at once** (:meth:`Streams.end_all`), so the server does not
   wait for clients that would never leave.
+
+An idle stream costs no reads of the event log: it waits in :meth:`Stream.pause` until an
+event of its account may have been committed (:meth:`Streams.publish`, driven by
+``easel.services.wakeups``), then reads on from the last event it sent.
 """
 
 from __future__ import annotations
@@ -47,26 +51,39 @@ class Stream:
     def __init__(self, owner: Streams, caller: Caller) -> None:
         self.caller = caller
         self._owner = owner
-        self._ended = asyncio.Event()
+        self._signal = asyncio.Event()  # set when woken or ended
+        self._woken = False
+        self._ended = False
         self._error: EaselError | None = None
         self._next_check = time.monotonic() + owner.check_s
 
     def end(self, error: EaselError | None = None) -> None:
         """End the stream (its loop raises at its next pause); the first reason wins."""
-        if not self._ended.is_set():
-            self._error = error
-            self._ended.set()
+        if not self._ended:
+            self._error, self._ended = error, True
+            self._signal.set()
 
-    async def pause(self, seconds: float) -> None:
-        """Wait up to ``seconds`` (less when the key is due for its check)."""
-        self._raise_if_ended()
-        wait_s = min(seconds, self._next_check - time.monotonic())
-        if wait_s > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await self._ended.wait()
+    def wake(self) -> None:
+        """An event of the stream's account may have been committed: its pause returns."""
+        self._woken = True
+        self._signal.set()
+
+    async def pause(self) -> None:
+        """Wait until woken (at once if woken since the last pause), checking the key when
+        it is due meanwhile. A wake-up that comes while the stream reads is kept for its
+        next pause, so none is lost between the read and the wait."""
+        while True:
             self._raise_if_ended()
-        if time.monotonic() >= self._next_check:
+            if self._woken:
+                self._woken = False
+                self._signal.clear()
+                return
+            wait_s = self._next_check - time.monotonic()
+            if wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self._signal.wait()
+                continue
             await self._check_key()
 
     async def _check_key(self) -> None:
@@ -87,7 +104,7 @@ class Stream:
             self._raise_if_ended()
 
     def _raise_if_ended(self) -> None:
-        if self._ended.is_set():
+        if self._ended:
             raise StreamEnded(self._error)
 
 
@@ -101,6 +118,7 @@ class Streams:
         self.per_key, self.check_s = per_key, check_s
         self._open: set[Stream] = set()
         self._per_key: Counter[str] = Counter()
+        self._by_account: dict[str, set[Stream]] = {}
         self._ending = False  # shutting down: a stream opened now ends at once
 
     def open(self, caller: Caller) -> Stream:
@@ -118,6 +136,7 @@ class Streams:
         stream = Stream(self, caller)
         self._open.add(stream)
         self._per_key[caller.key_id] += 1
+        self._by_account.setdefault(caller.account_id, set()).add(stream)
         if self._ending:
             stream.end()
         return stream
@@ -128,7 +147,21 @@ class Streams:
             self._per_key[stream.caller.key_id] -= 1
             if self._per_key[stream.caller.key_id] <= 0:
                 del self._per_key[stream.caller.key_id]
+            same_account = self._by_account[stream.caller.account_id]
+            same_account.discard(stream)
+            if not same_account:
+                del self._by_account[stream.caller.account_id]
         stream.end()
+
+    def publish(self, account_id: str) -> None:
+        """Wake the streams of ``account_id``: an event of it may have been committed."""
+        for stream in self._by_account.get(account_id, ()):
+            stream.wake()
+
+    def wake_all(self) -> None:
+        """Wake every stream (wake-ups may have been missed: each reads on, in case)."""
+        for stream in self._open:
+            stream.wake()
 
     def end_all(self) -> None:
         """Shutdown: every open stream ends now, and any opened later at once."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,20 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """``engine.begin()`` at the store's edge: an outage leaves as ``StoreUnavailable``."""
     with translated():
         async with engine.begin() as conn:
+            conn.info.pop(_AFTER_COMMIT, None)  # left by a transaction that rolled back
             yield conn
+            callbacks = conn.info.pop(_AFTER_COMMIT, ())
+    for callback in callbacks:
+        callback()
+
+
+_AFTER_COMMIT = "easel_after_commit"
+
+
+def after_commit(conn: AsyncConnection, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the :func:`transaction` of ``conn`` has committed (never if it
+    rolls back)."""
+    conn.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
 @contextlib.asynccontextmanager

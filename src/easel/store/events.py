@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.domain.events import Event
 from easel.domain.tasks import Status
-from easel.store import webhooks
+from easel.store import notify, webhooks
 from easel.store.db import connection, read_only, transaction
 from easel.store.tables import accounts, events
 
@@ -26,6 +26,7 @@ _NEXT_SEQ = (
     .values(event_seq=accounts.c.event_seq + 1)
     .returning(accounts.c.event_seq)
 )
+_NEXT_SEQ_NOTIFYING = _NEXT_SEQ.returning(notify.NOTIFY_EVENT)  # PostgreSQL
 _INSERT = insert(events)
 
 
@@ -38,7 +39,13 @@ async def append(
     status: Status,
     progress: int,
 ) -> int:
-    seq = (await conn.execute(_NEXT_SEQ, {"account_id": account_id})).scalar_one()
+    # On PostgreSQL the same statement sends the NOTIFY that wakes the account's streams on
+    # commit; on SQLite they are signalled after the commit (easel.store.notify).
+    postgres = conn.dialect.name == "postgresql"
+    numbering = _NEXT_SEQ_NOTIFYING if postgres else _NEXT_SEQ
+    seq = (await conn.execute(numbering, {"account_id": account_id})).scalar_one()
+    if not postgres:
+        notify.event_appended(conn, account_id)
     now = time.time()
     await conn.execute(
         _INSERT,
