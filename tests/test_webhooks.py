@@ -44,10 +44,12 @@ class Receiver:
     url: str = ""
     answers: list[int] = field(default_factory=list)
     default: int = 200
+    delay_s: float = 0.0  # before each answer
     received: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
 
     async def endpoint(self, request: Request) -> Response:
         self.received.append((await request.body(), dict(request.headers)))
+        await asyncio.sleep(self.delay_s)
         return Response(status_code=self.answers.pop(0) if self.answers else self.default)
 
     def verified(self, secret: str) -> list[dict[str, Any]]:
@@ -175,6 +177,20 @@ async def test_a_success_is_delivered_once_signed_with_the_task_object(
     [attempt] = delivery["attempts"]
     assert (attempt["number"], attempt["status_code"], attempt["error"]) == (1, 200, None)
     assert attempt["latency_ms"] > 0
+
+
+async def test_the_delivery_timeout_is_a_setting(database_url: str, receiver: Receiver) -> None:
+    receiver.delay_s = 3.0  # slower than the setting allows, within the 10 s default
+    settings = settings_for(database_url, allow_outbound_cidrs=LOOPBACK, webhook_timeout_s=0.5)
+    async with running_api(settings) as api:
+        hook = await register(api, receiver.url, "task.success")
+        await finished_task(api)
+        async with asyncio.timeout(15):
+            while not (log := await log_of(api, hook["id"])) or not log[0]["attempts"]:  # noqa: ASYNC110 - the API's answer
+                await asyncio.sleep(0.05)
+    first = log[0]["attempts"][0]
+    assert first["error"] == "no answer within 0.5 s"
+    assert log[0]["status"] == "pending"  # retried later on the usual schedule
 
 
 async def test_a_webhook_gets_only_the_events_it_asked_for(api: Api, receiver: Receiver) -> None:

@@ -85,6 +85,9 @@ class Settings(BaseModel):
     janitor_interval_s: float = Field(default=30.0, gt=0)  # how often both are checked
     # delivered or dead webhook deliveries (and their attempt log) are forgotten after this
     delivery_log_retention_s: float = Field(default=30 * 86400.0, gt=0)
+    # how long one webhook delivery attempt may take (connect to the end of the answer's
+    # headers) before it counts as failed and is retried later
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
     # task events (what watch and SSE replay, e.g. after Last-Event-ID) are forgotten after this
     event_log_retention_s: float = Field(default=7 * 86400.0, gt=0)
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with trace_id

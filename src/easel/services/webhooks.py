@@ -138,8 +138,15 @@ class Dispatcher:
     @classmethod
     def for_runtime(cls, runtime: Runtime, **options: Any) -> Dispatcher:
         store = runtime.store.webhooks
-        policy, poll_s = runtime.service.policy, runtime.settings.poll_interval_s
-        return cls(store, task_renderer(runtime), policy, **{"poll_s": poll_s, **options})
+        settings = runtime.settings
+        timeout_s = settings.webhook_timeout_s
+        defaults = {
+            "poll_s": settings.poll_interval_s,
+            "timeout_s": timeout_s,
+            # A claimed delivery stays this dispatcher's while its attempt may still run.
+            "lease_s": max(60.0, 2 * timeout_s + 10),
+        }
+        return cls(store, task_renderer(runtime), runtime.service.policy, **{**defaults, **options})
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then let attempts under way finish (briefly)."""
