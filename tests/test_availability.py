@@ -232,8 +232,9 @@ def test_sigterm_closes_event_streams_and_exits_within_the_grace(tmp_path: Path)
         with contextlib.suppress(Exception):
             proc.wait(timeout=grace + MARGIN_S)
         took = time.monotonic() - sent
-        # uvicorn ends by raising the SIGTERM it caught again, once it has shut down.
-        assert proc.returncode is not None, f"running after {took:.1f} s\n{log.read_text()}"
+        # A clean shutdown exits 0 (uvicorn raises the SIGTERM it caught again at the end,
+        # which easel serve turns into exit 0 rather than death by the signal: 143).
+        assert proc.returncode == 0, f"{proc.returncode} after {took:.1f} s\n{log.read_text()}"
         assert took < grace + MARGIN_S
         assert "Application shutdown complete" in log.read_text()
 

@@ -20,10 +20,13 @@ pytestmark = pytest.mark.e2e
 
 
 @contextmanager
-def api_only(tmp_path: Path, settings: str) -> Iterator[tuple[httpx.Client, Path, Path]]:
-    """``easel serve --no-worker`` on a config with ``settings`` (placeholder jobs take 3 s)
-    and a key of 100 credits; yields a client using the key, the config and the shared log."""
-    config = write_config(tmp_path, settings, delay_s=3.0)
+def api_only(
+    tmp_path: Path, settings: str, delay_s: float = 3.0
+) -> Iterator[tuple[httpx.Client, Path, Path]]:
+    """``easel serve --no-worker`` on a config with ``settings`` (placeholder jobs take
+    ``delay_s``) and a key of 100 credits; yields a client using the key, the config and the
+    shared log."""
+    config = write_config(tmp_path, settings, delay_s=delay_s)
     key = create_key(config, 100)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -80,7 +83,8 @@ def test_a_killed_workers_task_is_reclaimed_and_settled_once(tmp_path: Path) -> 
 
 
 def test_a_worker_stopped_with_sigterm_releases_its_task_at_once(tmp_path: Path) -> None:
-    with api_only(tmp_path, "lease_s = 30\npoll_interval_s = 0.1\n") as (client, config, log):
+    settings = "lease_s = 30\npoll_interval_s = 0.1\nworker_drain_s = 0\n"  # no drain
+    with api_only(tmp_path, settings) as (client, config, log):
         with easel_process("worker", "--config", str(config), log=log) as leaving:
             task_id = submit(client, "hand over")
             poll(client, task_id, {"running"}, 30)

@@ -26,6 +26,7 @@ from easel.server import uvicorn_options
 from easel.services.loops import JANITOR_DOWN, LoopGroup
 from easel.store import Store, open_store
 from easel.supervise import SupervisedRun, announce_registered
+from easel.worker.health import serving
 from easel.worker.runner import WorkerCannotRegister
 
 app = App(help="Easel: a Tripo v2 generate_image task server.", no_args_is_help=True)
@@ -96,6 +97,10 @@ def serve(
         raise typer.Exit(1)
 
 
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _serve(
     app_: FastAPI | str,
     settings: Settings,
@@ -104,6 +109,9 @@ def _serve(
     processes: int = 1,
     run: Callable[..., None] = uvicorn.run,
 ) -> None:
+    # uvicorn catches SIGTERM, shuts down gracefully, then raises the signal again to the
+    # handler it found before: this one, so that a clean shutdown exits 0, not 143.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     run(
         app_,
         factory=isinstance(app_, str),
@@ -124,9 +132,21 @@ def worker(
     models: Annotated[
         str | None, typer.Option(help="Comma-separated model_versions to take (default: all).")
     ] = None,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve /healthz and /readyz on this port (default: the worker_health_port "
+            "setting; none).",
+        ),
+    ] = None,
 ) -> None:
-    """Run a worker alone (no API)."""
+    """Run a worker alone (no API). SIGTERM drains it: it claims nothing more, lets its
+    running tasks finish within worker_drain_s, puts back the rest, and exits 0."""
     settings = _settings(config)
+    if health_port is not None:
+        settings = settings.model_copy(update={"worker_health_port": health_port})
     _logging(settings)
     chosen = [m.strip() for m in models.split(",") if m.strip()] if models else None
     try:
@@ -149,9 +169,11 @@ async def _run_worker(settings: Settings, models: list[str] | None) -> None:
     # is restarted if it crashes.
     loops = LoopGroup(runtime.problems)
     loops.add("janitor", runtime.janitor().run, meanwhile=JANITOR_DOWN)
+    worker = runtime.new_worker(models)
+    port, host = settings.worker_health_port, settings.worker_health_host
     try:
-        async with loops.running(stop):
-            await runtime.new_worker(models).run(stop, on_registered=announce_registered)
+        async with serving(worker.health, host, port), loops.running(stop):
+            await worker.run(stop, on_registered=announce_registered)
     finally:
         await runtime.close()
 

@@ -77,6 +77,13 @@ class Settings(BaseModel):
     lease_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
+    # On SIGTERM a worker claims nothing more and gives its running tasks worker_drain_s to
+    # finish; those still running are then stopped and put back in the queue (0: at once).
+    worker_drain_s: float = Field(default=20.0, ge=0)
+    # `easel worker` serves /healthz and /readyz on this port (127.0.0.1 unless
+    # worker_health_host says otherwise); None: no HTTP at all.
+    worker_health_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_health_host: str = "127.0.0.1"
     # How long a starting worker waits for an unreachable database before it exits non-zero.
     worker_register_timeout_s: float = Field(default=300.0, gt=0)
     fetch_timeout_s: float = Field(default=20.0, gt=0)

@@ -31,6 +31,24 @@ from easel.store import is_outage
 log = logging.getLogger("easel.worker")
 
 
+class Control:
+    """The JobControl a backend sees: progress in, cancellation out (thread-safe enough:
+    single attribute writes)."""
+
+    def __init__(self) -> None:
+        self.fraction = 0.0
+        self.stop = False
+        self.cancel_requested = False  # stop because the client cancelled
+        self.stopping = False  # stop because the worker is shutting down (else: claim lost)
+
+    def progress(self, fraction: float) -> None:
+        self.fraction = max(self.fraction, min(1.0, max(0.0, fraction)))
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop
+
+
 async def run_attempt(backend: ImageBackend, job: Job, control: JobControl) -> GeneratedImage:
     """Run one backend attempt within the backend's ``timeout_s``: the one place that
     deadline is enforced. An exception a backend should not let out (a bug, or its library

@@ -32,6 +32,10 @@ class RunControl(JobControl, Protocol):
     def cancel_requested(self) -> bool:
         """True when the client cancelled the task (else a stop means the claim was lost)."""
 
+    @property
+    def stopping(self) -> bool:
+        """True when the worker is shutting down (the task goes back to the queue)."""
+
 
 # (task, its images for this view, control, prompt, seed) → (image, backend, attempt id)
 Generate = Callable[
@@ -51,6 +55,10 @@ class _Share:
     @property
     def cancel_requested(self) -> bool:
         return self.control.cancel_requested
+
+    @property
+    def stopping(self) -> bool:
+        return self.control.stopping
 
     def progress(self, fraction: float) -> None:
         self.control.progress((self.done + min(1.0, max(0.0, fraction))) / self.total)

@@ -36,7 +36,8 @@ from easel.outbound import OutboundPolicy
 from easel.storage.check import StorageCheck
 from easel.storage.objects import ObjectStore, ObjectStoreError
 from easel.store import Store, is_outage, outages_suppressed
-from easel.worker.attempts import in_format, outcome_of, run_attempt
+from easel.worker.attempts import Control, in_format, outcome_of, run_attempt
+from easel.worker.health import WorkerHealth
 from easel.worker.identity import (
     WorkerCannotRegister,
     check_worker_id,
@@ -52,23 +53,7 @@ __all__ = ["Worker", "WorkerCannotRegister"]
 log = logging.getLogger("easel.worker")
 HOUSEKEEPING_S = 1.0
 OUTAGE_BACKOFF_MAX_S = 5.0  # longest wait between claims while the database is away
-
-
-class _Control:
-    """The JobControl a backend sees: progress in, cancellation out (thread-safe enough:
-    single attribute writes)."""
-
-    def __init__(self) -> None:
-        self.fraction = 0.0
-        self.stop = False
-        self.cancel_requested = False  # stop because the client cancelled (else: claim lost)
-
-    def progress(self, fraction: float) -> None:
-        self.fraction = max(self.fraction, min(1.0, max(0.0, fraction)))
-
-    @property
-    def cancelled(self) -> bool:
-        return self.stop
+STOP_WAIT_S = 5.0  # after the drain: how long stopped tasks get to notice before cancelled
 
 
 class _NoBackend(BackendError):
@@ -95,8 +80,10 @@ class Worker:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._full = False  # the last claims stopped at the slot limit, not an empty queue
+        self._controls: dict[str, Control] = {}  # of the running tasks, by task id
         self._listener = store.wake_ups(self.wake)
         self._last_housekeeping = -HOUSEKEEPING_S
+        self.health = WorkerHealth(self.storage, lambda: self.models)
 
     @property
     def models(self) -> list[str]:
@@ -119,6 +106,7 @@ class Worker:
         try:
             if not await self._register(slots, stop):
                 return
+            self.health.registered()
             if on_registered is not None:
                 on_registered()
             log.info("worker %s takes %s", self.id, ", ".join(self.models) or "no model")
@@ -140,6 +128,7 @@ class Worker:
                     backoff = 0.0
                 await self._sleep(stop, backoff or self.settings.poll_interval_s)
         finally:
+            self.health.draining = True
             await self._shutdown()
 
     async def _claim_until_full(self, slots: int, stop: asyncio.Event) -> None:
@@ -203,6 +192,7 @@ class Worker:
         await self._listener.ensure()
         try:
             await self.store.queue.register_worker(self.id, self.models, slots)
+            self.health.registered()
             await self._fail_unloadable()
             reclaimed = await self.store.queue.reclaim_lapsed(self.settings.max_attempts)
             if reclaimed:
@@ -237,9 +227,21 @@ class Worker:
             waiter.cancel()
 
     async def _shutdown(self) -> None:
+        """Drain: claim nothing more; the running tasks get ``worker_drain_s`` to finish. Then
+        each still running is told to stop (a local pipeline stops at its next step) and put
+        back in the queue, where another worker takes it at once."""
         await self._listener.close()
+        drain_s = self.settings.worker_drain_s
+        if self._running and drain_s > 0:
+            log.info("stopping: %d running task(s) get %g s to finish", len(self._running), drain_s)
+            await asyncio.wait(self._running, timeout=drain_s)
+        if self._running:
+            log.info("stopping: %d task(s) go back to the queue", len(self._running))
+            for control in self._controls.values():
+                control.stopping = control.stop = True
+            await asyncio.wait(self._running, timeout=STOP_WAIT_S)
         for runner in list(self._running):
-            runner.cancel()
+            runner.cancel()  # it puts its task back in the queue
         await asyncio.gather(*self._running, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.store.queue.unregister_worker(self.id)
@@ -247,11 +249,12 @@ class Worker:
     # -- one task -------------------------------------------------------------------------
 
     async def run_task(self, task: Task) -> None:
-        control = _Control()
+        control = self._controls[task.id] = Control()
         heartbeat = asyncio.create_task(self._heartbeat(task, control))
         try:
             await self._execute(task, control)
         except asyncio.CancelledError:
+            control.stopping = control.stop = True  # a backend's thread stops at its next step
             with outages_suppressed():  # else its lease lapses: reclaimed
                 await self.store.queue.release(task)  # shutdown: back to the queue, not lost
             raise
@@ -269,11 +272,12 @@ class Worker:
                     task, Status.FAILED, FatalServerError.code, f"internal error: {first_line(exc)}"
                 )
         finally:
+            self._controls.pop(task.id, None)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _heartbeat(self, task: Task, control: _Control) -> None:
+    async def _heartbeat(self, task: Task, control: Control) -> None:
         interval = min(self.settings.lease_s / 3, 1.0)
         while True:
             await asyncio.sleep(interval)
@@ -295,7 +299,7 @@ class Worker:
                 control.stop = True
                 return
 
-    async def _execute(self, task: Task, control: _Control) -> None:
+    async def _execute(self, task: Task, control: Control) -> None:
         model = self.settings.catalog[task.model_version]
         try:
             images = await resolve(
@@ -316,6 +320,8 @@ class Worker:
         except JobCancelled:
             if control.cancel_requested:
                 await self.store.queue.fail(task, Status.CANCELLED, None, None)
+            elif control.stopping:  # this worker is stopping: another one runs it
+                await self.store.queue.release(task)
             return  # otherwise the claim was lost; its new owner finishes the task
         except BackendRejected as exc:
             await self.store.queue.fail(task, Status.BANNED, exc.error_code, str(exc))
@@ -388,7 +394,13 @@ class Worker:
                 problems.append(f"{backend.name}: {exc}")
                 continue
             except JobCancelled:
-                reason = "cancelled by the client" if control.cancel_requested else "claim lost"
+                reason = (
+                    "cancelled by the client"
+                    if control.cancel_requested
+                    else "the worker stopped"
+                    if control.stopping
+                    else "claim lost"
+                )
                 await queue.end_attempt(attempt, AttemptOutcome.CANCELLED, reason)
                 raise
             return image, backend.name, attempt
