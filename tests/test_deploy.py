@@ -142,7 +142,13 @@ def test_compose_wires_health_checks_and_stop_periods_from_the_settings() -> Non
     api, worker = services["api"], services["worker"]
     check = " ".join(api["healthcheck"]["test"])
     assert "/healthz" in check and "/readyz" in check
-    assert "--no-worker" in api["command"] and worker["command"] == ["worker"]
+    assert "--no-worker" in api["command"] and worker["command"] == [
+        "worker",
+        "--health-port",
+        "8001",
+    ]
+    worker_check = " ".join(worker["healthcheck"]["test"])
+    assert ":8001" in worker_check and "/healthz" in worker_check and "/readyz" in worker_check
     for dependent in (api, worker):
         assert dependent["depends_on"] == {
             "postgres": {"condition": "service_healthy"},
@@ -152,7 +158,7 @@ def test_compose_wires_health_checks_and_stop_periods_from_the_settings() -> Non
     defaults = Settings()
     # Compose has no preStop: the API's period is the chart's without it.
     assert api["stop_grace_period"] == f"{defaults.shutdown_grace_s + 10 + 5}s"
-    assert worker["stop_grace_period"] == f"{math.ceil(defaults.lease_s) + 5}s"
+    assert worker["stop_grace_period"] == f"{math.ceil(defaults.worker_drain_s) + 10}s"
 
 
 # -- the Helm chart -----------------------------------------------------------------------------
@@ -228,7 +234,12 @@ def test_grace_periods_follow_the_lease_and_shutdown_settings(
     pre_stop = 5 if pre_stop_s is None else pre_stop_s
     values: dict[str, Any] = {**BASE, "settings": {}, "api": {}}
     if lease_s is not None:
-        values["settings"] = {"leaseS": lease_s, "shutdownGraceS": grace_s, "workerConcurrency": 2}
+        values["settings"] = {
+            "leaseS": lease_s,
+            "shutdownGraceS": grace_s,
+            "workerDrainS": defaults.worker_drain_s,
+            "workerConcurrency": 2,
+        }
         values["api"] = {"preStopSleepS": pre_stop_s}
     manifests = render_chart(values)
 
@@ -237,19 +248,38 @@ def test_grace_periods_follow_the_lease_and_shutdown_settings(
         return spec
 
     assert pod("easel-api")["terminationGracePeriodSeconds"] == pre_stop + grace + 10 + 5
-    assert pod("easel-worker-default")["terminationGracePeriodSeconds"] == math.ceil(lease) + 5
+    drain = math.ceil(defaults.worker_drain_s)
+    assert pod("easel-worker-default")["terminationGracePeriodSeconds"] == drain + 10
     hook = pod("easel-api")["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert hook == ["sleep", str(pre_stop)]
     for name in ("easel-api", "easel-worker-default"):
         env = env_of(manifests, name)  # the server runs with the numbers the periods assume
         assert float(env["EASEL_LEASE_S"]) == lease
         assert int(env["EASEL_SHUTDOWN_GRACE_S"]) == grace
+        assert float(env["EASEL_WORKER_DRAIN_S"]) == defaults.worker_drain_s
+
+
+def test_a_worker_is_probed_on_its_health_port() -> None:
+    manifests = render_chart(BASE)
+    worker = container(manifests, "easel-worker-default")
+    assert worker["args"][:3] == ["worker", "--health-port", "8001"]
+    assert worker["ports"] == [{"name": "health", "containerPort": 8001}]
+    assert worker["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert env_of(manifests, "easel-worker-default")["EASEL_WORKER_HEALTH_HOST"] == "0.0.0.0"
 
 
 def test_a_gpu_pool_asks_for_its_gpus_takes_its_models_and_keeps_its_weights() -> None:
     manifests = render_chart(GPU_POOL)
     worker = container(manifests, "easel-worker-gpu-flux")
-    assert worker["args"] == ["worker", "--models", "flux.1_dev,flux.1_kontext_pro"]
+    assert worker["args"] == [
+        "worker",
+        "--health-port",
+        "8001",
+        "--models",
+        "flux.1_dev,flux.1_kontext_pro",
+    ]
     assert worker["resources"]["limits"] == {"nvidia.com/gpu": 1, "memory": "64Gi"}
     pod = find(manifests, "Deployment", "easel-worker-gpu-flux")["spec"]["template"]["spec"]
     weights = next(v for v in pod["volumes"] if v["name"] == "weights")

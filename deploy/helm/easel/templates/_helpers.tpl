@@ -46,18 +46,15 @@ is retried from the outbox), so a longer period would only delay rollouts.
 {{- end -}}
 
 {{/*
-terminationGracePeriodSeconds of a worker pod: lease_s + 5. On SIGTERM a worker cancels its
-running tasks and puts each back in the queue (one transaction per task), unregisters and
-exits; a local pipeline's thread may hold the exit until its current image is painted (the
-task is back in the queue by then: a SIGKILL loses nothing). A task it
-could not put back (the database away) is reclaimed by another worker once its lease lapses,
-at most lease_s after its last renewal (renewed every min(lease_s / 3, 1) s). So a worker
-killed after lease_s + 5 s loses nothing that waiting longer would have saved, and one
-killed much earlier could leave its tasks waiting out their lease instead of running again
-at once.
+terminationGracePeriodSeconds of a worker pod: workerDrainS + 10. On SIGTERM a worker claims
+nothing more and gives its running tasks worker_drain_s to finish; it then sets their stop
+flag (a local pipeline stops at its next step; a task is given 5 s to notice), puts each
+still running back in the queue (one transaction per task), unregisters and exits 0: 5 s
+more for that. A task it could not put back (the database away) is reclaimed by another
+worker once its lease lapses, so a SIGKILL after this period loses nothing.
 */}}
 {{- define "easel.workerGraceS" -}}
-{{- add (int (ceil .Values.settings.leaseS)) 5 -}}
+{{- add (int (ceil .Values.settings.workerDrainS)) 10 -}}
 {{- end -}}
 
 {{/* KEDA's connection string: secrets.kedaConnection, else databaseUrl without "+asyncpg". */}}
@@ -93,6 +90,8 @@ at once.
   value: {{ .Values.settings.leaseS | toString | quote }}
 - name: EASEL_SHUTDOWN_GRACE_S
   value: {{ .Values.settings.shutdownGraceS | toString | quote }}
+- name: EASEL_WORKER_DRAIN_S
+  value: {{ .Values.settings.workerDrainS | toString | quote }}
 - name: EASEL_WORKER_CONCURRENCY
   value: {{ .Values.settings.workerConcurrency | toString | quote }}
 - name: EASEL_LOG_FORMAT
