@@ -24,6 +24,7 @@ from easel.storage.check import StorageCheck
 from easel.storage.objects import ObjectStore, open_object_store
 from easel.storage.signing import UrlSigner
 from easel.store import Store, connect
+from easel.store.ports import EventWakeUps
 from easel.worker.runner import Worker
 
 log = logging.getLogger("easel")
@@ -81,6 +82,13 @@ class Runtime:
     async def ping_database(self) -> None:
         """A trivial query: raises (StoreUnavailable) when the database cannot answer."""
         await self.store.ping()
+
+    def event_wake_ups(self) -> EventWakeUps:
+        """What wakes this process's event streams when their account has a new event."""
+        streams = self.streams
+        return self.store.event_wake_ups(
+            streams.publish, streams.wake_all, self.settings.stream_poll_s
+        )
 
     def janitor(self) -> Janitor:
         return Janitor(self.store, self.objects, self.settings)

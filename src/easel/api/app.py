@@ -33,13 +33,13 @@ from easel.runtime import freeze_startup_objects, open_runtime
 from easel.server import ON_SHUTDOWN
 from easel.services.loops import (
     DISPATCHER_DOWN,
+    EVENTS_DOWN,
     JANITOR_DOWN,
     LOOP_RESTARTS,
     WORKER_DOWN,
     Backoff,
     LoopGroup,
 )
-from easel.services.wakeups import EVENT_WAKEUPS_DOWN, EventWakeups
 from easel.services.webhooks import Dispatcher
 from easel.web import router as playground
 
@@ -65,8 +65,7 @@ def create_app(
             loops.add("worker", worker.run, meanwhile=WORKER_DOWN)
         loops.add("webhooks", Dispatcher.for_runtime(runtime).run, meanwhile=DISPATCHER_DOWN)
         loops.add("janitor", runtime.janitor().run, meanwhile=JANITOR_DOWN)
-        wakeups = EventWakeups(runtime.store.engine, runtime.streams, settings.stream_poll_s)
-        loops.add("event wake-ups", wakeups.run, meanwhile=EVENT_WAKEUPS_DOWN)
+        loops.add("event wake-ups", runtime.event_wake_ups().run, meanwhile=EVENTS_DOWN)
         try:
             async with loops.running(asyncio.Event()):
                 freeze_startup_objects()

@@ -1,9 +1,8 @@
 """Live task updates from the event log: WebSocket watch (as Tripo clients use it) and SSE.
 
 Both read the same ordered, per-account event log (``easel.store.events``) whenever an event
-of the account may have been committed (``easel.services.wakeups``), so any API replica
-serves any client. Each event carries the task object with the status and
-progress the event recorded.
+of the account may have been committed (``Store.event_wake_ups``), so any API replica serves
+any client. Each event carries the task object with the status and progress it recorded.
 
 * WebSocket ``/task/watch/{task_id}``, ``/task/watch/all`` and ``/task/watch/all/{since}``:
   frames ``{"event": "update" | "finalized", "data": <task>}``; authenticated by the

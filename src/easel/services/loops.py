@@ -37,6 +37,7 @@ Loop = Callable[[asyncio.Event], Awaitable[None]]  # runs until its stop event i
 # What does not happen while each loop is down: the end of its /readyz line.
 WORKER_DOWN = "meanwhile this process runs no tasks"
 DISPATCHER_DOWN = "meanwhile no webhook is sent"
+EVENTS_DOWN = "meanwhile open event streams see new events only at their key checks"
 JANITOR_DOWN = "meanwhile no queued task expires and no output past retention is deleted"
 
 

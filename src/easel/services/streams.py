@@ -18,7 +18,7 @@ counted like requests are:
 
 An idle stream costs no reads of the event log: it waits in :meth:`Stream.pause` until an
 event of its account may have been committed (:meth:`Streams.publish`, driven by
-``easel.services.wakeups``), then reads on from the last event it sent.
+``Store.event_wake_ups``, ``easel.store.notify``), then reads on from the last event it sent.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from easel.store.estimates import Estimates
 from easel.store.events import EventStore
 from easel.store.files import FileStore, SecretStore
 from easel.store.metrics import MetricsStore
-from easel.store.notify import QueueListener
+from easel.store.notify import EventWakeUps, QueueListener
 from easel.store.outage import is_outage, outages_suppressed
 from easel.store.ports import Store
 from easel.store.queue import QueueStore
@@ -56,6 +56,11 @@ class SqlStore:
 
     def wake_ups(self, on_queued: Callable[[], None]) -> QueueListener:
         return QueueListener(self.engine, on_queued)
+
+    def event_wake_ups(
+        self, on_event: Callable[[str], None], on_gap: Callable[[], None], poll_s: float
+    ) -> EventWakeUps:
+        return EventWakeUps(self.engine, on_event, on_gap, poll_s)
 
     async def ping(self) -> None:
         async with connection(read_only(self.engine)) as conn:

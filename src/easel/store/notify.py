@@ -17,6 +17,8 @@ streams while their listening connection is down) fall back to polling.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,11 +28,15 @@ from sqlalchemy import func, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.store.db import after_commit, connection, read_only
+from easel.store.outage import is_outage
 from easel.store.tables import accounts
 
 CHANNEL = "easel_tasks"
 EVENTS_CHANNEL = "easel_events"
 TAIL_BATCH = 10_000  # rows of the log read by one EventLogTail.poll
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 5.0
+LISTENING_CHECK_S = 5.0  # how often a listening connection is looked at, besides its loss
 log = logging.getLogger("easel.store")
 
 
@@ -69,11 +75,10 @@ class Listener:
             return None
         return self._conn.sync_connection.connection.driver_connection
 
-    async def ensure(self) -> bool:
-        """Start listening, or start again after the connection dropped. True when this
-        call (re)started it: what was committed meanwhile was not notified."""
+    async def ensure(self) -> None:
+        """Start listening, or start again after the connection dropped."""
         if self._engine.dialect.name != "postgresql" or self.listening:
-            return False
+            return
         await self.close()
         try:
             self._conn = await self._engine.connect()
@@ -84,8 +89,6 @@ class Listener:
         except Exception as exc:  # the database may be restarting: poll until it is back
             log.warning("cannot LISTEN on %s (%s); polling meanwhile", self._channel, exc)
             await self.close()
-            return False
-        return True
 
     def _callback(self, _conn: object, _pid: object, _channel: object, payload: object) -> None:
         self._on_notify(str(payload))
@@ -183,3 +186,83 @@ class EventLogTail:
                 return set()
         self._last = int(rows[-1][0])
         return {str(row[1]) for row in rows}
+
+
+class EventWakeUps:
+    """Calls ``on_event(account_id)`` when an event of the account may have been committed,
+    and ``on_gap()`` when some may have been missed (every follower should read on):
+
+    * PostgreSQL: one ``LISTEN`` connection (:class:`Listener`). When it drops, it listens
+      again with back-off (``RECONNECT_FIRST_S`` doubling to ``RECONNECT_MAX_S``), calling
+      ``on_gap`` at each try and once more when listening again, so what was committed while
+      nobody listened is caught up.
+    * SQLite: this process's commits at once (:func:`watch_local_events`), and every
+      ``poll_s`` the log's new rows (:class:`EventLogTail`), for other processes' commits.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        on_event: Callable[[str], None],
+        on_gap: Callable[[], None],
+        poll_s: float,
+    ) -> None:
+        self._engine, self._on_event, self._on_gap = engine, on_event, on_gap
+        self._poll_s = poll_s
+        self._lost = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self._engine.dialect.name == "postgresql":
+            await self._listen(stop)
+        else:
+            await self._tail(stop)
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        listener = Listener(self._engine, EVENTS_CHANNEL, self._on_event, self._lost.set)
+        backoff = 0.0
+        try:
+            while not stop.is_set():
+                self._lost.clear()
+                was_listening = listener.listening
+                await listener.ensure()
+                if listener.listening and not was_listening:
+                    if backoff:
+                        log.info("listening for events again; streams catch up")
+                    self._on_gap()  # what was committed before LISTEN took effect
+                    backoff = 0.0
+                if listener.listening:
+                    await _until(stop, self._lost, LISTENING_CHECK_S)
+                    continue
+                self._on_gap()  # nobody is listening: read, in case
+                backoff = min(RECONNECT_MAX_S, max(backoff * 2, RECONNECT_FIRST_S))
+                await _until(stop, None, backoff)
+        finally:
+            await listener.close()
+
+    async def _tail(self, stop: asyncio.Event) -> None:
+        unsubscribe = watch_local_events(self._engine, self._on_event)
+        tail = EventLogTail(self._engine)
+        try:
+            while not stop.is_set():
+                try:
+                    for account_id in await tail.poll():
+                        self._on_event(account_id)
+                except Exception as exc:
+                    if not is_outage(exc):
+                        raise
+                    log.warning("cannot read the event log's tail (%s); trying again", exc)
+                await _until(stop, None, self._poll_s)
+        finally:
+            unsubscribe()
+
+
+async def _until(stop: asyncio.Event, other: asyncio.Event | None, timeout_s: float) -> None:
+    """Wait until ``stop`` (or ``other``) is set, at most ``timeout_s``."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, other) if e is not None]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*waiters, return_exceptions=True)

@@ -5,6 +5,7 @@ part. :class:`easel.store.SqlStore` (SQLite, PostgreSQL) and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
@@ -144,6 +145,13 @@ class WakeUps(Protocol):
     async def close(self) -> None: ...
 
 
+class EventWakeUps(Protocol):
+    """Tells event streams when an event of an account may have been committed (where the
+    store can), and when some may have been missed; runs until ``stop`` is set."""
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
 class Store(Protocol):
     """Every part of persistence, as the services and the worker use it."""
 
@@ -167,6 +175,13 @@ class Store(Protocol):
     def wake_ups(self, on_queued: Callable[[], None]) -> WakeUps:
         """A listener that calls ``on_queued`` when a task is queued (by any process that
         shares this store, where it can tell)."""
+        ...
+
+    def event_wake_ups(
+        self, on_event: Callable[[str], None], on_gap: Callable[[], None], poll_s: float
+    ) -> EventWakeUps:
+        """What calls ``on_event(account_id)`` once an event of the account may have been
+        committed, and ``on_gap()`` when some may have been missed."""
         ...
 
     async def ping(self) -> None:

@@ -37,6 +37,13 @@ class RunControl(JobControl, Protocol):
         """True when the worker is shutting down (the task goes back to the queue)."""
 
 
+def stop_reason(control: RunControl) -> str:
+    """Why a backend was told to stop, as its attempt records it."""
+    if control.cancel_requested:
+        return "cancelled by the client"
+    return "the worker stopped" if control.stopping else "claim lost"
+
+
 # (task, its images for this view, control, prompt, seed) → (image, backend, attempt id)
 Generate = Callable[
     [Task, tuple[InputImage, ...], RunControl, str, int],

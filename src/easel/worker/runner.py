@@ -45,7 +45,7 @@ from easel.worker.identity import (
     register,
 )
 from easel.worker.inputs import resolve
-from easel.worker.multiview import RunControl, make_views
+from easel.worker.multiview import RunControl, make_views, stop_reason
 from easel.worker.outputs import output_key, store_output, store_views
 
 __all__ = ["Worker", "WorkerCannotRegister"]
@@ -394,13 +394,7 @@ class Worker:
                 problems.append(f"{backend.name}: {exc}")
                 continue
             except JobCancelled:
-                reason = (
-                    "cancelled by the client"
-                    if control.cancel_requested
-                    else "the worker stopped"
-                    if control.stopping
-                    else "claim lost"
-                )
+                reason = stop_reason(control)
                 await queue.end_attempt(attempt, AttemptOutcome.CANCELLED, reason)
                 raise
             return image, backend.name, attempt

@@ -10,6 +10,8 @@ Settings choose it with ``database_url = "memory://"``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +44,19 @@ class MemoryWakeUps:
     async def close(self) -> None:
         if self.listening:
             self._memory.listeners.remove(self._on_queued)
+
+
+class MemoryEventWakeUps:
+    """Every ``poll_s``, every stream reads on (no per-account signal: a store for tests)."""
+
+    def __init__(self, on_gap: Callable[[], None], poll_s: float) -> None:
+        self._on_gap, self._poll_s = on_gap, poll_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._on_gap()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._poll_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +99,11 @@ class MemoryStore:
 
     def wake_ups(self, on_queued: Callable[[], None]) -> MemoryWakeUps:
         return MemoryWakeUps(self.memory, on_queued)
+
+    def event_wake_ups(
+        self, on_event: Callable[[str], None], on_gap: Callable[[], None], poll_s: float
+    ) -> MemoryEventWakeUps:
+        return MemoryEventWakeUps(on_gap, poll_s)
 
     async def ping(self) -> None:
         return None
