@@ -36,7 +36,7 @@ preStop's sleep is over; the sleep counts against the period):
   shutdownGraceS  event streams end at once; requests still running get shutdown_grace_s
                   (uvicorn's graceful timeout) before they are cancelled;
   10              then the webhook dispatcher gives deliveries under way their request
-                  timeout, a fixed 10 s in Easel (docs/operations.md, Webhooks);
+                  timeout, webhook_timeout_s (10 s unless raised through extraEnv);
   5               closing the database pool and exiting.
 Past this Kubernetes sends SIGKILL; nothing the API holds is lost by it (a delivery cut short
 is retried from the outbox), so a longer period would only delay rollouts.
