@@ -1,10 +1,11 @@
 """The worker: claim → resolve inputs → run the backend chain → store the output → settle.
 
 A multiview task runs the chain once per view (:mod:`easel.worker.multiview`) and stores four
-outputs (:mod:`easel.worker.outputs`); everything else is the same path. A worker runs ``worker_concurrency`` tasks at once. Each running task has a heartbeat that
-renews its lease and stores its progress; if the heartbeat finds the claim gone (the lease
-lapsed and another worker took the task), the run is abandoned. Every path ends the task in
-a final state (success, or failed/banned with a refund) or, on shutdown, back in the queue.
+outputs (:mod:`easel.worker.outputs`); everything else is the same path. A worker runs
+``worker_concurrency`` tasks at once. Each running task has a heartbeat that renews its lease
+and stores its progress; if the heartbeat finds the claim gone (the lease lapsed and another
+worker took the task), the run is abandoned. Every path ends the task in a final state
+(success, or failed/banned with a refund) or, on shutdown, back in the queue.
 """
 
 from __future__ import annotations
