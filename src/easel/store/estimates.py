@@ -1,20 +1,21 @@
 """The estimates a task object shows (``running_left_time``, ``queuing_num``) and
 ``Retry-After`` rests on: measured run times per model, backend and kind of request, the
 queue position, the live worker slots. Means and slots are remembered for a moment; a
-position is always exact."""
+position is always read afresh (exact up to ``POSITION_CAP``)."""
 
 from __future__ import annotations
 
 import time
 
-from sqlalchemy import bindparam, func, select, tuple_
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from easel.domain.eta import MeanKey, Measured, mean_keys
 from easel.domain.tasks import AttemptOutcome, Status, Task
+from easel.store.queue_order import AHEAD, POSITION_CAP
 from easel.store.records import Attempt, Outlook
 from easel.store.tables import attempts, tasks, workers
-from easel.store.task_rows import OTHER, attempts_of, running_of
+from easel.store.task_rows import attempts_of
 
 _Recalled = tuple[float | None] | None  # a remembered value (which may be None), or nothing
 
@@ -25,7 +26,7 @@ class Estimates:
 
     They feed the estimates every poll shows (``running_left_time``, ``Retry-After``), are
     averages over many tasks, and cost a statement each; polling clients ask for them many
-    times a second. ``queuing_num`` is never remembered: it stays exact.
+    times a second. ``queuing_num`` is never remembered.
     """
 
     def __init__(self, ttl_s: float) -> None:
@@ -121,8 +122,10 @@ async def outlook(
 
 
 async def position_of(conn: AsyncConnection, task: Task) -> int:
+    """How many queued tasks go before ``task`` in the claim order, at most
+    ``POSITION_CAP`` (see :mod:`easel.store.queue_order`)."""
     params = {"key_id": task.api_key_id, "created_at": task.created_at, "task_id": task.id}
-    return int(await conn.scalar(AHEAD, params) or 0)
+    return min(int(await conn.scalar(AHEAD, params) or 0), POSITION_CAP)
 
 
 # Successful runs of a model, newest first: the successful attempt of each successful task
@@ -170,16 +173,3 @@ async def _live_slots(conn: AsyncConnection, within_s: float = 30.0) -> int:
         )
     )
     return int(slots or 0)
-
-
-# How many queued tasks go before a given one, in claim order (see ``QueueStore.claim``): its
-# key's running tasks, then age. One statement: one round trip.
-AHEAD = (
-    select(func.count())
-    .select_from(OTHER)
-    .where(
-        OTHER.c.status == Status.QUEUED.value,
-        tuple_(running_of(OTHER.c.api_key_id), OTHER.c.created_at, OTHER.c.id)
-        < tuple_(running_of(bindparam("key_id")), bindparam("created_at"), bindparam("task_id")),
-    )
-)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import ColumnElement, Row, Update, and_, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.domain.errors import FatalServerError
 from easel.domain.tasks import AttemptOutcome, Status, Task
@@ -27,35 +28,42 @@ from easel.store.lifecycle import (
     queued,
     succeed,
 )
+from easel.store.queue_order import pick
 from easel.store.records import Heartbeat
 from easel.store.refusals import waited_too_long, worker_gone
 from easel.store.tables import attempts, tasks, workers
-from easel.store.task_rows import running_of, task_from_row
+from easel.store.task_rows import task_from_row
 
-_CLAIM = (
-    update(tasks)
-    .where(
-        tasks.c.id
-        == select(tasks.c.id)
-        .where(
-            tasks.c.status == Status.QUEUED.value,
-            tasks.c.model_version.in_(bindparam("models", expanding=True)),
+
+def _claim(lateral: bool) -> Update:
+    """Claim the task ``pick`` chooses (see :mod:`easel.store.queue_order`)."""
+    return (
+        update(tasks)
+        .where(tasks.c.id == pick(lateral).scalar_subquery(), may_move(Status.RUNNING))
+        .values(
+            status=Status.RUNNING.value,
+            attempts=tasks.c.attempts + 1,
+            worker_id=bindparam("claimed_by"),
+            lease_until=bindparam("claimed_until"),
+            started_at=bindparam("claimed_at"),
+            progress=0,
         )
-        .order_by(running_of(tasks.c.api_key_id), tasks.c.created_at, tasks.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery(),
-        may_move(Status.RUNNING),
+        .returning(*tasks.c)
     )
-    .values(
-        status=Status.RUNNING.value,
-        attempts=tasks.c.attempts + 1,
-        worker_id=bindparam("claimed_by"),
-        lease_until=bindparam("claimed_until"),
-        started_at=bindparam("claimed_at"),
-        progress=0,
+
+
+_CLAIM_SQLITE = _claim(lateral=False)
+_CLAIM_POSTGRES = _claim(lateral=True)
+# PostgreSQL: how many of each (model, key) pair's oldest tasks a claim looks at; when other
+# claimers were taking every one of them, it looks again at more (None: all of them).
+PER_PAIR = (8, 256, None)
+_ANY_QUEUED = (
+    select(tasks.c.id)
+    .where(
+        tasks.c.status == Status.QUEUED.value,
+        tasks.c.model_version.in_(bindparam("models", expanding=True)),
     )
-    .returning(*tasks.c)
+    .limit(1)
 )
 _SET_BACKEND = update(tasks).where(FENCE).values(backend=bindparam("set_backend"))
 _INSERT_ATTEMPT = insert(attempts)
@@ -111,12 +119,23 @@ class QueueStore:
             "claimed_at": now,
         }
         async with transaction(self._engine) as conn:
-            row = (await conn.execute(_CLAIM, claim)).first()
+            row = await self._claim(conn, claim)
             if row is None:
                 return None
             task = task_from_row(row)
             await moved(conn, task, Status.RUNNING, 0)
         return task
+
+    async def _claim(self, conn: AsyncConnection, claim: dict[str, Any]) -> Row[Any] | None:
+        if self._engine.dialect.name != "postgresql":  # claims are serialised: none skipped
+            return (await conn.execute(_CLAIM_SQLITE, claim)).first()
+        for per_pair in PER_PAIR:
+            row = (await conn.execute(_CLAIM_POSTGRES, {**claim, "per_pair": per_pair})).first()
+            if row is not None:
+                return row
+            if per_pair == PER_PAIR[0] and await conn.scalar(_ANY_QUEUED, claim) is None:
+                return None  # nothing queued: no need to look further
+        return None
 
     async def heartbeat(self, task: Task, lease_s: float, progress: int) -> Heartbeat:
         """Renew the lease and store progress; say whether the claim is still ours and

@@ -96,6 +96,9 @@ tasks = Table(
     Column("started_at", Float),
     Column("finished_at", Float),
     Index("ix_tasks_queue", "status", "created_at"),
+    # The claim and the queue position walk the queue pair by pair (model, key), oldest
+    # first within a pair: see easel.store.queue_order.
+    Index("ix_tasks_queued", "status", "model_version", "api_key_id", "created_at", "id"),
     Index("ix_tasks_key_status", "api_key_id", "status"),
     Index("ix_tasks_key_created", "api_key_id", "created_at"),
     Index("ix_tasks_model_finished", "model_version", "status", "finished_at"),

@@ -1,11 +1,11 @@
-"""A task row and its attempts as the SQL store reads them, and the queue's claim order."""
+"""A task row and its attempts as the SQL store reads them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -81,21 +81,3 @@ def joined_attempts(rows: Sequence[Row[Any]]) -> list[Attempt]:
         for row in rows
         if row._mapping["attempt_id"] is not None
     ]
-
-
-# Aliases of ``tasks`` for the queue-order subqueries, made once: making one builds a proxy of
-# every column, which cost more than the rest of a poll's statement building.
-OTHER = tasks.alias("other")
-_RUNNING = tasks.alias("running")
-
-
-def running_of(api_key_id: Any) -> Any:
-    """How many tasks of ``api_key_id`` are running (a scalar subquery): the claim order
-    puts the keys with the fewest running tasks first."""
-    running = _RUNNING
-    return (
-        select(func.count())
-        .select_from(running)
-        .where(running.c.api_key_id == api_key_id, running.c.status == Status.RUNNING.value)
-        .scalar_subquery()
-    )
