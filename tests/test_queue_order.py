@@ -203,3 +203,25 @@ async def test_a_claim_skips_tasks_other_claimers_hold_and_finds_the_one_left(
             await holder.rollback()
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_claim_looks_past_the_first_keys_when_others_hold_their_tasks(
+    database_url: str,
+) -> None:
+    store = await open_store(database_url)
+    try:
+        callers = await _callers(store, 12)
+        start = time.time() - 3600
+        rows = [_row(caller, MODELS[0], start + n) for n, caller in enumerate(callers)]
+        await _write(store, rows)
+        ids = [row["id"] for row in rows]
+        async with store.engine.connect() as holder:
+            await holder.execute(
+                select(tasks.c.id).where(tasks.c.id.in_(ids[:-1])).with_for_update()
+            )
+            claimed = await store.queue.claim("w", [MODELS[0]], 60)
+            assert claimed is not None and claimed.id == ids[-1]
+            await holder.rollback()
+    finally:
+        await store.close()

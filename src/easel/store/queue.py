@@ -54,9 +54,10 @@ def _claim(lateral: bool) -> Update:
 
 _CLAIM_SQLITE = _claim(lateral=False)
 _CLAIM_POSTGRES = _claim(lateral=True)
-# PostgreSQL: how many of each (model, key) pair's oldest tasks a claim looks at; when other
-# claimers were taking every one of them, it looks again at more (None: all of them).
-PER_PAIR = (8, 256, None)
+# PostgreSQL: how many (model, key) pairs, those whose oldest task comes first, and how many
+# of each pair's oldest tasks a claim looks at; when other claimers were taking every one of
+# them, it looks again at more (None: all).
+LOOKS = ((8, 8), (None, 64), (None, None))
 _ANY_QUEUED = (
     select(tasks.c.id)
     .where(
@@ -129,11 +130,12 @@ class QueueStore:
     async def _claim(self, conn: AsyncConnection, claim: dict[str, Any]) -> Row[Any] | None:
         if self._engine.dialect.name != "postgresql":  # claims are serialised: none skipped
             return (await conn.execute(_CLAIM_SQLITE, claim)).first()
-        for per_pair in PER_PAIR:
-            row = (await conn.execute(_CLAIM_POSTGRES, {**claim, "per_pair": per_pair})).first()
+        for look, (pairs_considered, per_pair) in enumerate(LOOKS):
+            looks = {**claim, "pairs_considered": pairs_considered, "per_pair": per_pair}
+            row = (await conn.execute(_CLAIM_POSTGRES, looks)).first()
             if row is not None:
                 return row
-            if per_pair == PER_PAIR[0] and await conn.scalar(_ANY_QUEUED, claim) is None:
+            if look == 0 and await conn.scalar(_ANY_QUEUED, claim) is None:
                 return None  # nothing queued: no need to look further
         return None
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     CTE,
     BigInteger,
     ColumnElement,
+    FromClause,
     Select,
     String,
     and_,
@@ -102,7 +103,7 @@ def _pairs(name: str, models: bool, adding: Callable[[CTE], Any] | None = None) 
     return start.union_all(step)
 
 
-def _of_pair(pairs: CTE) -> ColumnElement[bool]:
+def _of_pair(pairs: FromClause) -> ColumnElement[bool]:
     return and_(
         _PAIR.c.status == _QUEUED,
         _PAIR.c.model_version == pairs.c.m,
@@ -116,8 +117,9 @@ def pick(lateral: bool) -> Select[Any]:
     tasks of each (model, key) pair.
 
     ``lateral`` False: SQLite's form, the oldest task of each pair (claims are serialised:
-    nothing is ever skipped). True: PostgreSQL's, the bound ``per_pair`` oldest of each pair
-    (None: all) through a LATERAL join, so that concurrent claimers, each skipping the tasks
+    nothing is ever skipped). True: PostgreSQL's, through LATERAL joins: the bound
+    ``per_pair`` oldest tasks (None: all) of the ``pairs_considered`` pairs whose oldest
+    task comes first (None: all pairs), so that concurrent claimers, each skipping the tasks
     the others are taking, still find one.
     """
     pairs = _pairs("claim_pairs", True)
@@ -133,14 +135,34 @@ def pick(lateral: bool) -> Select[Any]:
         candidates = select(oldest.label("id")).where(pairs.c.k.is_not(None)).subquery()
         joined = candidates.join(chosen, chosen.c.id == candidates.c.id)
     else:
+        first = _PAIR.alias("first")
+        head = (
+            select(first.c.created_at, first.c.id)
+            .where(
+                first.c.status == _QUEUED,
+                first.c.model_version == pairs.c.m,
+                first.c.api_key_id == pairs.c.k,
+            )
+            .order_by(first.c.created_at, first.c.id)
+            .limit(1)
+            .lateral("oldest_of_pair")
+        )
+        # The bound ``pairs_considered`` pairs whose oldest task comes first (None: all).
+        ranked = (
+            select(pairs.c.m, pairs.c.k)
+            .select_from(pairs.join(head, true()))
+            .order_by(running_of(pairs.c.k), head.c.created_at, head.c.id)
+            .limit(bindparam("pairs_considered"))
+            .subquery("ranked")
+        )
         oldest_few = (
             select(_PAIR.c.id)
-            .where(_of_pair(pairs))
+            .where(_of_pair(ranked))
             .order_by(_PAIR.c.created_at, _PAIR.c.id)
             .limit(bindparam("per_pair"))
             .lateral("candidates")
         )
-        joined = pairs.join(oldest_few, true()).join(chosen, chosen.c.id == oldest_few.c.id)
+        joined = ranked.join(oldest_few, true()).join(chosen, chosen.c.id == oldest_few.c.id)
     return (
         select(chosen.c.id)
         .select_from(joined)
