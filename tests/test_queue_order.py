@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import select
 
 from easel.domain.accounts import Caller
+from easel.domain.tasks import POSITION_CAP
 from easel.store import SqlStore, open_store
-from easel.store.queue_order import POSITION_CAP
 from easel.store.tables import tasks
 
 MODELS = ["flux.1_kontext_pro", "gpt-image-1", "imagen-4"]

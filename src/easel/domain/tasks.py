@@ -47,6 +47,11 @@ def can_move(current: Status, target: Status) -> bool:
     return target in TRANSITIONS.get(current, frozenset())
 
 
+# ``queuing_num`` counts at most this many tasks ahead: a task further back shows this, and
+# a poll costs the same at any queue depth.
+POSITION_CAP = 1000
+
+
 def claim_order(task: Task, running_of_key: int) -> tuple[int, float, str]:
     """Where a queued task stands in the order workers claim in: the tasks of the keys with
     the fewest running tasks first (``running_of_key``: the task's key's), then the oldest,

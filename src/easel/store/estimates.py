@@ -11,8 +11,8 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from easel.domain.eta import MeanKey, Measured, mean_keys
-from easel.domain.tasks import AttemptOutcome, Status, Task
-from easel.store.queue_order import AHEAD, POSITION_CAP
+from easel.domain.tasks import POSITION_CAP, AttemptOutcome, Status, Task
+from easel.store.queue_order import AHEAD
 from easel.store.records import Attempt, Outlook
 from easel.store.tables import attempts, tasks, workers
 from easel.store.task_rows import attempts_of

@@ -36,11 +36,8 @@ from sqlalchemy import (
     tuple_,
 )
 
-from easel.domain.tasks import Status
+from easel.domain.tasks import POSITION_CAP, Status
 from easel.store.tables import tasks
-
-# ``queuing_num`` counts at most this many tasks ahead: a task further back shows this.
-POSITION_CAP = 1000
 
 _QUEUED = Status.QUEUED.value
 _PROBE = tasks.alias("probe")  # the loose scan's index probes

@@ -8,7 +8,14 @@ import time
 
 from easel.domain.accounts import Caller, LedgerKind
 from easel.domain.eta import Measured, mean_keys
-from easel.domain.tasks import UNFINISHED, AttemptOutcome, Status, Task, claim_order
+from easel.domain.tasks import (
+    POSITION_CAP,
+    UNFINISHED,
+    AttemptOutcome,
+    Status,
+    Task,
+    claim_order,
+)
 from easel.store.memory.state import Memory, stored
 from easel.store.records import IDEMPOTENCY_WINDOW_S, Attempt, Idempotency, NewTask, Outlook
 from easel.store.refusals import idempotency_conflict, not_enough_credit, too_many_unfinished
@@ -104,12 +111,13 @@ class MemoryTasks:
     def _position(self, task: Task) -> int:
         m = self._m
         mine = claim_order(task, m.running_of(task.api_key_id))
-        return sum(
+        ahead = sum(
             1
             for other in m.tasks.values()
             if other.status is Status.QUEUED
             and claim_order(other, m.running_of(other.api_key_id)) < mine
         )
+        return min(ahead, POSITION_CAP)
 
     async def position(self, task: Task) -> int:
         async with self._m.lock:
