@@ -25,26 +25,23 @@ def free_port() -> int:
         return port
 
 
-def write_config(directory: Path, extra: str = "", **placeholder: float) -> Path:
+SERVED = ("flux.1_kontext_pro", "flux.1_dev", "gemini_2.5_flash_image_preview", "gpt_image_2")
+
+
+def write_config(
+    directory: Path, extra: str = "", *, models: tuple[str, ...] = SERVED, **placeholder: float
+) -> Path:
     """A config with SQLite and a file store in ``directory`` and a placeholder backend
-    serving every model_version."""
+    serving each of ``models``."""
     options = "".join(f"{key} = {value}\n" for key, value in placeholder.items())
-    models = "".join(
-        f'[models."{version}"]\nbackends = ["dry"]\n'
-        for version in (
-            "flux.1_kontext_pro",
-            "flux.1_dev",
-            "gemini_2.5_flash_image_preview",
-            "gpt_image_2",
-        )
-    )
+    served = "".join(f'[models."{version}"]\nbackends = ["dry"]\n' for version in models)
     path = directory / "easel.toml"
     path.write_text(
         f'database_url = "sqlite+aiosqlite:///{directory / "easel.db"}"\n'
         f'storage_url = "file://{directory / "objects"}"\n'
         f"{extra}\n"
         f'[backends.dry]\nkind = "placeholder"\n{options}'
-        f"{models}"
+        f"{served}"
     )
     return path
 

@@ -59,13 +59,14 @@ async def v3(api: Api, route: str = "text-to-image", **body: Any) -> Any:
         ({"model": "gpt_4o", "size": "1000x1000"}, "size '1000x1000'", "1536x1024"),
         ({"model": "chat_image_2", "size": "3840x3840"}, "size '3840x3840'", "multiples of 16"),
         ({"model": "chat_image_2", "background": "transparent"}, "background", "auto, opaque"),
-        ({"model": "chat_image_2", "watermark": True}, "watermark True", "false"),
+        ({"model": "chat_image_2", "watermark": True}, "take watermark true.", "false"),
         ({"model": "banana", "output_format": "webp"}, "output_format 'webp'", "png, jpeg"),
         ({"model": "banana", "negative_prompt": "fog"}, "does not take negative_prompt", "flux"),
         ({"model": "flux.1_dev", "size": "2000x1000"}, "size", "1440"),
         ({"quality": "high"}, "flux.1_kontext_pro does not take quality", ""),  # the default
         ({"size": 7}, "size must be a non-empty string", ""),
-        ({"watermark": "no"}, "watermark must be true or false", ""),
+        ({"watermark": "no"}, "watermark must be true or false, not 'no'", ""),
+        ({"size": False}, "size must be a non-empty string, not false", ""),
         ({"prompt": "p" * 1801}, "the limit is 1800", ""),
     ],
 )

@@ -17,6 +17,7 @@ come from :func:`pixel_size` and :func:`nearest_ratio`.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, fields, replace
@@ -179,7 +180,7 @@ def _text(body: dict[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise InvalidParameter(f"{name} must be a non-empty string, not {value!r}.")
+        raise InvalidParameter(f"{name} must be a non-empty string, not {_as_sent(value)}.")
     return value
 
 
@@ -191,7 +192,7 @@ def _output_format(body: dict[str, Any]) -> str | None:
 def _flag(body: dict[str, Any], name: str) -> bool | None:
     value = body.get(name)
     if value is not None and not isinstance(value, bool):
-        raise InvalidParameter(f"{name} must be true or false, not {value!r}.")
+        raise InvalidParameter(f"{name} must be true or false, not {_as_sent(value)}.")
     return value
 
 
@@ -215,8 +216,14 @@ def _refuse(model: str, name: str, value: object, accepted: str) -> None:
             f"Leave {name} out, or pick a model that takes it (see docs/protocol.md).",
         )
     raise InvalidParameter(
-        f"{model} does not take {name} {value!r}.", f"Use one of: {accepted}; or leave it out."
+        f"{model} does not take {name} {_as_sent(value)}.",
+        f"Use one of: {accepted}; or leave it out.",
     )
+
+
+def _as_sent(value: object) -> str:
+    """A value as the client wrote it in JSON (``true``, not Python's ``True``); text quoted."""
+    return repr(value) if isinstance(value, str) else json.dumps(value)
 
 
 def task_options(task_input: dict[str, Any]) -> ImageOptions:
