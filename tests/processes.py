@@ -135,3 +135,23 @@ def wait_healthy(
         what=what,
         timeout_s=timeout_s,
     )
+
+
+@contextmanager
+def placeholder_server(
+    root: Path, extra: str = "", *, models: tuple[str, ...] = SERVED, delay_s: float = 0.2
+) -> Iterator[tuple[str, Path]]:
+    """``easel serve`` on a free port with :func:`write_config`'s placeholder backend, its
+    ``public_url`` its own address: yields ``(base_url, config)``; fails if it died."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    # The public_url: tripo3d 1.x's own asyncio client sends "Host: 127.0.0.1" without the
+    # port, so links built from the Host header would point at port 80.
+    extra = f'public_url = "{base_url}"\n{extra}'
+    config = write_config(root, extra, models=models, delay_s=delay_s)
+    log = root / "server.log"
+    args = ("serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port))
+    with easel_process(*args, log=log) as proc:
+        wait_healthy(base_url, proc, log, what="easel serve")
+        yield base_url, config
+        assert proc.poll() is None, f"easel serve died:\n{log.read_text(errors='replace')}"

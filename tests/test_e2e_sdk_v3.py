@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from processes import create_key, easel_process, free_port, wait_healthy, write_config
+from processes import create_key, placeholder_server
+from v3_option_cases import MODELS
 
 pytestmark = pytest.mark.e2e
 
@@ -36,19 +37,8 @@ DELAY_S = 0.2
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A running ``easel serve`` with the placeholder backend: ``(base_url, config)``."""
     root = tmp_path_factory.mktemp("easel-v3")
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    # The SDK's own asyncio client sends "Host: 127.0.0.1" without the port, so links built
-    # from the Host header would point at port 80; public_url is how an operator names the
-    # address clients reach (behind a proxy, too).
-    config = write_config(root, f'public_url = "{base_url}"', delay_s=DELAY_S)
-    log = root / "server.log"
-    args = ("serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port))
-    with easel_process(*args, log=log) as proc:
-        wait_healthy(base_url, proc, log, what="easel serve")
-        yield base_url, config
-        if proc.poll() is not None:
-            pytest.fail(f"easel serve died:\n{log.read_text(errors='replace')}")
+    with placeholder_server(root, models=MODELS, delay_s=DELAY_S) as running:
+        yield running
 
 
 def run_scenario(base_url: str, key: str, workdir: Path, *flags: str) -> dict[str, Any]:
