@@ -5,14 +5,16 @@
 one JSON object of observations. With ``--no-aiohttp`` the SDK cannot import aiohttp and
 falls back to its own asyncio HTTP client, as it does where aiohttp is not installed.
 
-Usage: python sdk_v1_scenario.py BASE_URL API_KEY WORKDIR [--no-aiohttp] [--options]
+Usage: python sdk_v1_scenario.py BASE_URL API_KEY WORKDIR [--no-aiohttp] [--options|--multiview]
 
-With ``--options`` it runs :func:`options_scenario` instead: v3 image options.
+With ``--options`` it runs :func:`options_scenario` instead (every v3 image option), with
+``--multiview`` :func:`multiview_scenario` (four views, then one edited).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -27,7 +29,8 @@ def _image_facts(path: str | None) -> dict[str, Any] | None:
         return None
     with Image.open(path) as image:
         image.load()
-        return {"name": Path(path).name, "format": image.format, "size": list(image.size)}
+        facts = {"name": Path(path).name, "format": image.format, "size": list(image.size)}
+    return {**facts, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
 def _task_facts(task: Any) -> dict[str, Any]:
@@ -109,28 +112,66 @@ async def scenario(base_url: str, key: str, workdir: Path) -> dict[str, Any]:
 
 
 async def options_scenario(base_url: str, key: str, workdir: Path) -> dict[str, Any]:
-    """v3 image options through the SDK's keyword arguments (it sends them as given)."""
+    """Every case of :mod:`v3_option_cases` through the SDK's keyword arguments (it sends
+    them as given): the image each honoured one made, the error each refused one raised."""
     from tripo3d import TripoAPIError, TripoClient
+
+    from v3_option_cases import HONOURED, REFUSED
 
     reference = workdir / "reference.png"
     Image.new("RGB", (96, 64), (40, 120, 200)).save(reference, format="PNG")
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"honoured": [], "refused": []}
     async with TripoClient(api_key=key, v3_base_url=base_url) as client:
-        wide = await client.text_to_image(
-            "a harbour", model="banana", aspect_ratio="16:9", output_format="jpeg"
-        )
-        banner = await client.image_to_image(
-            str(reference), prompt="a banner", model="flux.1_kontext_pro", size="768x384"
-        )
-        for name, task_id in (("wide", wide), ("banner", banner)):
+        token = (await client.upload_file(str(reference)))["file_token"]
+        out["balance_before"] = vars(await client.get_balance())
+        for case in REFUSED:
+            try:
+                await _submit_case(client, case, token)
+            except TripoAPIError as exc:
+                out["refused"].append({"code": exc.code, "message": exc.message})
+        out["balance_refused"] = vars(await client.get_balance())
+        task_ids = [await _submit_case(client, case, token) for case in HONOURED]
+        for task_id in task_ids:
             task = await client.wait_for_task(task_id, polling_interval=0.2, timeout=60)
             downloads = await client.download_task_models(task, str(workdir))
-            out[name] = {"status": task.status.value, "image": _image_facts(downloads["image"])}
-        try:
-            await client.text_to_image("a cat", model="banana", quality="high")
-        except TripoAPIError as exc:
-            out["refused"] = {"code": exc.code, "message": exc.message}
-        out["balance"] = vars(await client.get_balance())
+            out["honoured"].append(
+                {**_task_facts(task), "input": task.input, "file": _image_facts(downloads["image"])}
+            )
+        out["balance_after"] = vars(await client.get_balance())
+    return out
+
+
+async def _submit_case(client: Any, case: Any, token: str) -> str:
+    if case.route == "text-to-image":
+        task_id: str = await client.text_to_image("a kite", **case.body)
+    else:
+        task_id = await client.image_to_image(token, prompt="a kite", **case.body)
+    return task_id
+
+
+async def multiview_scenario(base_url: str, key: str, workdir: Path) -> dict[str, Any]:
+    """``image_to_multiview`` from a local file, then ``edit_multiview`` of one view: the
+    views the SDK downloads for each."""
+    from tripo3d import TripoClient
+
+    subject = workdir / "subject.png"
+    Image.new("RGB", (96, 64), (200, 60, 60)).save(subject, format="PNG")
+    out: dict[str, Any] = {"balance_before": None, "tasks": {}}
+    async with TripoClient(api_key=key, v3_base_url=base_url) as client:
+        out["balance_before"] = vars(await client.get_balance())
+        generated = await client.image_to_multiview(str(subject))
+        await client.wait_for_task(generated, polling_interval=0.2, timeout=60)
+        edited = await client.edit_multiview(generated, [{"view": "back", "prompt": "a backpack"}])
+        for name, task_id in (("generate", generated), ("edit", edited)):
+            task = await client.wait_for_task(task_id, polling_interval=0.2, timeout=60)
+            downloads = await client.download_task_models(task, str(workdir))
+            out["tasks"][name] = {
+                **_task_facts(task),
+                "files": {view: _image_facts(path) for view, path in downloads.items()},
+            }
+        listed = await client.list_tasks([generated, edited])
+        out["listed"] = {task_id: task.type for task_id, task in listed.tasks.items()}
+        out["balance_after"] = vars(await client.get_balance())
     return out
 
 
@@ -145,7 +186,11 @@ def main() -> None:
     if "--no-aiohttp" in sys.argv:
         sys.modules["aiohttp"] = None  # type: ignore[assignment]  # import fails, spec is None
     os.environ["TRIPO_DISABLE_GEO_DETECTION"] = "1"  # else its import asks geo-IP services
-    run = options_scenario if "--options" in sys.argv else scenario
+    run = scenario
+    if "--options" in sys.argv:
+        run = options_scenario
+    elif "--multiview" in sys.argv:
+        run = multiview_scenario
     print(json.dumps(asyncio.run(run(base_url, key, workdir))))
 
 

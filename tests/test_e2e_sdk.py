@@ -295,6 +295,40 @@ async def test_generate_image_with_references(server: tuple[str, str], tmp_path:
         assert await _balance(client) == (balance - 3 * PRICE, 0)
 
 
+def _contents(files: dict[str, str]) -> dict[str, bytes]:
+    return {name: Path(path).read_bytes() for name, path in files.items()}
+
+
+async def test_multiview_images(server: tuple[str, str], tmp_path: Path) -> None:
+    """generate_multiview_image from a local file (the SDK uploads it), then
+    edit_multiview_image of the back view: download_task_models saves four views each, and
+    only the edited view changes. 10 credits, then 5 for the one view."""
+    async with sdk(*server) as client:
+        balance, _ = await _balance(client)
+        generated = await _wait_success(
+            client, await client.generate_multiview_image(str(_png(tmp_path / "subject.png")))
+        )
+        edit_id = await client.edit_multiview_image(
+            generated.task_id, [{"view": "back", "prompt": "add a backpack"}]
+        )
+        edited = await _wait_success(client, edit_id)
+        views = []
+        for task, kind in (
+            (generated, "generate_multiview_image"),
+            (edited, "edit_multiview_image"),
+        ):
+            assert task.type == kind
+            files = await client.download_task_models(task, str(tmp_path))
+            assert list(files) == ["front_view", "left_view", "back_view", "right_view"]
+            for name, path in files.items():
+                assert path == str(tmp_path / f"{task.task_id}_{name.removesuffix('_view')}.png")
+                with Image.open(path) as image:
+                    assert image.format == "PNG"
+            views.append(await asyncio.to_thread(_contents, files))
+        assert [name for name in views[0] if views[0][name] != views[1][name]] == ["back_view"]
+        assert await _balance(client) == (balance - 15, 0)  # 0.4.2's Task drops consumed_credit
+
+
 async def test_api_errors_reach_the_sdk_with_their_code(server: tuple[str, str]) -> None:
     async with sdk(*server) as client:
         before = await _balance(client)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from processes import create_key, placeholder_server
-from v3_option_cases import MODELS
+from v3_option_cases import HONOURED, MODELS, REFUSED
 
 pytestmark = pytest.mark.e2e
 
@@ -129,20 +129,55 @@ def test_a_v3_session_with_the_official_sdk_1_0(
     assert auth["suggestion"] and auth["request_id"]
 
 
-def test_v3_image_options_through_the_official_sdk_1_0(
+def test_every_v3_image_option_through_the_official_sdk_1_0(
     server: tuple[str, Path], tmp_path: Path
 ) -> None:
-    """The SDK's keyword arguments reach the model: 16:9 paints a wide JPEG, a WxH size a
-    banner, and an option the model cannot take is 1004 before any cost."""
+    """The SDK's keyword arguments reach the model (v3_option_cases): each honoured option
+    makes its image (16:9 paints wide, jpeg encodes a JPEG, a WxH size a banner) and is
+    charged; each refused one is the SDK's TripoAPIError 1004 before any cost."""
     base_url, config = server
     key = create_key(config, CREDITS)
     seen = run_scenario(base_url, key, tmp_path, "--options")
-    assert seen["wide"]["status"] == "success"
-    assert seen["wide"]["image"]["format"] == "JPEG"
-    width, height = seen["wide"]["image"]["size"]
-    assert abs(width / height - 16 / 9) < 0.05
-    assert seen["banner"]["status"] == "success"
-    assert seen["banner"]["image"]["size"] == [768, 384]
-    assert seen["refused"]["code"] == 1004
-    assert "does not take quality" in seen["refused"]["message"]
-    assert seen["balance"] == {"balance": float(CREDITS - 10), "frozen": 0.0}
+    assert seen["balance_before"] == {"balance": float(CREDITS), "frozen": 0.0}
+    for case, error in zip(REFUSED, seen["refused"], strict=True):
+        assert error["code"] == 1004, case
+        assert case.refused in error["message"], case
+    assert seen["balance_refused"] == seen["balance_before"]
+    spent = 0.0
+    for case, task in zip(HONOURED, seen["honoured"], strict=True):
+        assert task["status"] == "success", case
+        assert task["type"] == case.route.replace("-", "_"), case
+        assert task["file"]["format"] == case.format, case
+        assert tuple(task["file"]["size"]) == case.size, case
+        assert task["file"]["name"].endswith(".jpg" if case.format == "JPEG" else ".png"), case
+        assert {name: task["input"][name] for name in case.options} == case.options, case
+        spent += task["credits_consumed"]
+    assert seen["balance_after"] == {"balance": CREDITS - spent, "frozen": 0.0}
+
+
+def test_multiview_through_the_official_sdk_1_0(server: tuple[str, Path], tmp_path: Path) -> None:
+    """image_to_multiview (the SDK uploads the local file) and edit_multiview of the back view:
+    download_task_models saves the four views of each; only the back one changes."""
+    base_url, config = server
+    key = create_key(config, CREDITS)
+    seen = run_scenario(base_url, key, tmp_path, "--multiview")
+    generate, edit = seen["tasks"]["generate"], seen["tasks"]["edit"]
+    assert (generate["type"], edit["type"]) == ("generate_multiview_image", "edit_multiview_image")
+    for task, suffix in ((generate, "generate"), (edit, "edit")):
+        assert task["status"] == "success", suffix
+        assert list(task["files"]) == ["front_view", "left_view", "back_view", "right_view"]
+        for view, facts in task["files"].items():
+            assert facts["name"] == f"{task['task_id']}_{view.removesuffix('_view')}.png"
+            assert facts["format"] == "PNG"
+    changed = [
+        view
+        for view, facts in generate["files"].items()
+        if facts["sha256"] != edit["files"][view]["sha256"]
+    ]
+    assert changed == ["back_view"]
+    assert seen["listed"] == {
+        generate["task_id"]: "generate_multiview_image",
+        edit["task_id"]: "edit_multiview_image",
+    }
+    assert (generate["credits_consumed"], edit["credits_consumed"]) == (10.0, 5.0)
+    assert seen["balance_after"] == {"balance": float(CREDITS - 15), "frozen": 0.0}
