@@ -108,6 +108,25 @@ class Client:
         """Exactly these headers (httpx adds only Host and Content-Length) and bytes."""
         return self.http.send(httpx.Request(method, url, headers=headers, content=body))
 
+    def _create(self, path: str, params: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    # The generation calls, the same four routes in both SDKs. Go (generation.go) marshals
+    # each Params struct (omitempty) and merges its Extra map in, so a field the struct does
+    # not declare (negative_prompt; watermark on image-to-image) goes as Extra; JS
+    # (client.js) sends the params object as given (compact() drops undefined), `input` first.
+    def text_to_image(self, **params: Any) -> str:
+        return self._create("/generation/text-to-image", params)
+
+    def image_to_image(self, **params: Any) -> str:
+        return self._create("/generation/image-to-image", params)
+
+    def image_to_multiview(self, input: str) -> str:  # the SDKs' field name
+        return self._create("/generation/image-to-multiview", {"input": input})
+
+    def edit_multiview(self, input: str, prompts: list[dict[str, str]]) -> str:
+        return self._create("/generation/edit-multiview", {"input": input, "prompts": prompts})
+
     def wait(self, get: Callable[[str], Any], task_id: str, timeout_s: float = 60) -> Any:
         """``WaitForTask`` / ``waitForTask`` with a 0.1 s poll and failure as an error."""
         deadline = time.monotonic() + timeout_s
@@ -186,20 +205,6 @@ class GoSdk(Client):
         task: GoTask = self.wait(self.get_task, task_id)
         return task
 
-    # generation.go: each Params struct marshalled (omitempty), its Extra merged in; a field
-    # the struct does not declare (negative_prompt; watermark on image-to-image) is Extra.
-    def text_to_image(self, **params: Any) -> str:
-        return self._create("/generation/text-to-image", params)
-
-    def image_to_image(self, **params: Any) -> str:
-        return self._create("/generation/image-to-image", params)
-
-    def image_to_multiview(self, input: str) -> str:  # the field's name
-        return self._create("/generation/image-to-multiview", {"input": input})
-
-    def edit_multiview(self, input: str, prompts: list[dict[str, str]]) -> str:
-        return self._create("/generation/edit-multiview", {"input": input, "prompts": prompts})
-
     def download_outputs(self, task: GoTask) -> dict[str, bytes]:
         """The examples: every ``"http…"`` in ``task.Output.Raw`` once, by ``http.Get``."""
         raw = raw_member(task._raw, "output", json.loads(task._raw)["output"])
@@ -274,20 +279,6 @@ class JsSdk(Client):
     def wait_for_task(self, task_id: str) -> JsTask:
         task: JsTask = self.wait(self.get_task, task_id)
         return task
-
-    # client.js: the params object as given (compact() drops undefined), `input` first for
-    # the routes that take one.
-    def text_to_image(self, **params: Any) -> str:
-        return self._create("/generation/text-to-image", params)
-
-    def image_to_image(self, **params: Any) -> str:
-        return self._create("/generation/image-to-image", params)
-
-    def image_to_multiview(self, input: str) -> str:
-        return self._create("/generation/image-to-multiview", {"input": input})
-
-    def edit_multiview(self, input: str, prompts: list[dict[str, str]]) -> str:
-        return self._create("/generation/edit-multiview", {"input": input, "prompts": prompts})
 
     def download_outputs(self, task: JsTask) -> dict[str, bytes]:
         """The examples: ``collectUrls(task.output)`` (nested objects too), ``fetch`` each."""

@@ -13,6 +13,7 @@ API errors each SDK raises.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +22,10 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from processes import create_key, placeholder_server
-from sdk_decoders import GoStrict
+from sdk_decoders import GoBalance, GoStrict, GoTask, GoTaskList, JsBalance, JsTask, js_decode
 from sdk_wire import ApiError, Client, GoSdk, JsSdk
 from v3_option_cases import HONOURED, MODELS, REFUSED
 
@@ -191,3 +193,37 @@ def test_v3_error_codes_where_v3_differs_from_v2(sdk: Any) -> None:
     with pytest.raises(ApiError) as bad_token:
         sdk.image_to_image(input=MISSING, prompt="image[1] again")
     assert (bad_token.value.status, bad_token.value.code) == (400, 1004)
+
+
+TASK = {"task_id": "t", "type": "text_to_image", "status": "success"}
+
+
+@pytest.mark.parametrize(
+    ("declared", "answer"),
+    [
+        (GoTask, {**TASK, "credits_consumed": "5.00"}),  # a decimal sent as a string
+        (GoTask, {**TASK, "progress": 50.0}),  # int: "cannot unmarshal number 50.0"
+        (GoTask, {**TASK, "created_at": 1709048933}),  # string
+        (GoTask, {**TASK, "error_code": 2**63}),  # beyond int64
+        (GoTask, {**TASK, "output": {"generated_image_url": ["http://a"]}}),
+        (GoTaskList, {"tasks": {"t": TASK}}),  # "cannot unmarshal object into … []Task"
+        (GoBalance, {"balance": "95.00"}),
+        (JsTask, {**TASK, "status": "done"}),  # not a TaskStatusValue
+        (JsTask, {**TASK, "progress": None}),  # optional: absent, not null
+        (JsTask, {"task_id": "t", "status": "queued"}),  # type is required
+        (JsBalance, {"frozen": 0}),
+    ],
+)
+def test_the_decoders_refuse_what_the_sdks_cannot_read(declared: Any, answer: Any) -> None:
+    """The checks above can fail: each answer here breaks the SDK's decoding or its type."""
+    go = issubclass(declared, GoStrict)
+    decode = declared.model_validate if go else functools.partial(js_decode, declared)
+    with pytest.raises(ValidationError):
+        decode(answer)
+
+
+def test_the_decoders_take_what_the_sdks_take() -> None:
+    """Go ignores unknown fields and reads null as the zero value; JS types allow extra keys."""
+    loose = {**TASK, "progress": 5, "output": None, "model": "x", "credits_consumed": 5}
+    assert GoTask.model_validate(loose).credits_consumed == 5.0
+    assert js_decode(JsTask, {**TASK, "progress": 5.5, "model": "x"})["progress"] == 5.5
