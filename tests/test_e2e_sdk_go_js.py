@@ -184,9 +184,6 @@ def test_api_errors_reach_the_sdk_as_its_api_error(sdk: Any) -> None:
     assert "seedream_v4" in unknown.value.suggestion
 
 
-# Branch v3errors serves these codes (issue 16 §5); until it is merged they are v2's. Strict:
-# once it is merged this test passes, the XPASS fails, and the marker must go.
-@pytest.mark.xfail(strict=True, reason="v3's own error codes land with branch v3errors")
 def test_v3_error_codes_where_v3_differs_from_v2(sdk: Any) -> None:
     """Tripo's v3 answers a bad key 401 / 2 and a bad file token 400 / 1004 (v2: 1002, 2019)."""
     stranger = type(sdk)(sdk.http, sdk.base_url, "tsk_" + "x" * 43)
