@@ -19,7 +19,10 @@ from test_store_contract import MODEL, caller_with, claimed, submit
 async def test_keys_grants_and_revocation(any_store: Store) -> None:
     key = await any_store.accounts.create_key("k", 10)
     caller = await any_store.accounts.authenticate(key)
-    assert await any_store.accounts.is_active(caller.key_id)
+    other = await any_store.accounts.authenticate(await any_store.accounts.create_key("o", 0))
+    both = {caller.key_id, other.key_id}
+    assert await any_store.accounts.active_keys(both | {"no-such-key"}) == both
+    assert await any_store.accounts.active_keys(set()) == set()
     granted = await any_store.accounts.grant(key, 5)
     assert (granted.balance, granted.frozen) == (15, 0)
     with pytest.raises(InvalidAccount, match="past the maximum"):
@@ -29,7 +32,7 @@ async def test_keys_grants_and_revocation(any_store: Store) -> None:
     with pytest.raises(UnknownKey):
         await any_store.accounts.authenticate(key + "x")
     await any_store.accounts.revoke(key)
-    assert not await any_store.accounts.is_active(caller.key_id)
+    assert await any_store.accounts.active_keys(both) == {other.key_id}
     with pytest.raises(UnknownKey):
         await any_store.accounts.revoke(key)
 

@@ -13,11 +13,14 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from sqlalchemy import event
 from websockets.exceptions import ConnectionClosed
 
 from apptools import settings_for
 from easel.api.app import create_app
 from easel.config import Settings
+from easel.services.ratelimit import RateLimiter
+from easel.services.streams import Stream, StreamEnded, Streams
 from easel.store import Store, open_store
 from loopback import serve_app
 
@@ -144,3 +147,45 @@ async def test_revoking_a_key_closes_its_streams(database_url: str) -> None:
         assert json.loads(blocks[-1]["data"])["code"] == 1002
         assert closed.value.rcvd is not None
         assert (closed.value.rcvd.code, closed.value.rcvd.reason[:4]) == (1008, "1002")
+
+
+async def test_the_streams_of_a_process_check_their_keys_in_one_query_per_tick(
+    tmp_path: Any,
+) -> None:
+    """Forty streams of eight keys re-check their keys together: one query of the keys per
+    ``stream_check_s``, not one per stream; the revoked key's streams end, the others stay."""
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'easel.db'}")
+    queries: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM api_keys" in statement:
+            queries.append(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        keys = [await store.accounts.create_key(f"k{n}", 0) for n in range(8)]
+        callers = [await store.accounts.authenticate(key) for key in keys]
+        streams = Streams(store.accounts, RateLimiter(0, 0), per_key=5, check_s=0.3)
+        opened = [streams.open(caller) for caller in callers for _ in range(5)]
+        queries.clear()  # authenticating the keys read them too
+
+        async def follow(stream: Stream) -> str:
+            try:
+                while True:
+                    await stream.pause()
+            except StreamEnded as ended:
+                return ended.error.message if ended.error else "ended"
+
+        followers = [asyncio.create_task(follow(stream)) for stream in opened]
+        await asyncio.sleep(1.0)  # two or three ticks
+        ticks = len(queries)
+        assert 1 <= ticks <= 4, queries
+        await store.accounts.revoke(keys[0])
+        await asyncio.sleep(0.7)
+        revoked = [task for task in followers[:5] if task.done()]
+        assert len(revoked) == 5 and all("revoked" in task.result() for task in revoked)
+        assert not any(task.done() for task in followers[5:])
+        streams.end_all()
+        assert set(await asyncio.gather(*followers[5:])) == {"ended"}
+    finally:
+        await store.close()

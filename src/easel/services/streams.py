@@ -12,7 +12,10 @@ counted like requests are:
   streams has that much less left for its other requests.
 * **Its key is re-checked in the database at the same interval**: a key revoked anywhere
   (another replica, ``easel keys revoke``) ends its streams within ``stream_check_s``, the
-  client told why (1002).
+  client told why (1002). The checks fall on the same ticks (multiples of
+  ``stream_check_s``) for every stream of the process, and the keys due on a tick are asked
+  in one query (:meth:`Streams.key_active`): a thousand idle streams cost one query per
+  ``stream_check_s``, not a thousand.
 * **Shutdown ends every stream at once** (:meth:`Streams.end_all`), so the server does not
   wait for clients that would never leave.
 
@@ -55,7 +58,7 @@ class Stream:
         self._woken = False
         self._ended = False
         self._error: EaselError | None = None
-        self._next_check = time.monotonic() + owner.check_s
+        self._next_check = owner.next_tick()
 
     def end(self, error: EaselError | None = None) -> None:
         """End the stream (its loop raises at its next pause); the first reason wins."""
@@ -87,10 +90,10 @@ class Stream:
             await self._check_key()
 
     async def _check_key(self) -> None:
-        self._next_check = time.monotonic() + self._owner.check_s
+        self._next_check = self._owner.next_tick()
         self._owner.limiter.charge(self.caller.key_id)
         try:
-            active = await self._owner.accounts.is_active(self.caller.key_id)
+            active = await self._owner.key_active(self.caller.key_id)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -120,6 +123,43 @@ class Streams:
         self._per_key: Counter[str] = Counter()
         self._by_account: dict[str, set[Stream]] = {}
         self._ending = False  # shutting down: a stream opened now ends at once
+        # The keys streams asked about since the last query, answered together by the next.
+        self._asked: dict[str, asyncio.Future[bool]] = {}
+
+    def next_tick(self) -> float:
+        """When the streams check their keys next: the next multiple of ``check_s`` on the
+        monotonic clock at least half an interval away (a stream just opened was just
+        authenticated)."""
+        now = time.monotonic()
+        return (math.floor((now + self.check_s / 2) / self.check_s) + 1) * self.check_s
+
+    async def key_active(self, key_id: str) -> bool:
+        """Whether ``key_id`` is still unrevoked. The keys asked within one turn of the
+        event loop (the streams woken by the same tick) go to the database together, in
+        one query; its error (an outage, say) is raised to every stream that asked."""
+        answer = self._asked.get(key_id)
+        if answer is None:
+            first = not self._asked
+            answer = self._asked[key_id] = asyncio.get_running_loop().create_future()
+            if first:
+                asyncio.get_running_loop().call_soon(self._ask)
+        return await asyncio.shield(answer)
+
+    def _ask(self) -> None:
+        asked, self._asked = self._asked, {}
+        task = asyncio.ensure_future(self.accounts.active_keys(asked.keys()))
+
+        def answer(done: asyncio.Future[set[str]]) -> None:
+            error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+            for key_id, future in asked.items():
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(key_id in done.result())
+
+        task.add_done_callback(answer)
 
     def open(self, caller: Caller) -> Stream:
         """A new stream of ``caller``'s key, or :class:`RateLimited` when it has its fill.

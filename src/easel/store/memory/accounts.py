@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Collection
 
 from easel.domain.accounts import (
     KEY_PREFIX,
@@ -53,10 +54,13 @@ class MemoryAccounts:
                 raise UnknownKey(key[:10])
             return Caller(key_id=row.id, account_id=row.account_id)
 
-    async def is_active(self, key_id: str) -> bool:
+    async def active_keys(self, key_ids: Collection[str]) -> set[str]:
         async with self._m.lock:
-            row = self._m.keys.get(key_id)
-            return row is not None and row.revoked_at is None
+            return {
+                key_id
+                for key_id in key_ids
+                if (row := self._m.keys.get(key_id)) is not None and row.revoked_at is None
+            }
 
     async def revoke(self, key: str) -> None:
         async with self._m.lock:
