@@ -1,4 +1,5 @@
-"""Shared fixtures. The network guard makes any connection outside loopback fail the test."""
+"""Shared fixtures. The network guard makes any connection outside loopback fail the test,
+unless the test made that network itself (:func:`reachable`: the namespaces of ``netns.py``)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,22 @@ class OutboundConnectionBlocked(AssertionError):
     """A test tried to reach a host outside loopback."""
 
 
+# Private networks a test made itself (a bridge and namespaces), reachable while it runs.
+_made_here: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+
+
+@contextlib.contextmanager
+def reachable(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Iterator[None]:
+    """Let the guard pass connections to ``network`` (a private one the test made) meanwhile."""
+    if not network.is_private:
+        raise ValueError(f"only a private network the test made may be reached, not {network}")
+    _made_here.append(network)
+    try:
+        yield
+    finally:
+        _made_here.remove(network)
+
+
 def _check(address: Any) -> None:
     if isinstance(address, (str, bytes)):  # AF_UNIX
         return
@@ -42,7 +59,7 @@ def _check(address: Any) -> None:
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise OutboundConnectionBlocked(f"tests may not resolve and reach {host!r}") from None
-    if not ip.is_loopback:
+    if not ip.is_loopback and not any(ip in network for network in _made_here):
         raise OutboundConnectionBlocked(f"tests may not connect to {host} (not loopback)")
 
 

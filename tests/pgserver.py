@@ -1,5 +1,7 @@
 """A PostgreSQL server of a test's own: ``initdb`` into a temporary directory, ``pg_ctl`` to
 start, restart and stop it, on a free loopback port with its unix socket in that directory.
+``postgres_server(host=…, prefix=…)`` runs it on another address instead, its commands behind
+``prefix`` (``ip netns exec NS``: a host of ``netns.py``).
 
 Restarting it touches nothing else on the machine (the shared server of the other tests keeps
 running). The binaries come from ``pg_config --bindir``. PostgreSQL refuses to run as root:
@@ -16,7 +18,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ COMMAND_TIMEOUT_S = 60
 # Speed over durability against a crash of the machine itself: the faults here crash the
 # server, never the machine, and a commit still reaches the kernel before it returns.
 SETTINGS = """
-listen_addresses = '127.0.0.1'
+listen_addresses = '{host}'
 port = {port}
 unix_socket_directories = '{socket_dir}'
 fsync = off
@@ -84,6 +86,7 @@ class PostgresServer:
     port: int
     bindir: Path
     run_as: list[str]
+    host: str = "127.0.0.1"
 
     @property
     def data(self) -> Path:
@@ -94,7 +97,7 @@ class PostgresServer:
         return self.root / "server.log"
 
     def url(self, database: str = "postgres", driver: str = "postgresql+asyncpg") -> str:
-        return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
+        return f"{driver}://postgres@{self.host}:{self.port}/{database}"
 
     def _run(self, program: str, *args: str) -> None:
         done = subprocess.run(
@@ -124,7 +127,7 @@ class PostgresServer:
             "UTF8",
         )
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(SETTINGS.format(port=self.port, socket_dir=self.root))
+            conf.write(SETTINGS.format(host=self.host, port=self.port, socket_dir=self.root))
 
     def start(self) -> None:
         self._pg_ctl("start")
@@ -146,15 +149,18 @@ class PostgresServer:
 
 
 @contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    """Initialise and start a private server; stop it and remove its files afterwards."""
+def postgres_server(
+    host: str = "127.0.0.1", port: int | None = None, prefix: Sequence[str] = ()
+) -> Iterator[PostgresServer]:
+    """Initialise and start a private server (on ``host``, its commands run behind ``prefix``;
+    ``port``: a free one of the loopback); stop it and remove its files afterwards."""
     bindir = _bindir()
     run_as, owner = _run_as()
     root = Path(tempfile.mkdtemp(prefix="easel-pg-"))
     try:
         if owner is not None:
             os.chown(root, owner, -1)
-        server = PostgresServer(root, free_port(), bindir, run_as)
+        server = PostgresServer(root, port or free_port(), bindir, [*prefix, *run_as], host)
         server.initdb()
         server.start()
         try:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,10 +59,15 @@ def create_key(config: Path, credits: int) -> str:
 
 @contextmanager
 def easel_process(
-    *args: str, log: Path, env: dict[str, str] | None = None, max_files: int | None = None
+    *args: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    max_files: int | None = None,
+    prefix: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``easel ARGS``; stop it (SIGTERM, then SIGKILL) when the block ends.
-    ``max_files`` caps the process's open descriptors (RLIMIT_NOFILE, soft and hard)."""
+    """Start ``easel ARGS`` (behind the command ``prefix``, which must exec it: ``ip netns
+    exec NS``); stop it (SIGTERM, then SIGKILL) when the block ends. ``max_files`` caps the
+    process's open descriptors (RLIMIT_NOFILE, soft and hard)."""
 
     def limit_files() -> None:
         if max_files is not None:
@@ -70,7 +75,7 @@ def easel_process(
 
     with log.open("ab") as sink:
         proc = subprocess.Popen(
-            [EASEL, *args],
+            [*prefix, EASEL, *args],
             stdout=sink,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

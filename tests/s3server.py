@@ -19,7 +19,7 @@ import ssl
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,15 +206,23 @@ class S3Server:
 
 
 @contextmanager
-def moto_server(directory: Path, *, tls: bool = False) -> Iterator[S3Server]:
-    """Start ``moto_server`` on a free loopback port (TLS with a fresh CA when asked)."""
+def moto_server(
+    directory: Path,
+    *,
+    tls: bool = False,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    prefix: Sequence[str] = (),
+) -> Iterator[S3Server]:
+    """Start ``moto_server`` on a free loopback port (TLS with a fresh CA when asked), or on
+    ``host:port`` behind the command ``prefix`` (a host of ``netns.py``; no TLS there)."""
     require_moto()
     directory.mkdir(parents=True, exist_ok=True)
     made = make_tls(directory) if tls else None
-    port = free_port()
+    port = port or free_port()
     scheme = "https" if made else "http"
-    server = S3Server(f"{scheme}://127.0.0.1:{port}", made)
-    args = [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)]
+    server = S3Server(f"{scheme}://{host}:{port}", made)
+    args = [*prefix, str(MOTO_SERVER), "-H", host, "-p", str(port)]
     if made:
         args += ["-c", str(made.cert), "-k", str(made.key)]
     log = directory / "moto.log"

@@ -1,23 +1,31 @@
-"""A loopback TCP forwarder the fault tests cut to make a server vanish."""
+"""A TCP forwarder the fault tests cut to make a server vanish; with several targets, the tiny
+round-robin balancer in front of the API hosts of the hosts tier."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+from collections import Counter
 
 
 class TcpProxy:
-    """A loopback TCP forwarder to ``target_port``: cut it to make the database vanish
-    (open connections reset, new ones refused), restore it to bring it back."""
+    """A TCP forwarder on ``host`` to ``targets`` (loopback ports, or ``(address, port)``):
+    each new connection goes to the next target in turn. Cut it to make the servers vanish
+    (open connections reset, new ones refused), start it again to bring them back.
+    ``connections`` counts the connections handed to each target."""
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
+    def __init__(self, *targets: int | tuple[str, int], host: str = "127.0.0.1") -> None:
+        self.targets = [("127.0.0.1", t) if isinstance(t, int) else t for t in targets]
+        self.host = host
         self.port = 0
+        self.connections: Counter[tuple[str, int]] = Counter()
+        self._turn = itertools.cycle(self.targets)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._forward, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
@@ -29,11 +37,13 @@ class TcpProxy:
         await self._server.wait_closed()
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        target = next(self._turn)
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            up_reader, up_writer = await asyncio.open_connection(*target)
         except OSError:
             writer.transport.abort()
             return
+        self.connections[target] += 1
         self._writers.update((writer, up_writer))
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:

@@ -15,17 +15,13 @@ import os
 import shutil
 import signal
 import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
-import asyncpg
-import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
+from audit import figures, ledger_report, run_key, task_report
 from conftest import reset_schema
 from processes import create_key, easel_process, free_port, wait_healthy
 
@@ -104,61 +100,6 @@ def cluster(postgres_database: str, tmp_path: Path) -> Iterator[Cluster]:
         yield cluster
 
 
-async def call(client: httpx.AsyncClient, method: str, url: str, **kw: Any) -> httpx.Response:
-    """Like a patient client: retry while a server or the database is restarting."""
-    for _ in range(600):
-        try:
-            response = await client.request(method, url, **kw)
-        except httpx.TransportError:
-            await asyncio.sleep(0.2)
-            continue
-        if response.status_code < 500:
-            return response
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{method} {url} kept failing")
-
-
-async def run_key(apis: list[str], key: str, done: list[str]) -> list[str]:
-    """Submit TASKS_PER_KEY tasks through both APIs (honouring 429) and wait for them."""
-    ids: list[str] = []
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(headers=headers, timeout=30) as client:
-        pending: set[str] = set()
-        for n in range(TASKS_PER_KEY):
-            base = apis[n % len(apis)]
-            idem = str(uuid.uuid4())  # safe to resend after a connection error
-            while True:
-                response = await call(
-                    client,
-                    "POST",
-                    f"{base}/v2/openapi/task",
-                    json={"type": "generate_image", "prompt": f"{key[-6:]} {n}"},
-                    headers={"Idempotency-Key": idem},
-                )
-                if response.status_code == 429:
-                    await _drain(client, base, pending, done, until=9)
-                    continue
-                assert response.status_code == 200, response.text
-                break
-            task_id = response.json()["data"]["task_id"]
-            ids.append(task_id)
-            pending.add(task_id)
-        await _drain(client, apis[0], pending, done, until=0)
-    return ids
-
-
-async def _drain(
-    client: httpx.AsyncClient, base: str, pending: set[str], done: list[str], until: int
-) -> None:
-    while len(pending) > until:
-        for task_id in list(pending):
-            task = (await call(client, "GET", f"{base}/v2/openapi/task/{task_id}")).json()["data"]
-            if task["status"] not in ("queued", "running"):
-                pending.discard(task_id)
-                done.append(task_id)
-        await asyncio.sleep(0.2)
-
-
 async def chaos(cluster: Cluster, done: list[str]) -> None:
     total = KEYS * TASKS_PER_KEY
     for share, act in (
@@ -171,61 +112,6 @@ async def chaos(cluster: Cluster, done: list[str]) -> None:
         await asyncio.to_thread(act)
 
 
-async def ledger_report(url: str) -> list[Any]:
-    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(plain)
-    try:
-        return list(
-            await conn.fetch("""
-            SELECT a.id, a.balance, a.frozen,
-                   (SELECT coalesce(sum(consumed_credit), 0)
-                      FROM tasks t WHERE t.account_id = a.id),
-                   (SELECT coalesce(sum(balance_delta), 0)
-                      FROM ledger l WHERE l.account_id = a.id),
-                   (SELECT coalesce(sum(frozen_delta), 0)
-                      FROM ledger l WHERE l.account_id = a.id)
-            FROM accounts a""")
-        )
-    finally:
-        await conn.close()
-
-
-async def figures(url: str) -> dict[str, Any]:
-    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(plain)
-    try:
-        row = await conn.fetchrow("""
-            SELECT count(*) AS tasks,
-                   sum(t.attempts - 1) AS reclaimed_leases,
-                   count(*) FILTER (WHERE t.attempts > 1) AS tasks_run_again,
-                   max((SELECT min(a.started_at) FROM attempts a WHERE a.task_id = t.id)
-                       - t.created_at) AS max_queue_wait_s,
-                   sum(t.consumed_credit) AS credits_consumed
-            FROM tasks t""")
-        balances = await conn.fetchrow(
-            "SELECT sum(balance) AS balance, sum(frozen) AS frozen FROM accounts"
-        )
-    finally:
-        await conn.close()
-    return {**dict(row), **dict(balances)}
-
-
-async def task_report(url: str) -> list[Any]:
-    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(plain)
-    try:
-        return list(
-            await conn.fetch("""
-            SELECT t.id, t.status, t.output_key,
-                   (SELECT count(*) FROM ledger l WHERE l.task_id = t.id AND l.kind = 'hold'),
-                   (SELECT count(*) FROM ledger l WHERE l.task_id = t.id AND l.kind = 'settle'),
-                   (SELECT count(*) FROM ledger l WHERE l.task_id = t.id AND l.kind = 'refund')
-            FROM tasks t""")
-        )
-    finally:
-        await conn.close()
-
-
 def test_nothing_is_lost_through_worker_kills_and_a_database_restart(
     cluster: Cluster, postgres_database: str, tmp_path: Path
 ) -> None:
@@ -234,7 +120,9 @@ def test_nothing_is_lost_through_worker_kills_and_a_database_restart(
 
     async def scenario() -> list[str]:
         disorder = asyncio.create_task(chaos(cluster, done))
-        batches = await asyncio.gather(*(run_key(cluster.apis, key, done) for key in keys))
+        batches = await asyncio.gather(
+            *(run_key(cluster.apis, key, done, TASKS_PER_KEY) for key in keys)
+        )
         await disorder
         return [task_id for batch in batches for task_id in batch]
 
@@ -243,8 +131,9 @@ def test_nothing_is_lost_through_worker_kills_and_a_database_restart(
 
     tasks = asyncio.run(task_report(postgres_database))
     assert len(tasks) == KEYS * TASKS_PER_KEY, cluster.logs()
-    for task_id, status, output_key, holds, settles, refunds in tasks:
+    for task_id, status, output_key, holds, settles, refunds, finals in tasks:
         assert (status, holds, settles, refunds) == ("success", 1, 1, 0), (task_id, cluster.logs())
+        assert finals == ["success"], (task_id, finals)
         assert (tmp_path / "objects" / output_key).is_file()
     report = asyncio.run(figures(postgres_database)) | {
         "kills": 2,
