@@ -34,7 +34,7 @@ from pathlib import Path
 
 from s3server import missing
 
-SUPERNET = ipaddress.ip_network("10.77.0.0/16")  # a /24 of it per run
+SUPERNET = ipaddress.IPv4Network("10.77.0.0/16")  # a /24 of it per run
 _OURS = re.compile(r"^easel-(\d+)-([0-9a-f]{6})-")
 
 
@@ -125,7 +125,7 @@ def _free_network() -> ipaddress.IPv4Network:
         for word in line.split()
         if re.fullmatch(r"\d+\.\d+\.\d+\.\d+(/\d+)?", word)
     ]
-    candidates = list(SUPERNET.subnets(new_prefix=24))
+    candidates: list[ipaddress.IPv4Network] = list(SUPERNET.subnets(new_prefix=24))
     random.shuffle(candidates)
     for network in candidates:
         if not any(network.overlaps(other) for other in taken):

@@ -87,6 +87,7 @@ class PostgresServer:
     bindir: Path
     run_as: list[str]
     host: str = "127.0.0.1"
+    clients: Sequence[str] = ()  # networks trusted besides loopback (pg_hba.conf)
 
     @property
     def data(self) -> Path:
@@ -128,6 +129,8 @@ class PostgresServer:
         )
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(SETTINGS.format(host=self.host, port=self.port, socket_dir=self.root))
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.writelines(f"host all all {network} trust\n" for network in self.clients)
 
     def start(self) -> None:
         self._pg_ctl("start")
@@ -150,17 +153,23 @@ class PostgresServer:
 
 @contextmanager
 def postgres_server(
-    host: str = "127.0.0.1", port: int | None = None, prefix: Sequence[str] = ()
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    prefix: Sequence[str] = (),
+    clients: Sequence[str] = (),
 ) -> Iterator[PostgresServer]:
-    """Initialise and start a private server (on ``host``, its commands run behind ``prefix``;
-    ``port``: a free one of the loopback); stop it and remove its files afterwards."""
+    """Initialise and start a private server (on ``host``, trusting connections from
+    ``clients`` too, its commands run behind ``prefix``; ``port``: a free one of the
+    loopback); stop it and remove its files afterwards."""
     bindir = _bindir()
     run_as, owner = _run_as()
     root = Path(tempfile.mkdtemp(prefix="easel-pg-"))
     try:
         if owner is not None:
             os.chown(root, owner, -1)
-        server = PostgresServer(root, port or free_port(), bindir, [*prefix, *run_as], host)
+        server = PostgresServer(
+            root, port or free_port(), bindir, [*prefix, *run_as], host, clients
+        )
         server.initdb()
         server.start()
         try:

@@ -23,6 +23,7 @@ class TcpProxy:
         self._turn = itertools.cycle(self.targets)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._forwarding: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._forward, self.host, self.port)
@@ -35,9 +36,15 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
         await self._server.wait_closed()
+        # each aborted connection reads its end at once: let them finish, not be cancelled
+        await asyncio.gather(*self._forwarding, return_exceptions=True)
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         target = next(self._turn)
+        forwarding = asyncio.current_task()
+        assert forwarding is not None
+        self._forwarding.add(forwarding)
+        forwarding.add_done_callback(self._forwarding.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection(*target)
         except OSError:
