@@ -133,13 +133,22 @@ def _free_network() -> ipaddress.IPv4Network:
     raise RuntimeError(f"no free /24 left in {SUPERNET}")
 
 
-def _delete_namespace(ns: str) -> None:
-    with contextlib.suppress(RuntimeError):
-        for pid in _ip("netns", "pids", ns).split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-    with contextlib.suppress(RuntimeError):
-        _ip("netns", "del", ns)
+def _delete(run_id: str, namespaces: list[str]) -> None:
+    """Kill what runs in the run's namespaces, delete them, their links and the bridge. The
+    links are deleted by name too: a namespace outlives its deletion while the kernel still
+    holds sockets of its killed processes."""
+    for ns in namespaces:
+        with contextlib.suppress(RuntimeError):
+            for pid in _ip("netns", "pids", ns).split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        with contextlib.suppress(RuntimeError):
+            _ip("netns", "del", ns)
+    for line in _ip("-o", "link", "show").splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name == f"ezb{run_id}" or name.startswith(f"ez{run_id}-"):
+            with contextlib.suppress(RuntimeError):
+                _ip("link", "del", name)
 
 
 def _alive(pid: int) -> bool:
@@ -153,14 +162,15 @@ def _alive(pid: int) -> bool:
 
 
 def _remove_leftovers() -> None:
-    """Delete the namespaces and bridges of earlier runs whose process is gone."""
+    """Delete the namespaces, links and bridges of earlier runs whose process is gone."""
+    left: dict[str, list[str]] = {}
     for line in _ip("netns", "list").splitlines():
         name = line.split()[0] if line.strip() else ""
         found = _OURS.match(name)
         if found and not _alive(int(found[1])):
-            _delete_namespace(name)
-            with contextlib.suppress(RuntimeError):
-                _ip("link", "del", f"ezb{found[2]}")
+            left.setdefault(found[2], []).append(name)
+    for run_id, namespaces in left.items():
+        _delete(run_id, namespaces)
 
 
 @contextlib.contextmanager
@@ -175,7 +185,4 @@ def lan() -> Iterator[Lan]:
         _ip("link", "set", net.bridge, "up")
         yield net
     finally:
-        for host in net.hosts:
-            _delete_namespace(host.ns)
-        with contextlib.suppress(RuntimeError):
-            _ip("link", "del", net.bridge)
+        _delete(net.run_id, [host.ns for host in net.hosts])
