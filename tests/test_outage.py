@@ -36,8 +36,9 @@ from badimages import garbage_idat_png
 from conftest import reset_schema
 from easel.domain.errors import InvalidParameter, ServiceUnavailable, StoreUnavailable
 from easel.storage.objects import ObjectStore
+from easel.store import db
 from easel.store import sqlite as easel_sqlite
-from easel.store.db import connection, transaction
+from easel.store.db import connection, create_engine, transaction
 from easel.store.outage import is_outage
 from triggers import allow_inserts, refuse_inserts
 
@@ -519,3 +520,27 @@ async def test_the_api_answers_503_while_postgresql_is_away_and_500_for_a_bug(
     logged = [r for r in caplog.records if message in str(r.exc_info and r.exc_info[1])]
     warned = [r for r in caplog.records if message in r.getMessage()]
     assert (len(logged), len(warned)) == ((0, 2) if status == 503 else (2, 0))
+
+
+async def test_postgres_ends_a_transaction_whose_client_went_silent(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every session carries ``idle_in_transaction_session_timeout``: a worker cut off
+    mid-transaction cannot keep its row locks (and its task) for the hours TCP takes."""
+    engine = create_engine(postgres_database)
+    try:
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SHOW idle_in_transaction_session_timeout")) == "30s"
+    finally:
+        await engine.dispose()
+    monkeypatch.setitem(db.POSTGRES_SESSION, "idle_in_transaction_session_timeout", "300ms")
+    engine = create_engine(postgres_database)
+    try:
+        async with engine.connect() as conn:
+            await conn.begin()
+            await conn.execute(text("SELECT 1"))
+            await asyncio.sleep(1.0)  # silent inside the transaction: the server ends it
+            with pytest.raises(DBAPIError, match=r"idle-in-transaction timeout|closed"):
+                await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()

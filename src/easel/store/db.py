@@ -33,13 +33,25 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+# Every PostgreSQL session: a transaction whose client goes silent (a worker host whose network
+# was cut mid-transaction) is ended by the server after this long, releasing its row locks, so
+# the task it held can be reclaimed when its lease lapses; TCP would notice after about two
+# hours. Easel's transactions never wait on anything but the database.
+POSTGRES_SESSION = {"idle_in_transaction_session_timeout": "30s"}
+
+
 def create_engine(database_url: str) -> AsyncEngine:
     """An async engine; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` writes.
     JSON columns read back through ``load_stored``: a value stored before the text rules
     held cannot make a task unreadable."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True, json_deserializer=load_stored)
+        return create_async_engine(
+            url,
+            pool_pre_ping=True,
+            json_deserializer=load_stored,
+            connect_args={"server_settings": POSTGRES_SESSION},
+        )
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     database, uri = url.database or ":memory:", bool(url.query.get("uri"))
