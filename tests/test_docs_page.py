@@ -68,7 +68,7 @@ def test_swagger_ui_renders_the_operations_offline(offline_page: tuple[Page, lis
     submit = page.locator(".opblock-post").filter(
         has=page.locator(f'.opblock-summary-path[data-path="{SUBMIT}"]')
     )
-    expect(submit).to_contain_text("Submit a generate_image or text_to_image task")
+    expect(submit).to_contain_text("Submit a task: generate_image, text_to_image")
     submit.locator(".opblock-summary").click()  # open it: the request body and its examples
     expect(submit.get_by_text("Request body", exact=True)).to_be_visible()
     assert blocked == []
@@ -79,7 +79,7 @@ def test_redoc_renders_the_operations_offline(offline_page: tuple[Page, list[str
     page, blocked = offline_page
     page.goto("/redoc")
     expect(page.get_by_role("heading", name=re.compile("Easel")).first).to_be_visible()
-    expect(page.get_by_text("Submit a generate_image or text_to_image task").first).to_be_visible()
+    expect(page.get_by_text("Submit a task: generate_image, text_to_image").first).to_be_visible()
     # ReDoc's "API docs by Redocly" badge links its logo from Redocly's CDN: a blank image
     # offline, nothing the page needs.
     assert set(blocked) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}
