@@ -158,7 +158,7 @@ def test_compose_wires_health_checks_and_stop_periods_from_the_settings() -> Non
     defaults = Settings()
     # Compose has no preStop: the API's period is the chart's without it.
     assert api["stop_grace_period"] == f"{defaults.shutdown_grace_s + 10 + 5}s"
-    assert worker["stop_grace_period"] == f"{math.ceil(defaults.worker_drain_s) + 10}s"
+    assert worker["stop_grace_period"] == f"{math.ceil(defaults.worker_drain_s) + 20}s"
 
 
 # -- the Helm chart -----------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_grace_periods_follow_the_lease_and_shutdown_settings(
 
     assert pod("easel-api")["terminationGracePeriodSeconds"] == pre_stop + grace + 10 + 5
     drain = math.ceil(defaults.worker_drain_s)
-    assert pod("easel-worker-default")["terminationGracePeriodSeconds"] == drain + 10
+    assert pod("easel-worker-default")["terminationGracePeriodSeconds"] == drain + 20
     hook = pod("easel-api")["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert hook == ["sleep", str(pre_stop)]
     for name in ("easel-api", "easel-worker-default"):

@@ -46,15 +46,15 @@ is retried from the outbox), so a longer period would only delay rollouts.
 {{- end -}}
 
 {{/*
-terminationGracePeriodSeconds of a worker pod: workerDrainS + 10. On SIGTERM a worker claims
+terminationGracePeriodSeconds of a worker pod: workerDrainS + 20. On SIGTERM a worker claims
 nothing more and gives its running tasks worker_drain_s to finish; it then sets their stop
 flag (a local pipeline stops at its next step; a task is given 5 s to notice), puts each
-still running back in the queue (one transaction per task), unregisters and exits 0: 5 s
-more for that. A task it could not put back (the database away) is reclaimed by another
+still running back in the queue (one transaction per task), unregisters and exits 0: 15 s
+more for that, room for a busy node. A task it could not put back (the database away) is reclaimed by another
 worker once its lease lapses, so a SIGKILL after this period loses nothing.
 */}}
 {{- define "easel.workerGraceS" -}}
-{{- add (int (ceil .Values.settings.workerDrainS)) 10 -}}
+{{- add (int (ceil .Values.settings.workerDrainS)) 20 -}}
 {{- end -}}
 
 {{/* KEDA's connection string: secrets.kedaConnection, else databaseUrl without "+asyncpg". */}}
