@@ -371,7 +371,9 @@ def test_round_trip(main: Server, providers: Providers, case: RoundTrip) -> None
 
 
 def test_models_lists_every_model_version_as_served(main: Server) -> None:
-    listed = main.http.get("/v2/openapi/models").json()["data"]["models"]
+    response = main.http.get("/v2/openapi/models")
+    assert response.status_code == 200, response.text
+    listed = response.json()["data"]["models"]
     served = {
         row["model_version"]: [(b["name"], b["kind"], b["ready"]) for b in row["backends"]]
         for row in listed

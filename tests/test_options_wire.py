@@ -272,6 +272,7 @@ def size_of(data: bytes) -> tuple[int, int]:
         return image.size
 
 
+@pytest.mark.local  # torch and diffusers: the local extra
 @pytest.mark.parametrize("pipeline", ["flux", "flux-kontext"])
 async def test_diffusers_paints_the_aspect_ratio_size_and_quality_asked(
     weights: dict[str, Path], pipeline: str

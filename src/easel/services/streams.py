@@ -128,10 +128,9 @@ class Streams:
 
     def next_tick(self) -> float:
         """When the streams check their keys next: the next multiple of ``check_s`` on the
-        monotonic clock at least half an interval away (a stream just opened was just
-        authenticated)."""
-        now = time.monotonic()
-        return (math.floor((now + self.check_s / 2) / self.check_s) + 1) * self.check_s
+        monotonic clock, so a stream is charged and checked within ``check_s`` of opening
+        and every ``check_s`` after."""
+        return (math.floor(time.monotonic() / self.check_s) + 1) * self.check_s
 
     async def key_active(self, key_id: str) -> bool:
         """Whether ``key_id`` is still unrevoked. The keys asked within one turn of the
