@@ -48,7 +48,8 @@ TASK = {"type": "generate_image", "prompt": "a lighthouse", "model_version": "fl
 
 def on_this_machine(process: Process, database_url: str, s3: S3Server) -> Process:
     """Point ``process`` at this machine's services: the database URL keeps its driver, the
-    S3 endpoint becomes moto's; an API listens on loopback and a free port."""
+    S3 endpoint becomes moto's; an API, and a worker's probes, listen on loopback and a free
+    port."""
     declared = make_url(process.env["EASEL_DATABASE_URL"])
     assert declared.drivername == "postgresql+asyncpg"
     process.env["EASEL_DATABASE_URL"] = database_url
@@ -59,6 +60,9 @@ def on_this_machine(process: Process, database_url: str, s3: S3Server) -> Proces
         process.set_arg("--host", "127.0.0.1")
         process.port = int(process.arg("--port"))
         process.set_arg("--port", str(free_port()))
+    if "--health-port" in process.argv:  # a worker's probes: loopback and a free port too
+        process.set_arg("--health-port", str(free_port()))
+        process.env["EASEL_WORKER_HEALTH_HOST"] = "127.0.0.1"
     return process
 
 
