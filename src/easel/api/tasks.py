@@ -19,6 +19,21 @@ from easel.domain.text import decode_json
 
 router = APIRouter()
 
+# The prompts of a multiview edit, on v2 (edit_multiview_image) and v3 (edit-multiview).
+VIEW_PROMPTS: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": len(VIEWS),
+    "items": {
+        "type": "object",
+        "required": ["view", "prompt"],
+        "properties": {
+            "view": {"type": "string", "enum": list(VIEWS)},
+            "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+        },
+    },
+}
+
 TASK = {  # a task as GET /task/{task_id} answers it
     "task_id": EXAMPLE_ID,
     "type": TASK_TYPE,
@@ -94,18 +109,8 @@ TASK_BODY = JsonBody(
                 "description": "edit_multiview_image only: the multiview task whose views to edit.",
             },
             "prompts": {
-                "type": "array",
+                **VIEW_PROMPTS,
                 "description": "edit_multiview_image only: one prompt per edited view.",
-                "minItems": 1,
-                "maxItems": len(VIEWS),
-                "items": {
-                    "type": "object",
-                    "required": ["view", "prompt"],
-                    "properties": {
-                        "view": {"type": "string", "enum": list(VIEWS)},
-                        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
-                    },
-                },
             },
         },
     },

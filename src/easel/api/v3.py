@@ -18,11 +18,10 @@ from easel.api.deps import CallerDep, RuntimeDep
 from easel.api.envelope import ok_v3 as ok
 from easel.api.facts import EXAMPLE_ID, JsonBody, declare
 from easel.api.files import FORMAT_BODY, MAX_UPLOAD_REQUEST_BYTES, UPLOAD_FORMATS, read_upload
-from easel.api.tasks import check_content_type, json_object
+from easel.api.tasks import VIEW_PROMPTS, check_content_type, json_object
 from easel.domain import v3
 from easel.domain.catalog import DEFAULT_MODEL
 from easel.domain.errors import InvalidParameter, NotAllowed, RouteNotSupported, TaskNotFound
-from easel.domain.multiview import VIEWS
 from easel.domain.options import (
     ASPECT_RATIOS,
     BACKGROUNDS,
@@ -138,19 +137,7 @@ EDIT_BODY = JsonBody(
         "required": ["input", "prompts"],
         "properties": {
             "input": {"type": "string", "description": "the task_id of a multiview task"},
-            "prompts": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": len(VIEWS),
-                "items": {
-                    "type": "object",
-                    "required": ["view", "prompt"],
-                    "properties": {
-                        "view": {"type": "string", "enum": list(VIEWS)},
-                        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
-                    },
-                },
-            },
+            "prompts": VIEW_PROMPTS,
         },
     },
     example={"input": EXAMPLE_ID, "prompts": [{"view": "left", "prompt": "make it red"}]},
