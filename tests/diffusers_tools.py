@@ -48,10 +48,10 @@ def corrupt_copy(weights: Path, where: Path) -> Path:
     return where
 
 
-def backend_table(name: str, pipeline: str, weights: Path, steps: int = 3) -> str:
-    """A ``[backends.<name>]`` table of a tiny pipeline on the CPU, 64×64."""
+def backend_table(name: str, pipeline: str, weights: Path, steps: int = 3, side: int = 64) -> str:
+    """A ``[backends.<name>]`` table of a tiny pipeline on the CPU, ``side``×``side``."""
     return (
         f'[backends.{name}]\nkind = "diffusers"\npipeline = "{pipeline}"\n'
         f'weights = "{weights}"\ndevice = "cpu"\ndtype = "float32"\nsteps = {steps}\n'
-        "width = 64\nheight = 64\n"
+        f"width = {side}\nheight = {side}\n"
     )

@@ -165,7 +165,7 @@ class Server:
             if task["status"] not in ("queued", "running"):
                 return task
             assert time.monotonic() < deadline, f"{task}\n{self.log.read_text()}"
-            time.sleep(0.05)
+            time.sleep(0.2)  # the server's default rate limit holds: 20 requests a second
 
     def balance(self) -> dict[str, int]:
         data: dict[str, int] = self.http.get("/v2/openapi/user/balance").json()["data"]

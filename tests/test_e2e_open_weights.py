@@ -26,14 +26,17 @@ from processes import EASEL, create_key, easel_process, free_port, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.local]
 
-CHAINS = {  # model_version -> (backend, pipeline, steps)
-    "flux.1_dev": ("tiny-zimage", "z-image", 2),
-    "flux.1_kontext_pro": ("tiny-klein", "flux2-klein", 2),
-    "gpt_image_2": ("tiny-klein", "flux2-klein", 2),
-    "gemini_2.5_flash_image_preview": ("tiny-qwen", "qwen-image-edit-plus", 2),
-    "midjourney": ("slow-zimage", "z-image", 200),
-    "gpt_image_1.5": ("missing-zimage", "z-image", 2),
-    "gpt_4o": ("corrupt-klein", "flux2-klein", 2),
+CHAINS = {  # model_version -> (backend, pipeline, steps, side)
+    "flux.1_dev": ("tiny-zimage", "z-image", 2, 64),
+    "flux.1_kontext_pro": ("tiny-klein", "flux2-klein", 2, 64),
+    "gpt_image_2": ("tiny-klein", "flux2-klein", 2, 64),
+    "gemini_2.5_flash_image_preview": ("tiny-qwen", "qwen-image-edit-plus", 2, 64),
+    # The worker hears of a cancel at its next heartbeat (up to a second), after the first
+    # beat has shown progress: 200 steps at 192 px take 40 s here and stay well over the
+    # few seconds that needs on a machine several times faster (64 px took 2 s: too short).
+    "midjourney": ("slow-zimage", "z-image", 200, 192),
+    "gpt_image_1.5": ("missing-zimage", "z-image", 2, 64),
+    "gpt_4o": ("corrupt-klein", "flux2-klein", 2, 64),
 }
 
 
@@ -55,11 +58,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
         weights / "flux2-klein", root / "corrupt"
     )}  # fmt: skip
     backends, chains = {}, []
-    for version, (name, pipeline, steps) in CHAINS.items():
+    for version, (name, pipeline, steps, side) in CHAINS.items():
         if pipeline == "qwen-image-edit-plus" and not (weights / pipeline).is_dir():
             continue  # no torchvision here
         path = paths.get(name, weights / pipeline)
-        backends[name] = backend_table(name, pipeline, path, steps)
+        backends[name] = backend_table(name, pipeline, path, steps, side)
         chains.append(f'[models."{version}"]\nbackends = ["{name}"]\n')
     config = root / "easel.toml"
     config.write_text(
