@@ -26,9 +26,10 @@ import httpx
 import obstore
 import pytest
 from obstore.exceptions import GenericError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from apptools import Api, engine_of, png, running_api, settings_for
+from easel.store.db import PING_IDLE_S, connection, create_engine
 from easel.store.tables import ledger, tasks
 from tcpproxy import TcpProxy
 
@@ -131,6 +132,30 @@ async def test_postgres_outage_answers_503_and_the_work_resumes_when_it_is_back(
     claims_refused = [r for r in caplog.records if r.getMessage().startswith("cannot claim tasks")]
     assert len(claims_refused) == 1, [r.getMessage() for r in claims_refused]
     assert any("database is back" in r.getMessage() for r in caplog.records)
+
+
+async def test_pooled_connections_cut_while_idle_are_replaced_before_use(
+    postgres_behind_proxy: tuple[str, TcpProxy],
+) -> None:
+    """A database restart between requests closes every pooled connection. The pool pings
+    only a connection that sat idle past ``PING_IDLE_S`` (a busy one skips that round trip),
+    finds it dead and opens another: every statement after the restart succeeds."""
+    url, proxy = postgres_behind_proxy
+    engine = create_engine(url)
+    try:
+
+        async def one() -> int:
+            async with connection(engine) as conn:
+                await asyncio.sleep(0.05)  # held a while, so the pool opens several
+                return int((await conn.execute(text("select 1"))).scalar_one())
+
+        assert await asyncio.gather(*(one() for _ in range(4))) == [1] * 4
+        await proxy.cut()
+        await proxy.start()
+        await asyncio.sleep(PING_IDLE_S + 0.2)
+        assert await asyncio.gather(*(one() for _ in range(4))) == [1] * 4
+    finally:
+        await engine.dispose()
 
 
 async def test_a_worker_started_during_an_outage_waits_for_the_database_and_then_works(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -38,6 +39,13 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 # the task it held can be reclaimed when its lease lapses; TCP would notice after about two
 # hours. Easel's transactions never wait on anything but the database.
 POSTGRES_SESSION = {"idle_in_transaction_session_timeout": "30s"}
+# A pooled PostgreSQL connection is pinged before use only when it sat idle in the pool this
+# long. One given back a moment ago was working then, and under load every connection is, so
+# the ping (a round trip: half of a poll's) is skipped where it costs most. A connection that
+# breaks while busy fails its statement; SQLAlchemy then retires every connection of the pool
+# opened before it, so a database restart costs one failed statement per process at most.
+PING_IDLE_S = 1.0
+_CHECKED_IN = "easel_checked_in"
 
 
 def create_engine(database_url: str) -> AsyncEngine:
@@ -46,12 +54,13 @@ def create_engine(database_url: str) -> AsyncEngine:
     held cannot make a task unreadable."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_async_engine(
+        engine = create_async_engine(
             url,
-            pool_pre_ping=True,
             json_deserializer=load_stored,
             connect_args={"server_settings": POSTGRES_SESSION},
         )
+        _ping_when_idle(engine, PING_IDLE_S)
+        return engine
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     database, uri = url.database or ":memory:", bool(url.query.get("uri"))
@@ -97,6 +106,27 @@ def create_engine(database_url: str) -> AsyncEngine:
 
 
 _PER_STATEMENT = "per-statement"
+
+
+def _ping_when_idle(engine: AsyncEngine, idle_s: float) -> None:
+    """SQLAlchemy's pre-ping (``pool_pre_ping``), for the connections that sat in the pool
+    longer than ``idle_s``: a dead one is replaced before it is used (the pool retries the
+    checkout with a fresh connection)."""
+    pool, dialect = engine.sync_engine.pool, engine.sync_engine.dialect
+
+    @event.listens_for(pool, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop(_CHECKED_IN, None)
+        if since is None or time.monotonic() - since < idle_s:
+            return  # new, or back in the pool a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise exc.DisconnectionError(f"an idle pooled connection is gone: {error}") from error
 
 
 @contextlib.asynccontextmanager
