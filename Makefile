@@ -82,14 +82,19 @@ pytest: install-test browser
 browser:
 	@scripts/ensure-chromium.sh
 
+# Benchmarks run on SQLite, and also on PostgreSQL when POSTGRES_URL names one
+# (postgresql+asyncpg://…; a scratch database is made beside it and dropped after).
+POSTGRES_URL ?= $(EASEL_TEST_POSTGRES_URL)
+ON_POSTGRES = $(if $(POSTGRES_URL),--postgres $(POSTGRES_URL))
+
 bench: install
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/throughput.py $(ON_POSTGRES)
 
 RATE ?= 500
 DURATION ?= 20
 
 load: install
-	$(BIN)/python bench/load.py --rate $(RATE) --duration $(DURATION)
+	$(BIN)/python bench/load.py --rate $(RATE) --duration $(DURATION) $(ON_POSTGRES)
 
 # Refresh the lock: every extra installed fresh without constraints (the newest releases the
 # ranges in pyproject.toml allow), pinned into constraints*.txt, then the whole suite on them.
