@@ -52,6 +52,31 @@ def test_queued_estimates(mean: float | None, ahead: int, slots: int, expected: 
     assert left.protocol_value == (-1 if expected is None else expected)
 
 
+def test_a_swap_in_is_added_once_to_a_task_that_waits_for_it() -> None:
+    """Queued: after the tasks ahead, before its own run; running: until it paints."""
+    measured = eta.Measured(2.0, eta.Basis.BACKEND)
+    assert eta.queued_left(measured, 3, 1, swap_s=7.5).seconds == 2 * 4 + 8
+    assert eta.queued_left(None, 0, 1, swap_s=7.5) == eta.UNKNOWN  # still nothing made up
+    assert eta.running_left(measured, 4.0, 0, swap_s=7.5).seconds == 6
+    assert eta.running_left(measured, 4.0, 50, swap_s=7.5).basis is eta.Basis.PROGRESS
+
+
+def test_the_swap_a_task_waits_for_is_what_its_workers_advertised() -> None:
+    """None while a live worker that takes the model has it resident or none said how long
+    a swap-in takes; else the shortest advertised, or its own worker's once claimed."""
+    model, other = "flux.1_dev", "z_image"
+    near = eta.advertised("near", [model, other], 1, [other], {model: 9.0, other: 2.0})
+    far = eta.advertised("far", [model], 1, [], {model: 4.0, "not-its": 1.0})
+    silent = eta.advertised("silent", [model], 1, [])  # never loaded it: no time to add
+    old = eta.advertised("old", [other], 1)  # said nothing of residency: all resident
+    assert (far.load_s, old.resident) == ({model: 4.0}, frozenset([other]))
+    assert eta.swap_wait([near, far, silent], model) == 4.0
+    assert eta.swap_wait([near, far], model, on_worker="near") == 9.0
+    assert eta.swap_wait([silent], model) is None
+    assert eta.swap_wait([near, far], other) is None
+    assert eta.swap_wait([old, far], "flux.1_kontext_pro") is None  # nobody takes it
+
+
 def test_retry_after_is_a_number_even_before_any_run() -> None:
     assert eta.retry_after(eta.Measured(7.2, eta.Basis.BACKEND)) == 8
     assert eta.retry_after(None) == eta.RETRY_WITHOUT_DATA_S

@@ -100,12 +100,29 @@ class ImageBackend(ABC):
     - :meth:`unavailable_reason`: why it cannot take tasks now (a missing key, no GPU).
     - :meth:`close`: what it holds open (SDK clients, a pipeline in GPU memory).
     - :meth:`served_by`: what makes the image, for the task's record.
+    - ``resident`` and ``load_seconds``: whether a task can start at once or must first wait
+      for the backend's pipeline to be swapped in, and how long that took last time; the
+      worker advertises both, prefers claiming resident models' tasks and the ETA counts
+      the swap (remote kinds never swap: the defaults).
     """
 
     name: str
     kind: str
     load_state: LoadState = LoadState.NOTHING_TO_LOAD
     timeout_s: float | None = None
+
+    @property
+    def resident(self) -> bool:
+        """True when a task can start painting at once; False while what it runs (a local
+        pipeline evicted from GPU memory) must be loaded or swapped in first. Default: True,
+        a remote provider or the placeholder never swaps."""
+        return True
+
+    @property
+    def load_seconds(self) -> float | None:
+        """How long its last load or swap-in took, in seconds (what a task waits when it
+        is not ``resident``); None: it never loads anything, or has not yet."""
+        return None
 
     def unavailable_reason(self) -> str | None:
         """None when the backend can take tasks, else why not (missing key, no GPU, weights
