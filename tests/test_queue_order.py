@@ -104,6 +104,10 @@ async def test_positions_and_claims_follow_the_claim_order(database_url: str, se
                 task = await store.tasks.get(row["id"])
                 assert task is not None
                 assert await store.tasks.position(task) == order.index(row["id"])
+        for models in ([MODELS[0]], MODELS[1:], MODELS):  # the oldest, walked pair by pair
+            queued = [r for r in rows if r["status"] == "queued" and r["model_version"] in models]
+            oldest = min((r["created_at"] for r in queued), default=None)
+            assert await store.queue.oldest_queued(models) == oldest
         # A worker of two of the models takes their tasks in the claim order, which its own
         # claims change (a claimed task's key has one more running), then nothing more.
         models = MODELS[:2]

@@ -317,6 +317,54 @@ async def test_attempts_workers_and_estimates(any_store: Store) -> None:
     assert await any_store.queue.live_models() == set()
 
 
+async def test_workers_advertise_what_is_resident_and_a_swap_is_waited_for(
+    any_store: Store,
+) -> None:
+    """A worker says which of its models it has resident and how long each took to swap in
+    (one that says nothing has all resident). A task of a model no live worker has resident
+    waits for the shortest advertised swap-in, queued, and claimed but not yet painting."""
+    caller = await caller_with(any_store)
+    both = [MODEL, OTHER_MODEL]
+    times = {MODEL: 3.0, OTHER_MODEL: 7.5, "not-its-model": 1.0}
+    await any_store.queue.register_worker("w", both, 1, resident=[MODEL], load_s=times)
+    await any_store.queue.register_worker("slow", [OTHER_MODEL], 1, [], {OTHER_MODEL: 9.0})
+    await any_store.queue.register_worker("old", [MODEL], 1)  # from before the advert
+    assert await any_store.queue.live_models() == set(both)
+    resident_id = await submit(any_store, caller)
+    swapping_id = await submit(any_store, caller, model=OTHER_MODEL)
+    resident = await any_store.tasks.outlook(await current(any_store, resident_id))
+    swapping = await any_store.tasks.outlook(await current(any_store, swapping_id))
+    assert (resident.swap_s, swapping.swap_s, swapping.live_slots) == (None, 7.5, 3)
+    task = await any_store.queue.claim("slow", [OTHER_MODEL], 30)
+    assert task is not None and task.id == swapping_id
+    assert (await any_store.tasks.outlook(task)).swap_s == 9.0  # its worker's swap-in
+    assert (await any_store.queue.heartbeat(task, 30, 10)).ours  # painting: swapped in
+    assert (await any_store.tasks.outlook(await current(any_store, task.id))).swap_s is None
+    # "w" swaps OTHER_MODEL in: a new advert is counted at once by the process it reached.
+    await any_store.queue.register_worker("w", both, 1, resident=both, load_s=times)
+    later_id = await submit(any_store, caller, model=OTHER_MODEL)
+    later = await any_store.tasks.view(later_id)
+    assert later is not None and later[1].swap_s is None
+
+
+async def test_the_oldest_queued_task_of_some_models(any_store: Store) -> None:
+    """What a worker asks before it prefers its resident models: when the oldest queued
+    task of the others was created, across keys, queued tasks only."""
+    first, second = await caller_with(any_store, name="a"), await caller_with(any_store, name="b")
+    assert await any_store.queue.oldest_queued([MODEL]) is None
+    other_id = await submit(any_store, first, model=OTHER_MODEL)
+    model_id = await submit(any_store, second)
+    await submit(any_store, first)
+    created = {i: (await current(any_store, i)).created_at for i in (other_id, model_id)}
+    assert await any_store.queue.oldest_queued([MODEL]) == created[model_id]
+    assert await any_store.queue.oldest_queued([MODEL, OTHER_MODEL]) == created[other_id]
+    assert await any_store.queue.oldest_queued([]) is None
+    assert await any_store.queue.oldest_queued(["gpt_image_2"]) is None
+    assert (await any_store.queue.claim("w", [OTHER_MODEL], 30)) is not None
+    assert await any_store.queue.oldest_queued([OTHER_MODEL]) is None
+    assert await any_store.queue.oldest_queued([OTHER_MODEL, MODEL]) == created[model_id]
+
+
 async def test_outputs_past_their_retention(any_store: Store) -> None:
     caller = await caller_with(any_store)
     task_id = await submit(any_store, caller)

@@ -287,10 +287,11 @@ class TaskService:
         queuing_num, left = -1, None
         if outlook.position is not None:
             queuing_num = outlook.position
-            left = eta.queued_left(outlook.measured, queuing_num, outlook.live_slots or 0)
+            slots, swap_s = outlook.live_slots or 0, outlook.swap_s
+            left = eta.queued_left(outlook.measured, queuing_num, slots, swap_s)
         elif not task.is_final:
             elapsed = time.time() - _running_since(task, outlook.attempts)
-            left = eta.running_left(outlook.measured, elapsed, task.progress)
+            left = eta.running_left(outlook.measured, elapsed, task.progress, outlook.swap_s)
         data: dict[str, Any] = {
             "task_id": task.id,
             "type": task.type,

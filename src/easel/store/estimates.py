@@ -1,7 +1,9 @@
 """The estimates a task object shows (``running_left_time``, ``queuing_num``) and
 ``Retry-After`` rests on: measured run times per model, backend and kind of request, the
-queue position, the live worker slots. Means and slots are remembered for a moment; a
-position is always read afresh (exact up to ``POSITION_CAP``)."""
+queue position, the live worker slots and the swap-in a task's model waits for (what the
+live workers advertise: see :func:`easel.domain.eta.swap_wait`). Means and live workers
+are remembered for a moment; a position is always read afresh (exact up to
+``POSITION_CAP``)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import time
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from easel.domain.eta import MeanKey, Measured, mean_keys
+from easel.domain.eta import LiveWorker, MeanKey, Measured, advertised, mean_keys, swap_wait
 from easel.domain.tasks import POSITION_CAP, AttemptOutcome, Status, Task
 from easel.store.queue_order import AHEAD
 from easel.store.records import Attempt, Outlook
@@ -21,7 +23,7 @@ _Recalled = tuple[float | None] | None  # a remembered value (which may be None)
 
 
 class Estimates:
-    """Run-time means, the backend that ran each model last and live worker slots,
+    """Run-time means, the backend that ran each model last and the live workers' adverts,
     remembered for ``ttl_s``.
 
     They feed the estimates every poll shows (``running_left_time``, ``Retry-After``), are
@@ -33,7 +35,7 @@ class Estimates:
         self.ttl_s = ttl_s
         self._means: dict[MeanKey, tuple[float, float | None]] = {}
         self._latest: dict[str, tuple[float, str | None]] = {}
-        self._slots: tuple[float, int] | None = None
+        self._workers: tuple[float, list[LiveWorker]] | None = None
 
     def _recall_mean(self, key: MeanKey) -> _Recalled:
         """The remembered mean, when it is fresh: ``(mean,)``; else None."""
@@ -90,13 +92,21 @@ class Estimates:
         self._means = {k: v for k, v in self._means.items() if k[0] != model_version}
         self._latest.pop(model_version, None)
 
-    async def slots(self, conn: AsyncConnection) -> int:
+    async def live_workers(self, conn: AsyncConnection) -> list[LiveWorker]:
+        """The workers with a recent heartbeat, as they advertised themselves."""
         now = time.monotonic()
-        if self._slots is not None and self._slots[0] > now:
-            return self._slots[1]
-        slots = await _live_slots(conn)
-        self._slots = (now + self.ttl_s, slots)
-        return slots
+        if self._workers is not None and self._workers[0] > now:
+            return self._workers[1]
+        workers = await _live_workers(conn)
+        self._workers = (now + self.ttl_s, workers)
+        return workers
+
+    def advertised(self, worker: LiveWorker) -> None:
+        """A worker registered through this process: when its advert is not what is
+        remembered (a new worker, a model swapped in or out), forget the live workers, so the
+        next poll counts it (other processes see it within ``ttl_s``)."""
+        if self._workers is not None and worker not in self._workers[1]:
+            self._workers = None
 
 
 async def outlook(
@@ -106,7 +116,7 @@ async def outlook(
     attempts_read: list[Attempt] | None = None,
 ) -> Outlook:
     """The rest of the task object; ``attempts_read`` when the caller read them already."""
-    measured = position = slots = None
+    measured = position = slots = swap_s = None
     if not task.is_final:
         # A running task's backend is known; a queued one will likely run where the
         # model's latest task ran.
@@ -115,10 +125,15 @@ async def outlook(
         measured = await estimates.measured(conn, task.model_version, backend, bool(task.refs))
     if task.status is Status.QUEUED:
         position = await position_of(conn, task)
-        slots = await estimates.slots(conn)
+        workers = await estimates.live_workers(conn)
+        slots = sum(w.slots for w in workers)
+        swap_s = swap_wait(workers, task.model_version)
+    elif task.status is Status.RUNNING and task.progress == 0:  # not painting yet
+        workers = await estimates.live_workers(conn)
+        swap_s = swap_wait(workers, task.model_version, task.worker_id)
     if attempts_read is None:
         attempts_read = await attempts_of(conn, task.id)
-    return Outlook(measured, position, slots, attempts_read)
+    return Outlook(measured, position, slots, attempts_read, swap_s)
 
 
 async def position_of(conn: AsyncConnection, task: Task) -> int:
@@ -166,10 +181,11 @@ async def _mean_duration(
     return None if mean is None else float(mean)
 
 
-async def _live_slots(conn: AsyncConnection, within_s: float = 30.0) -> int:
-    slots = await conn.scalar(
-        select(func.coalesce(func.sum(workers.c.slots), 0)).where(
-            workers.c.heartbeat_at >= time.time() - within_s
-        )
+async def _live_workers(conn: AsyncConnection, within_s: float = 30.0) -> list[LiveWorker]:
+    """One row per live worker: a short read, whatever the queue's depth."""
+    rows = await conn.execute(
+        select(
+            workers.c.id, workers.c.models, workers.c.slots, workers.c.resident, workers.c.load_s
+        ).where(workers.c.heartbeat_at >= time.time() - within_s)
     )
-    return int(slots or 0)
+    return [advertised(*row) for row in rows]

@@ -6,7 +6,7 @@ part. :class:`easel.store.SqlStore` (SQLite, PostgreSQL) and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
 from easel.domain.accounts import Balance, Caller, LedgerRow
@@ -56,8 +56,18 @@ class TasksPort(Protocol):
 
 class QueuePort(Protocol):
     async def live_models(self, within_s: float = 30.0) -> set[str]: ...
-    async def register_worker(self, worker_id: str, models: Sequence[str], slots: int) -> None: ...
+    # resident: the models it has resident (None: all); load_s: {model: swap-in seconds}
+    async def register_worker(
+        self,
+        worker_id: str,
+        models: Sequence[str],
+        slots: int,
+        resident: Collection[str] | None = None,
+        load_s: Mapping[str, float] | None = None,
+    ) -> None: ...
     async def unregister_worker(self, worker_id: str) -> None: ...
+    # when the oldest queued task of models was created (None: none queued)
+    async def oldest_queued(self, models: Collection[str]) -> float | None: ...
     async def claim(
         self, worker_id: str, models: Collection[str], lease_s: float
     ) -> Task | None: ...

@@ -6,13 +6,14 @@ each move of a task goes through :mod:`easel.store.lifecycle`.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, Update, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from easel.domain.errors import FatalServerError
+from easel.domain.eta import advertised
 from easel.domain.tasks import AttemptOutcome, Status, Task
 from easel.store import lifecycle
 from easel.store.db import connection, read_only, transaction
@@ -28,7 +29,7 @@ from easel.store.lifecycle import (
     queued,
     succeed,
 )
-from easel.store.queue_order import pick
+from easel.store.queue_order import OLDEST, pick
 from easel.store.records import Heartbeat
 from easel.store.refusals import waited_too_long, worker_gone
 from easel.store.tables import attempts, tasks, workers
@@ -86,23 +87,44 @@ class QueueStore:
 
     # -- worker side ----------------------------------------------------------------------
 
-    async def register_worker(self, worker_id: str, models: Sequence[str], slots: int) -> None:
+    async def register_worker(
+        self,
+        worker_id: str,
+        models: Sequence[str],
+        slots: int,
+        resident: Collection[str] | None = None,
+        load_s: Mapping[str, float] | None = None,
+    ) -> None:
+        """Announce the worker, or renew its heartbeat: the models it takes, its slots, which
+        of the models it has resident (None: all) and how long each took to swap in."""
+        worker = advertised(worker_id, models, slots, resident, load_s)
+        row = {
+            "models": list(models),
+            "slots": slots,
+            "resident": [m for m in models if m in worker.resident],
+            "load_s": dict(worker.load_s),
+        }
         async with transaction(self._engine) as conn:
+            now = time.time()
             done = await conn.execute(
-                update(workers)
-                .where(workers.c.id == worker_id)
-                .values(models=list(models), slots=slots, heartbeat_at=time.time())
+                update(workers).where(workers.c.id == worker_id).values(**row, heartbeat_at=now)
             )
             if done.rowcount == 0:
-                await conn.execute(
-                    insert(workers).values(
-                        id=worker_id, models=list(models), slots=slots, heartbeat_at=time.time()
-                    )
-                )
+                await conn.execute(insert(workers).values(id=worker_id, **row, heartbeat_at=now))
+        self._estimates.advertised(worker)
 
     async def unregister_worker(self, worker_id: str) -> None:
         async with transaction(self._engine) as conn:
             await conn.execute(workers.delete().where(workers.c.id == worker_id))
+
+    async def oldest_queued(self, models: Collection[str]) -> float | None:
+        """When the oldest queued task of ``models`` was created; None when none is queued
+        (see :mod:`easel.store.queue_order`: one index probe per (model, key) pair)."""
+        if not models:
+            return None
+        async with connection(self._reads) as conn:
+            oldest = await conn.scalar(OLDEST, {"models": list(models)})
+        return None if oldest is None else float(oldest)
 
     async def claim(self, worker_id: str, models: Collection[str], lease_s: float) -> Task | None:
         """Take the next queued task of ``models`` (SKIP LOCKED on PostgreSQL).

@@ -10,6 +10,10 @@ A claim costs O(pairs · log n) for n queued tasks.
 The position sums, pair by pair, the tasks ahead (all of a key with fewer running tasks;
 the older ones of a key with as many), each pair's count stopping at ``POSITION_CAP`` and
 the walk stopping once ``POSITION_CAP`` are counted: O(pairs · log n + POSITION_CAP).
+
+The oldest queued task of some models (how long the worker's non-resident models have
+waited: see :mod:`easel.worker.models`) is the oldest of each pair's oldest, one probe per
+pair: O(pairs · log n).
 """
 
 from __future__ import annotations
@@ -168,6 +172,17 @@ def pick(lateral: bool) -> Select[Any]:
         .limit(1)
         .with_for_update(of=chosen, skip_locked=True)
     )
+
+
+def _oldest() -> Select[Any]:
+    """The creation time of the oldest queued task of the bound ``models`` (None: none)."""
+    pairs = _pairs("oldest_pairs", True)
+    oldest = select(func.min(_PAIR.c.created_at)).where(_of_pair(pairs)).scalar_subquery()
+    heads = select(oldest.label("created_at")).where(pairs.c.k.is_not(None)).subquery()
+    return select(func.min(heads.c.created_at))
+
+
+OLDEST = _oldest()
 
 
 def _capped_count(pairs: CTE, *where: ColumnElement[bool]) -> Any:

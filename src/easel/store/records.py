@@ -53,6 +53,9 @@ class Outlook:
     position: int | None  # queued tasks only
     live_slots: int | None  # queued tasks only
     attempts: list[Attempt]
+    # the swap-in its model waits for (queued, or claimed and not painting yet): see
+    # easel.domain.eta.swap_wait; None: none, or none advertised
+    swap_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,6 +164,11 @@ workers = Table(
     Column("models", JSON, nullable=False),
     Column("slots", Integer, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
+    # What it advertises with each heartbeat: the models it has resident (a task starts
+    # painting at once; null, from a worker older than the column: all of them) and how
+    # long swapping each in took, {model_version: seconds}.
+    Column("resident", JSON),
+    Column("load_s", JSON),
 )
 
 secrets = Table(

@@ -4,10 +4,11 @@ finish, put back, and the janitor's sweeps (see :mod:`easel.store.queue` for the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 
 from easel.domain.errors import FatalServerError
+from easel.domain.eta import advertised
 from easel.domain.tasks import AttemptOutcome, Status, Task, claim_order
 from easel.store.memory.state import AttemptRow, Memory, WorkerRow
 from easel.store.records import Attempt, Heartbeat
@@ -19,18 +20,36 @@ class MemoryQueue:
         self._m = memory
 
     async def live_models(self, within_s: float = 30.0) -> set[str]:
-        since = time.time() - within_s
         async with self._m.lock:
-            workers = [w for w in self._m.workers.values() if w.heartbeat_at >= since]
+            workers = self._m.live_workers(within_s)
         return {model for worker in workers for model in worker.models}
 
-    async def register_worker(self, worker_id: str, models: Sequence[str], slots: int) -> None:
+    async def register_worker(
+        self,
+        worker_id: str,
+        models: Sequence[str],
+        slots: int,
+        resident: Collection[str] | None = None,
+        load_s: Mapping[str, float] | None = None,
+    ) -> None:
+        advert = advertised(worker_id, models, slots, resident, load_s)
         async with self._m.lock:
-            self._m.workers[worker_id] = WorkerRow(list(models), slots, time.time())
+            self._m.workers[worker_id] = WorkerRow(advert, time.time())
 
     async def unregister_worker(self, worker_id: str) -> None:
         async with self._m.lock:
             self._m.workers.pop(worker_id, None)
+
+    async def oldest_queued(self, models: Collection[str]) -> float | None:
+        async with self._m.lock:
+            return min(
+                (
+                    t.created_at
+                    for t in self._m.tasks.values()
+                    if t.status is Status.QUEUED and t.model_version in models
+                ),
+                default=None,
+            )
 
     async def claim(self, worker_id: str, models: Collection[str], lease_s: float) -> Task | None:
         m, now = self._m, time.time()

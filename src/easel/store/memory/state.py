@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from easel.domain.accounts import LedgerKind
+from easel.domain.eta import LiveWorker
 from easel.domain.tasks import REFUNDED, Status, Task, can_move
 from easel.domain.text import load_stored
 from easel.domain.webhooks import LoggedAttempt
@@ -105,8 +106,7 @@ class AttemptRow:
 
 @dataclass(slots=True)
 class WorkerRow:
-    models: list[str]
-    slots: int
+    advert: LiveWorker  # the models it takes, its slots, what it has resident
     heartbeat_at: float
 
 
@@ -243,6 +243,11 @@ class Memory:
             for t in self.tasks.values()
             if t.api_key_id == api_key_id and t.status is Status.RUNNING
         )
+
+    def live_workers(self, within_s: float = 30.0) -> list[LiveWorker]:
+        """The workers with a heartbeat in the last ``within_s``, as they advertised."""
+        since = time.time() - within_s
+        return [w.advert for w in self.workers.values() if w.heartbeat_at >= since]
 
     def end_attempt(self, attempt_id: int, outcome: str, error: str | None) -> None:
         row = self.attempts.get(attempt_id)

@@ -7,7 +7,7 @@ import dataclasses
 import time
 
 from easel.domain.accounts import Caller, LedgerKind
-from easel.domain.eta import Measured, mean_keys
+from easel.domain.eta import Measured, mean_keys, swap_wait
 from easel.domain.tasks import (
     POSITION_CAP,
     UNFINISHED,
@@ -161,17 +161,20 @@ class MemoryTasks:
 
     def _outlook(self, task: Task) -> Outlook:
         m = self._m
-        measured = position = slots = None
+        measured = position = slots = swap_s = None
         if not task.is_final:
             backend = task.backend if task.status is Status.RUNNING else None
             backend = backend or self._latest_backend(task.model_version)
             measured = self._measured(task.model_version, backend, bool(task.refs))
         if task.status is Status.QUEUED:
             position = self._position(task)
-            live = time.time() - LIVE_WITHIN_S
-            slots = sum(w.slots for w in m.workers.values() if w.heartbeat_at >= live)
+            workers = m.live_workers(LIVE_WITHIN_S)
+            slots = sum(w.slots for w in workers)
+            swap_s = swap_wait(workers, task.model_version)
+        elif task.status is Status.RUNNING and task.progress == 0:  # not painting yet
+            swap_s = swap_wait(m.live_workers(LIVE_WITHIN_S), task.model_version, task.worker_id)
         attempts = [row.attempt for row in m.attempts.values() if row.task_id == task.id]
-        return Outlook(measured, position, slots, attempts)
+        return Outlook(measured, position, slots, attempts, swap_s)
 
     async def outlook(self, task: Task) -> Outlook:
         async with self._m.lock:
