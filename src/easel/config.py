@@ -80,6 +80,10 @@ class Settings(BaseModel):
     # On SIGTERM a worker claims nothing more and gives its running tasks worker_drain_s to
     # finish; those still running are then stopped and put back in the queue (0: at once).
     worker_drain_s: float = Field(default=20.0, ge=0)
+    # A worker claims the tasks of the models it has resident (no pipeline to swap into GPU
+    # memory first) before older ones of its other models, until one of those has waited
+    # swap_patience_s; then it claims in the plain order. 0: no preference.
+    swap_patience_s: float = Field(default=30.0, ge=0)
     # `easel worker` serves /healthz and /readyz on this port (127.0.0.1 unless
     # worker_health_host says otherwise); None: no HTTP at all.
     worker_health_port: int | None = Field(default=None, ge=1, le=65535)

@@ -23,7 +23,6 @@ from easel.backends.base import (
     InputImage,
     Job,
     JobCancelled,
-    LoadState,
 )
 from easel.backends.fallback import Router
 from easel.config import Settings
@@ -44,6 +43,7 @@ from easel.worker.identity import (
     register,
 )
 from easel.worker.inputs import resolve
+from easel.worker.models import advert, claim_next, fail_unloadable, warm_up
 from easel.worker.multiview import RunControl, make_views, stop_reason
 from easel.worker.outputs import output_key, store_output, store_views
 
@@ -100,7 +100,7 @@ class Worker:
         """Claim and run tasks until ``stop`` is set; then release what is still running.
         ``on_registered`` is called once the worker has announced itself."""
         slots = self.settings.worker_concurrency
-        await self._warm_up()
+        await warm_up(self.router, self.wanted)
         backoff = 0.0  # > 0 while the database is away
         try:
             if not await self._register(slots, stop):
@@ -138,44 +138,20 @@ class Worker:
             if len(self._running) >= slots:
                 self._full = True
                 return
-            task = await self.store.queue.claim(self.id, self.models, self.settings.lease_s)
+            models = self.models
+            task = await claim_next(
+                self.store.queue,
+                self.id,
+                models,
+                advert(self.router, models)[0],
+                lease_s=self.settings.lease_s,
+                patience_s=self.settings.swap_patience_s,
+            )
             if task is None:
                 return
             runner = asyncio.create_task(self.run_task(task))
             self._running.add(runner)
             runner.add_done_callback(self._finished)
-
-    async def _warm_up(self) -> None:
-        """Load local pipelines (and compile them) before taking tasks, not on the first one.
-        A backend that fails to load is ``LoadState.FAILED`` from then on: unavailable, and
-        the tasks of a model left with no backend are failed by :meth:`_fail_unloadable`."""
-        names = {leg.backend.name for m in self.wanted for leg in self.router.chain(m)}
-        for name in sorted(names):
-            backend = self.router.backends[name]
-            if backend.load_state is not LoadState.NOT_LOADED:
-                continue
-            log.info("loading backend %s", name)
-            try:
-                await backend.load()
-            except Exception as exc:  # FAILED now; one backend must not stop the worker
-                log.error("backend %s did not load: %s", name, exc)
-
-    async def _fail_unloadable(self) -> None:
-        """End, with a refund, the queued tasks of each model this worker was to take whose
-        every backend failed to load here, unless a live worker elsewhere takes the model:
-        nothing would ever run them, and the client should hear why now, not at the queue
-        timeout an hour later."""
-        reasons = {m: r for m in self.wanted if (r := self.router.load_failure(m)) is not None}
-        if not reasons:
-            return
-        live = await self.store.queue.live_models()
-        for model, reason in reasons.items():
-            if model in live:
-                continue
-            message = f"model_version {model!r} cannot run on this server: {reason}"
-            failed = await self.store.queue.fail_queued(model, message)
-            if failed:
-                log.warning("failed %d queued task(s) of %s: %s", failed, model, reason)
 
     def _finished(self, runner: asyncio.Task[None]) -> None:
         self._running.discard(runner)
@@ -190,9 +166,9 @@ class Worker:
         self._last_housekeeping = now
         await self._listener.ensure()
         try:
-            await self.store.queue.register_worker(self.id, self.models, slots)
+            await self._announce(slots)
             self.health.registered()
-            await self._fail_unloadable()
+            await fail_unloadable(self.router, self.store.queue, self.wanted)
             reclaimed = await self.store.queue.reclaim_lapsed(self.settings.max_attempts)
             if reclaimed:
                 log.warning("reclaimed %d task(s) whose worker stopped responding", reclaimed)
@@ -212,11 +188,18 @@ class Worker:
 
         return await register(
             self.id,
-            lambda: self.store.queue.register_worker(self.id, self.models, slots),
+            lambda: self._announce(slots),
             sleep,
             patience_s=self.settings.worker_register_timeout_s,
             first_wait_s=self.settings.poll_interval_s,
         )
+
+    async def _announce(self, slots: int) -> None:
+        """Register, or renew the registration (each housekeeping round): the models it
+        takes, its slots, which models are resident and how long each took to swap in."""
+        models = self.models
+        resident, load_s = advert(self.router, models)
+        await self.store.queue.register_worker(self.id, models, slots, resident, load_s)
 
     async def _sleep(self, stop: asyncio.Event, timeout_s: float) -> None:
         self._wake.clear()
