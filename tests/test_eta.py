@@ -196,8 +196,10 @@ async def test_each_backend_and_kind_of_request_has_its_own_estimate(
             edits = await api.runtime.store.tasks.measured(MODEL, edits=True)
             assert text is not None and edits is not None
             assert text.basis is edits.basis is eta.Basis.BACKEND
-            assert TEXT_S <= text.mean_s < TEXT_S + 0.5, text  # not the placeholder's
-            assert EDIT_S <= edits.mean_s < EDIT_S + 0.5, edits
+            # At least the provider's time (not the placeholder's instant runs); a text run's
+            # mean under an edit's time (not mixed with the edits), with room for a busy machine.
+            assert TEXT_S <= text.mean_s < EDIT_S, text
+            assert EDIT_S <= edits.mean_s < 2 * EDIT_S, edits
 
             await submit(api, reference)  # runs first, then the two below in order
             queued = [await api.task(await submit(api, ref)) for ref in (None, reference)]
