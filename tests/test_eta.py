@@ -205,7 +205,9 @@ async def test_each_backend_and_kind_of_request_has_its_own_estimate(
             queued = [await api.task(await submit(api, ref)) for ref in (None, reference)]
             assert [t["running_left_basis"] for t in queued] == ["backend", "backend"]
             # The text task's estimate is its own kind's run time, not an edit's nor a mix...
-            assert queued[0]["running_left_time"] == 1
+            text = await api.runtime.store.tasks.measured(MODEL, edits=False)
+            assert text is not None
+            assert queued[0]["running_left_time"] == eta.queued_left(text, 0, 1).protocol_value
             # ...and the edit behind it waits for one run and takes another, both edits.
             assert queued[1]["running_left_time"] >= 2 * EDIT_S
             for task in queued:
