@@ -19,7 +19,8 @@ import pytest
 
 from diffusers_tools import Control, corrupt_copy, picture, png_size
 from easel.backends._diffusers_families import FAMILIES
-from easel.backends._diffusers_load import PipelineLoader, load_pipeline, optimize_pipeline
+from easel.backends._diffusers_load import load_pipeline, optimize_pipeline, read_pipeline
+from easel.backends._diffusers_memory import PipelineLoader
 from easel.backends.autoconfig import auto_tables
 from easel.backends.base import BackendUnavailable, InputImage, Job, JobCancelled, LoadState
 from easel.backends.demo_weights import write_demo_weights
@@ -259,19 +260,20 @@ def test_served_by_names_a_local_directory_by_its_last_part_and_the_lora() -> No
     )
 
 
-def test_the_loader_shares_one_pipeline_between_its_users() -> None:
+def test_the_loader_shares_one_pipeline_between_its_users(weights: dict[str, Path]) -> None:
     loader, built = PipelineLoader(), []
+    options = tiny(weights, "z-image").options
 
-    def build() -> object:
-        built.append(object())
+    def read() -> Any:
+        built.append(read_pipeline(options))
         return built[-1]
 
-    first, second = loader.acquire("key", build), loader.acquire("key", build)
+    first, second = (loader.acquire("key", "z", "cpu", read, lambda p: p) for _ in range(2))
     assert first is second
     assert len(built) == 1
     assert loader.release("key") is None  # still used
     assert loader.release("key") is built[0]  # the last user: the caller frees it
-    assert loader.acquire("key", build).pipe is built[1]  # loaded again
+    assert loader.acquire("key", "z", "cpu", read, lambda p: p).pipe is built[1]  # read again
 
 
 def write_lora(pipeline_dir: Path, where: Path) -> Path:

@@ -88,6 +88,11 @@ class Settings(BaseModel):
     # worker_health_host says otherwise); None: no HTTP at all.
     worker_health_port: int | None = Field(default=None, ge=1, le=65535)
     worker_health_host: str = "127.0.0.1"
+    # A worker's diffusers pipelines may keep at most this many GB (10⁹ bytes) of weights
+    # on each device; the least recently used idle ones make room, parked in CPU memory
+    # (gpu_offload = "cpu") or freed ("unload"). None: no budget, each stays where it loaded.
+    gpu_memory_budget_gb: float | None = Field(default=None, gt=0)
+    gpu_offload: Literal["cpu", "unload"] = "cpu"
     # How long a starting worker waits for an unreachable database before it exits non-zero.
     worker_register_timeout_s: float = Field(default=300.0, gt=0)
     fetch_timeout_s: float = Field(default=20.0, gt=0)

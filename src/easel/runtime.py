@@ -6,6 +6,7 @@ import gc
 import logging
 from dataclasses import dataclass, field
 
+from easel.backends._diffusers_memory import LOADER
 from easel.backends.autoconfig import HOSTED
 from easel.backends.fallback import Router
 from easel.config import Settings
@@ -127,6 +128,8 @@ def freeze_startup_objects() -> None:
 
 
 async def open_runtime(settings: Settings) -> Runtime:
+    # the process's diffusers pipelines (none in an API process, which never loads)
+    LOADER.configure(settings.gpu_memory_budget_gb, settings.gpu_offload)
     router = Router.from_settings(settings)
     store = await connect(settings.database_url)
     objects = open_object_store(settings.storage_url)

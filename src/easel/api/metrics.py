@@ -1,5 +1,7 @@
 """``GET /metrics``: Prometheus text format: a database snapshot taken per scrape (the
-same on every replica), and this server's HTTP requests per route.
+same on every replica), this server's HTTP requests per route, and the load and swap times of
+its worker's diffusers pipelines (``easel_pipeline_*``: when the worker runs in this server,
+embedded or supervised; see :mod:`easel.backends.pipeline_metrics`).
 
 HTTP counts and latencies are kept in the process, per route *template*
 (``/v2/openapi/task/{task_id}``, never a path with an id in it: one series per route, not
@@ -217,6 +219,8 @@ async def metrics(request: Request, runtime: RuntimeDep) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     snap = await runtime.metrics.snapshot()
     registry.register(SnapshotCollector(snap, await runtime.service.served()))
+    for collector in runtime.metrics.process_collectors():
+        registry.register(collector)
     http: HttpMetrics = request.app.state.http_metrics
     http.register(registry)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,6 +1,7 @@
 """Loading a ``diffusers`` pipeline: where its weights are, ``from_pretrained`` with the
-family's class and an optional LoRA fused in, Easel's fast GPU path (:func:`optimize_pipeline`),
-and the process's one :data:`LOADER`, which holds every loaded pipeline.
+family's class and an optional LoRA fused in, and Easel's fast GPU path
+(:func:`optimize_pipeline`). What stays in memory, and where, is decided by
+:data:`easel.backends._diffusers_memory.LOADER`.
 
 A local weights directory is checked without loading it (:func:`weights_problem`), so an API
 process, which never loads, can refuse a model whose weights are missing. torch, diffusers
@@ -11,9 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +127,15 @@ def _lora(source: str) -> tuple[str, bool]:
 def load_pipeline(options: Options) -> Any:
     """The configured pipeline from its weights (with its LoRA fused in), on its device,
     without a progress bar."""
+    pipe = read_pipeline(options)
+    pipe.to(options.device)
+    return pipe
+
+
+def read_pipeline(options: Options) -> Any:
+    """The configured pipeline from its weights (with its LoRA fused in), in CPU memory
+    (where ``from_pretrained`` puts it), without a progress bar: measured there before it
+    takes room on its device."""
     import diffusers
     import torch
 
@@ -149,52 +156,5 @@ def load_pipeline(options: Options) -> Any:
         )
         pipe.fuse_lora(lora_scale=options.lora_scale)
         pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
-    pipe.to(options.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-@dataclass(slots=True)
-class Loaded:
-    """A pipeline in memory, the backends using it, and the lock one run at a time holds."""
-
-    pipe: Any
-    users: int = 0
-    run_lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class PipelineLoader:
-    """Every diffusers pipeline of this process, by what it is built from.
-
-    Backends get their pipeline here: two backends configured with the same weights, LoRA,
-    device and dtype share one copy (and its run lock). This is the one place that decides
-    what stays in memory, where a GPU memory budget would go.
-    """
-
-    def __init__(self) -> None:
-        self._loaded: dict[Hashable, Loaded] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, key: Hashable, build: Callable[[], Any]) -> Loaded:
-        """The pipeline for ``key``, built (in this thread) when none is loaded."""
-        with self._lock:
-            loaded = self._loaded.get(key)
-            if loaded is None:
-                loaded = self._loaded[key] = Loaded(build())
-            loaded.users += 1
-            return loaded
-
-    def release(self, key: Hashable) -> Any:
-        """One user fewer; the pipeline when that was the last (to free), else None."""
-        with self._lock:
-            loaded = self._loaded.get(key)
-            if loaded is None:
-                return None
-            loaded.users -= 1
-            if loaded.users > 0:
-                return None
-            del self._loaded[key]
-            return loaded.pipe
-
-
-LOADER = PipelineLoader()

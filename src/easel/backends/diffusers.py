@@ -5,10 +5,13 @@ klein, Qwen-Image-Edit-Plus): its diffusers class, default weights, steps, guida
 takes references and a negative prompt are data there. :meth:`DiffusersBackend.served_by`
 names the class, the weights and the LoRA, for the task's record.
 
-One backend runs one pipeline, loaded once per process and kept resident (by
-:data:`LOADER`, which shares it between backends configured alike): ahead of time by
-:meth:`DiffusersBackend.load` (the worker calls it at start), or on first use. Its
-:class:`LoadState` says where it stands. Before loading, a local weights directory that is
+One backend runs one pipeline, loaded once per process (by :data:`LOADER`, which shares it
+between backends configured alike): ahead of time by :meth:`DiffusersBackend.load` (the
+worker calls it at start), or on first use. Its :class:`LoadState` says where it stands.
+Every run takes the pipeline from the loader, which makes it resident on its device first:
+under a GPU memory budget an idle pipeline may have been parked in CPU memory or unloaded
+meanwhile, and the run waits for its swap-in (``resident`` and ``load_seconds`` say whether
+one is due and how long the last took). Before loading, a local weights directory that is
 missing or holds no saved pipeline already makes the backend unavailable (so an API process,
 which never loads, refuses its model too). Loading and inference run in threads, never on the
 event loop; one inference runs at a time per pipeline (a thread lock, so a coroutine cancelled
@@ -44,12 +47,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from easel.backends._diffusers_families import FAMILIES, Family
 from easel.backends._diffusers_load import (
-    LOADER,
-    Loaded,
     is_path,
-    load_pipeline,
     optimize_pipeline,
+    read_pipeline,
     weights_problem,
+)
+from easel.backends._diffusers_memory import (
+    LOADER,
+    Abandoned,
+    Loaded,
+    PipelineLoader,
+    SwapFailed,
+    free_memory,
 )
 from easel.backends._diffusers_paint import paint, warm_up_job
 from easel.backends.base import (
@@ -117,6 +126,11 @@ class Options(BaseModel):
     def true_cfg_scale(self) -> float:
         return self.true_cfg if self.true_cfg is not None else self.family.true_cfg
 
+    def label(self) -> str:
+        """The pipeline in logs and metrics: family and weights by name, and the LoRA."""
+        lora = f"+{_named(self.lora_weight_name or self.lora)}" if self.lora else ""
+        return f"{self.pipeline}:{_named(self.weights_source)}{lora}"
+
     def served_by(self) -> str:
         """What paints: the pipeline class, the weights and the LoRA, by name only (a local
         directory by its last part, so no path of the machine is shown)."""
@@ -147,13 +161,14 @@ def _missing_extra(options: Options) -> str | None:
 class DiffusersBackend(ImageBackend):
     kind = "diffusers"
 
-    def __init__(self, name: str, options: Options) -> None:
+    def __init__(self, name: str, options: Options, loader: PipelineLoader = LOADER) -> None:
         self.name = name
         self.options = options
+        self._loader = loader  # the process's, unless a test brings its own
         self.seconds_per_step: float | None = None  # pace of the last run, for ETAs
         self.optimizations: list[str] = []
         self.load_state = LoadState.NOT_LOADED
-        self._loaded: Loaded | None = None  # from LOADER, shared with same-weights backends
+        self._loaded: Loaded | None = None  # from the loader, shared with same-weights backends
         self._load_error: str | None = None  # why the load failed (FAILED)
         self._setup_error: str | None = None  # a missing extra, no CUDA
         self._checked = False
@@ -201,6 +216,18 @@ class DiffusersBackend(ImageBackend):
     async def generate(self, job: Job, control: JobControl) -> GeneratedImage:
         return await asyncio.to_thread(self._generate, job, control)
 
+    @property
+    def resident(self) -> bool:
+        """Its pipeline is on its device now: a run needs no load or swap-in first."""
+        loaded = self._loaded
+        return loaded is not None and loaded.resident
+
+    @property
+    def load_seconds(self) -> float | None:
+        """How long its pipeline's last load or swap-in took; None before any."""
+        loaded = self._loaded
+        return None if loaded is None else loaded.load_seconds
+
     async def close(self) -> None:
         """Let go of the pipeline (freed when no other backend uses it; a later task would
         load it again)."""
@@ -209,12 +236,10 @@ class DiffusersBackend(ImageBackend):
             self.load_state = LoadState.NOT_LOADED
         if loaded is None:
             return
-        pipe = LOADER.release(self._key)
-        if pipe is not None and self.options.device == "cuda":
+        pipe = self._loader.release(self._key)
+        if pipe is not None:
             del pipe, loaded
-            import torch
-
-            torch.cuda.empty_cache()
+            free_memory(self.options.device)
 
     def served_by(self, provider_model: str | None) -> str:
         del provider_model  # the backend runs its own pipeline, whatever the model table says
@@ -222,7 +247,7 @@ class DiffusersBackend(ImageBackend):
 
     @property
     def _key(self) -> tuple[object, ...]:
-        """What the pipeline is built from: backends that agree share it (:data:`LOADER`)."""
+        """What the pipeline is built from: backends that agree share it (the loader)."""
         o = self.options
         return (
             o.pipeline,
@@ -254,7 +279,13 @@ class DiffusersBackend(ImageBackend):
         """Load into ``_loaded``; None on success, else why not, in a sentence."""
         options, started = self.options, time.perf_counter()
         try:
-            self._loaded = LOADER.acquire(self._key, self._prepare)
+            self._loaded = self._loader.acquire(
+                self._key,
+                options.label(),
+                options.device,
+                lambda: read_pipeline(options),
+                self._prepare,
+            )
         except Exception as exc:
             reason = first_line(exc, named=False)
             log.error(
@@ -275,12 +306,12 @@ class DiffusersBackend(ImageBackend):
         log.info("%s: %s ready in %.1f s (%s)", self.name, options.pipeline, seconds, applied)
         return None
 
-    def _prepare(self) -> Any:
-        """Load; on CUDA also optimize and paint one image so compile happens now.
+    def _prepare(self, pipe: Any) -> Any:
+        """The pipeline just put on its device; on CUDA optimized, with one image painted
+        so compile happens now (again after each reload from disk).
 
         If the optimized path fails, log it and serve the plain pipeline instead.
         """
-        pipe = load_pipeline(self.options)
         if self.options.device != "cuda":
             return pipe
         try:
@@ -293,20 +324,30 @@ class DiffusersBackend(ImageBackend):
         import torch
 
         torch._dynamo.reset()
-        torch.cuda.empty_cache()
-        return load_pipeline(self.options)
+        free_memory(self.options.device)
+        pipe = read_pipeline(self.options)
+        pipe.to(self.options.device)
+        return pipe
 
     def _generate(self, job: Job, control: JobControl) -> GeneratedImage:
         loaded = self._ensure_loaded()
-        with loaded.run_lock:  # one run at a time per pipeline, whichever backend asks
-            if control.cancelled:
-                raise JobCancelled(job.task_id)
-            try:
-                image = self._paint(loaded.pipe, job, control)
-            except (JobCancelled, BackendUnavailable):
-                raise
-            except Exception as exc:
-                raise _translate(exc, self.name) from exc
+        try:
+            # one run at a time per pipeline, whichever backend asks; resident first
+            with self._loader.running(loaded, lambda: control.cancelled) as pipe:
+                try:
+                    image = self._paint(pipe, job, control)
+                except (JobCancelled, BackendUnavailable):
+                    raise
+                except Exception as exc:
+                    raise _translate(exc, self.name) from exc
+        except Abandoned:
+            raise JobCancelled(job.task_id) from None
+        except SwapFailed as exc:
+            log.error("%s: could not bring its pipeline back: %s", self.name, exc)
+            raise BackendUnavailable(
+                f"diffusers backend {self.name!r} could not bring its pipeline back into "
+                f"memory: {first_line(exc, named=False)}"
+            ) from exc
         out = io.BytesIO()
         image.save(out, format="PNG")
         return GeneratedImage(data=out.getvalue(), format="png")
