@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 import time
 import weakref
@@ -34,7 +35,7 @@ from easel.backends._diffusers_memory import (
     PipelineLoader,
     pipeline_bytes,
 )
-from easel.backends.base import Job, JobCancelled, LoadState
+from easel.backends.base import BackendUnavailable, Job, JobCancelled, LoadState
 from easel.backends.demo_weights import write_demo_weights
 from easel.backends.diffusers import DiffusersBackend, Options
 from easel.config import ConfigError, load_settings
@@ -158,6 +159,24 @@ async def test_unload_frees_the_pipeline_and_the_next_run_reads_it_again(
     again = await flux.generate(job(), Control())
     assert count(FLUX, "load") == reads + 1  # read from disk again
     assert again.data == first.data  # the same weights
+    assert (flux.resident, zimage.resident) == (True, False)
+
+
+async def test_an_unloaded_pipeline_whose_weights_vanished_cannot_come_back(
+    weights: dict[str, Path], fits_one: int, tmp_path: Path
+) -> None:
+    """Retryable (another backend may run the task), and not final: the weights may return."""
+    copy = {**weights, "flux": Path(shutil.copytree(weights["flux"], tmp_path / "flux"))}
+    flux, zimage = pair(copy, PipelineLoader(fits_one, "unload"))
+    await flux.load()
+    await zimage.load()
+    shutil.rmtree(copy["flux"])
+    with pytest.raises(BackendUnavailable, match="could not bring its pipeline back"):
+        await flux.generate(job(), Control())
+    assert (flux.load_state, flux.resident, zimage.resident) == (LoadState.LOADED, False, True)
+    shutil.copytree(weights["flux"], copy["flux"])
+    image = await flux.generate(job(), Control())
+    assert image.format == "png"
     assert (flux.resident, zimage.resident) == (True, False)
 
 

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 Offload = Literal["cpu", "unload"]
 GB = 10**9
 _WAIT_S = 0.5  # how often a run waiting for room looks at its task's cancel flag
+# One pipeline is read or prepared at a time in the process: from_pretrained is not
+# thread-safe (accelerate's empty-weights init patches torch.nn.Module process-wide: a
+# second thread's modules get meta tensors), nor is torch.compile's first run.
+_BUILDING = threading.Lock()
 
 
 class Place(enum.Enum):
@@ -144,14 +148,15 @@ class PipelineLoader:
         read: Callable[[], Any],
         prepare: Callable[[Any], Any],
     ) -> Loaded:
-        """The pipeline for ``key``, one user more, loaded and resident (in this thread,
-        when no user has loaded it yet). Raises what the load raised, counting no user."""
+        """The pipeline for ``key``, one user more: loaded (in this thread, and so resident)
+        unless some user has loaded it already, wherever it is now. Raises what the load
+        raised, counting no user."""
         with self._cond:
             loaded = self._loaded.get(key)
             if loaded is None:
                 loaded = self._loaded[key] = Loaded(key, label, device, read, prepare)
             loaded.users += 1
-            if loaded.resident:
+            if loaded.load_seconds is not None:
                 return loaded
         try:
             with self.running(loaded, lambda: False, raw=True):
@@ -233,12 +238,14 @@ class PipelineLoader:
         kind = "swap_in" if prior is Place.CPU else "load"
         try:
             if loaded.pipe is None:
-                loaded.pipe = loaded.read()
+                with _BUILDING:
+                    loaded.pipe = loaded.read()
                 loaded.size = pipeline_bytes(loaded.pipe)
             self._evict(self._make_room(loaded, cancelled))
             loaded.pipe.to(loaded.device)
             if kind == "load":  # handed over: prepare may drop it (and read it again)
-                loaded.pipe = loaded.prepare(_take(loaded))
+                with _BUILDING:
+                    loaded.pipe = loaded.prepare(_take(loaded))
                 loaded.size = pipeline_bytes(loaded.pipe)  # fp8 halves it
         except BaseException:
             self._undo(loaded, prior)
