@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -23,6 +26,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from apptools import running_api, settings_for
 from diffusers_tools import Control
@@ -360,3 +364,24 @@ async def test_loads_and_swaps_are_in_metrics(
     }
     assert resident[FLUX] > 0  # the last run's
     assert resident[ZIMAGE] == 0  # unloaded to make room for it
+
+
+def test_a_supervised_workers_figures_reach_the_shared_metrics_directory(tmp_path: Path) -> None:
+    """Under ``easel serve --processes N`` the worker is a process of its own with
+    ``$PROMETHEUS_MULTIPROC_DIR`` set: what it records, every API process's scrape reads."""
+    record = (
+        "from easel.backends.pipeline_metrics import collectors, metrics\n"
+        "assert collectors() == []  # the directory carries them, not this process's scrape\n"
+        "metrics().observe('z-image:Z-Image-Turbo', 'swap_in', 2.0)\n"
+        "metrics().set_resident('z-image:Z-Image-Turbo', 12345)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", record], env=env, check=True, timeout=60)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    labels = {"pipeline": "z-image:Z-Image-Turbo"}
+    swaps = registry.get_sample_value(
+        "easel_pipeline_load_seconds_count", {**labels, "kind": "swap_in"}
+    )
+    assert swaps == 1
+    assert registry.get_sample_value("easel_pipeline_resident_bytes", labels) == 12345
