@@ -3,19 +3,20 @@
 Z-Image (text to image), FLUX.2 klein (text to image and editing with up to 4 references) and
 Qwen-Image-Edit-Plus (editing with 1–3 references, true CFG) are written once per session by
 ``write_demo_weights`` (no Hub access) and loaded from that directory, as real weights would
-be. Qwen's tiny pipeline needs torchvision (transformers' Qwen2-VL processor requires it):
-its tests are skipped where torchvision is missing, and the backend's refusal is tested
-instead. Images are noise: the tests check sizes, hooks, references, seeds and errors.
+be. Where torchvision is missing (as here), Qwen's processor loads without its video half.
+Images are noise: the tests check sizes, hooks, references, seeds and errors.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from diffusers_tools import Control, corrupt_copy, picture, png_size
 from easel.backends._diffusers_families import FAMILIES
@@ -32,15 +33,11 @@ from easel.domain.options import ImageOptions
 pytestmark = pytest.mark.local  # torch and diffusers: the local extra
 
 SIZE = 64
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-needs_torchvision = pytest.mark.skipif(
-    not HAS_TORCHVISION, reason="Qwen's tiny pipeline needs torchvision (not installed here)"
-)
 
 
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    families = ["z-image", "flux2-klein", *(["qwen-image-edit-plus"] if HAS_TORCHVISION else [])]
+    families = ["z-image", "flux2-klein", "qwen-image-edit-plus"]
     return write_demo_weights(tmp_path_factory.mktemp("open-weights"), families)
 
 
@@ -121,8 +118,6 @@ async def test_text_to_image_paints_the_configured_size_with_progress(
 
 @pytest.mark.parametrize("pipeline", ["z-image", "flux2-klein", "qwen-image-edit-plus"])
 async def test_cancel_stops_at_the_next_step(weights: dict[str, Path], pipeline: str) -> None:
-    if pipeline not in weights:
-        pytest.skip("Qwen's tiny pipeline needs torchvision (not installed here)")
     backend, control = tiny(weights, pipeline, steps=4), Control(cancel_after=1)
     with pytest.raises(JobCancelled):
         await backend.generate(job(picture(SIZE, SIZE)), control)
@@ -173,7 +168,6 @@ async def test_more_references_than_a_family_takes_are_passed_on(
         await backend.generate(job(*[picture(64, 64)] * 5), Control())
 
 
-@needs_torchvision
 async def test_qwen_edits_one_to_three_references(weights: dict[str, Path]) -> None:
     backend = tiny(weights, "qwen-image-edit-plus")
     for count in (1, 2):
@@ -185,7 +179,6 @@ async def test_qwen_edits_one_to_three_references(weights: dict[str, Path]) -> N
         await backend.generate(job(*[picture(64, 64)] * 4), Control())
 
 
-@needs_torchvision
 async def test_qwen_runs_true_cfg_with_the_negative_prompt(weights: dict[str, Path]) -> None:
     backend = tiny(weights, "qwen-image-edit-plus")
     plain = await backend.generate(job(picture(64, 64), task_id="t"), Control())
@@ -212,10 +205,7 @@ def test_a_missing_package_of_the_family_is_named(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(importlib.util, "find_spec", without)
     qwen = DiffusersBackend("q", Options(pipeline="qwen-image-edit-plus", device="cpu"))
-    reason = qwen.unavailable_reason()
-    assert reason is not None
-    assert "the qwen-image-edit-plus pipeline needs torchvision" in reason
-    assert "the torchvision built for the installed torch" in reason
+    assert qwen.unavailable_reason() is None  # torchvision is not needed
     lora = DiffusersBackend("z", Options(pipeline="z-image", device="cpu", lora="a/b"))
     assert "needs peft" in (lora.unavailable_reason() or "")
     assert (
@@ -229,7 +219,7 @@ def test_a_missing_weights_directory_is_named_before_loading(pipeline: str, tmp_
     options = Options(pipeline=pipeline, weights=str(tmp_path / "nowhere"), device="cpu")
     reason = DiffusersBackend("local", options).unavailable_reason()
     assert reason is not None
-    assert "no such directory" in reason or "needs torchvision" in reason
+    assert "no such directory" in reason
     assert "Traceback" not in reason
 
 
@@ -318,17 +308,41 @@ async def test_a_missing_lora_fails_the_load_with_its_name(weights: dict[str, Pa
 
 @pytest.mark.parametrize(
     ("pipeline", "applied"),
-    [("z-image", ["channels-last-vae"]), ("flux2-klein", ["fused-qkv", "channels-last-vae"])],
+    [
+        ("z-image", ["channels-last-vae"]),
+        ("flux2-klein", ["fused-qkv", "channels-last-vae"]),
+        ("qwen-image-edit-plus", ["fused-qkv"]),
+    ],
 )
 def test_the_gpu_path_without_compile_fits_each_family(
     weights: dict[str, Path], pipeline: str, applied: list[str]
 ) -> None:
-    """Z-Image has no fused QKV projections; each family still paints after the rewrites
-    (compile and fp8 need CUDA)."""
+    """Z-Image has no fused QKV projections and Qwen-Image a 3-D VAE (not channels-last);
+    each family still paints after the rewrites (compile and fp8 need CUDA)."""
     pipe = load_pipeline(tiny(weights, pipeline).options)
     assert optimize_pipeline(pipe, compile_mode=None, fp8=False) == applied
-    image = pipe(prompt="a cat", width=SIZE, height=SIZE, num_inference_steps=2).images[0]
+    edit = {"image": [Image.new("RGB", (48, 64))]} if pipeline == "qwen-image-edit-plus" else {}
+    image = pipe(prompt="a cat", width=SIZE, height=SIZE, num_inference_steps=2, **edit).images[0]
     assert image.size == (SIZE, SIZE)
+
+
+def test_qwens_folder_is_a_published_one_and_loads_without_torchvision(
+    weights: dict[str, Path],
+) -> None:
+    """The saved folder names transformers' processor and its video processor, as published;
+    where torchvision is missing, Easel's loader reads it with the PIL image processor and no
+    video processor (transformers cannot build one there)."""
+    folder = weights["qwen-image-edit-plus"]
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["processor"] == ["transformers", "Qwen2VLProcessor"]
+    saved = json.loads((folder / "processor" / "processor_config.json").read_text())
+    assert saved["processor_class"] == "Qwen2VLProcessor"
+    assert saved["video_processor"]["video_processor_type"] == "Qwen2VLVideoProcessor"
+    processor = load_pipeline(tiny(weights, "qwen-image-edit-plus").options).processor
+    assert type(processor).__name__ == "Qwen2VLProcessor"
+    if importlib.util.find_spec("torchvision") is None:
+        assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
+        assert not hasattr(processor, "video_processor")
 
 
 def test_a_local_gpu_serves_z_image_on_its_own_pipeline() -> None:

@@ -3,10 +3,10 @@
 ``easel demo-weights`` writes tiny random pipelines of every family; one server loads them on
 the CPU at start: Z-Image behind ``flux.1_dev`` (text to image), FLUX.2 klein behind
 ``flux.1_kontext_pro`` and ``gpt_image_2`` (editing with references, and text to image),
-Qwen-Image-Edit-Plus behind ``gemini_2.5_flash_image_preview`` where torchvision is installed
-(its processor needs it), a slow Z-Image for cancelling, and two backends whose weights are
-missing or corrupt. Each task says, in its v2 and v3 views, which pipeline and weights made its
-image, and so does ``GET /models``.
+Qwen-Image-Edit-Plus behind ``gemini_2.5_flash_image_preview`` (without torchvision, as here,
+its processor loads without its video half), a slow Z-Image for cancelling, and two backends
+whose weights are missing or corrupt. Each task says, in its v2 and v3 views, which pipeline
+and weights made its image, and so does ``GET /models``.
 """
 
 from __future__ import annotations
@@ -53,14 +53,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
     )
     assert "z-image:" in out.stdout
     assert "flux2-klein:" in out.stdout
-    assert "qwen-image-edit-plus:" in out.stdout  # written, or why not
+    assert "qwen-image-edit-plus:" in out.stdout
     paths = {"missing-zimage": root / "nowhere", "corrupt-klein": corrupt_copy(
         weights / "flux2-klein", root / "corrupt"
     )}  # fmt: skip
     backends, chains = {}, []
     for version, (name, pipeline, steps, side) in CHAINS.items():
-        if pipeline == "qwen-image-edit-plus" and not (weights / pipeline).is_dir():
-            continue  # no torchvision here
         path = paths.get(name, weights / pipeline)
         backends[name] = backend_table(name, pipeline, path, steps, side)
         chains.append(f'[models."{version}"]\nbackends = ["{name}"]\n')
@@ -136,7 +134,6 @@ def test_gpt_image_2_text_only_runs_on_klein(server: tuple[httpx.Client, Path]) 
 
 def test_gemini_edits_on_qwen_image_edit(server: tuple[httpx.Client, Path]) -> None:
     client, log = server
-    pytest.importorskip("torchvision", reason="Qwen's tiny pipeline needs torchvision")
     body = {"prompt": "make it blue", "model_version": "gemini_2.5_flash_image_preview"}
     task = succeed(client, {**body, "file": reference(client)}, log)
     assert task["served_by"] == "diffusers QwenImageEditPlusPipeline, weights qwen-image-edit-plus"

@@ -211,12 +211,10 @@ def demo_weights(
     They run the whole local path on a CPU in seconds. Their images are noise: they prove
     the plumbing, not a model. Needs the local extra: pip install 'easel[local]'.
     """
-    from easel.backends.demo_weights import skipped, write_demo_weights
+    from easel.backends.demo_weights import write_demo_weights
 
     for name, path in write_demo_weights(directory).items():
         typer.echo(f"{name}: {path}")
-    for name, why in skipped().items():
-        typer.echo(f"{name}: not written: {why}")
     typer.echo(
         "Point a backend at them, e.g.\n"
         f'  [backends.tiny-flux]\n  kind = "diffusers"\n  pipeline = "flux"\n'

@@ -8,8 +8,8 @@ the 256 byte symbols and no merges, plus the chat and vision special tokens the 
 prompt templates use, with a minimal chat template; so no Hub download. Each text encoder is a
 Qwen3 (Z-Image, klein) or Qwen2.5-VL (Qwen-Image-Edit) model of hidden size 16 over that
 vocabulary. klein's encoder keeps 27 layers, since the pipeline reads hidden states 9, 18 and
-27. The Qwen-Image-Edit processor needs torchvision (transformers' Qwen2-VL processor
-requires a video processor): :func:`unavailable` says so where it is missing.
+27. The Qwen-Image-Edit processor is transformers' Qwen2-VL one, built without torchvision
+where it is missing (:mod:`._vl_processor`).
 
 The shapes follow the rules of each model: Z-Image's ``cap_feat_dim`` is the encoder's hidden
 size; klein's ``joint_attention_dim`` is three stacked hidden states (3 × 16) and its
@@ -19,7 +19,6 @@ size; klein's ``joint_attention_dim`` is three stacked hidden states (3 × 16) a
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 _HIDDEN = 16  # every text encoder's hidden size
@@ -37,13 +36,6 @@ _CHAT = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def unavailable(family: str) -> str | None:
-    """Why a tiny pipeline of ``family`` cannot be built here; None if it can."""
-    if family == "qwen-image-edit-plus" and importlib.util.find_spec("torchvision") is None:
-        return "needs torchvision (transformers' Qwen2-VL processor requires it)"
-    return None
 
 
 def _tokenizer() -> Any:
@@ -182,13 +174,9 @@ def qwen_image_edit_plus() -> Any:
         QwenImageEditPlusPipeline,
         QwenImageTransformer2DModel,
     )
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from easel.backends import _vl_processor
 
     tokenizer = _tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIALS}
@@ -229,20 +217,17 @@ def qwen_image_edit_plus() -> Any:
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
     )  # fmt: skip
-    processor = Qwen2VLProcessor(  # type: ignore[no-untyped-call]
-        image_processor=Qwen2VLImageProcessor(),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=_CHAT,
-    )
-    return QwenImageEditPlusPipeline(  # type: ignore[no-untyped-call]
+    pipe: Any = QwenImageEditPlusPipeline(  # type: ignore[no-untyped-call]
         scheduler=FlowMatchEulerDiscreteScheduler(),  # type: ignore[no-untyped-call]
         vae=vae,
         text_encoder=Qwen2_5_VLForConditionalGeneration(config),
         tokenizer=tokenizer,
-        processor=processor,
+        processor=_vl_processor.build(tokenizer, _CHAT),
         transformer=transformer,
     )
+    # Without torchvision the processor is Easel's stand-in: the folder names the published one.
+    pipe.register_to_config(processor=("transformers", "Qwen2VLProcessor"))
+    return pipe
 
 
 BUILDERS = {

@@ -3,7 +3,8 @@
 A backend's ``pipeline`` option names a family. Its row says which diffusers class loads the
 weights, the recommended weights when none are configured, the published step count and
 guidance, how the pipeline takes reference images and a negative prompt, the sizes Easel lets
-it paint, the licence of the default weights and the packages it needs beyond the local extra.
+it paint, the licence of the default weights, the packages it needs beyond the local extra and
+whether its processor is a Qwen2-VL one.
 Nothing else in the backend branches on a family's name: a new family is one row here.
 """
 
@@ -51,6 +52,9 @@ class Family:
     max_pixels: int = 2048 * 2048
     multiple: int = 16
     packages: tuple[str, ...] = ()  # needed beyond torch, diffusers and transformers
+    # Its processor is transformers' Qwen2-VL one, loaded without its video half (which needs
+    # torchvision) where torchvision is missing: see ``_vl_processor``.
+    vl_processor: bool = False
 
     def size_problem(self, width: int, height: int) -> str | None:
         """Why a configured output size is outside this family's limits; None if it fits."""
@@ -93,7 +97,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             "qwen-image-edit-plus", "QwenImageEditPlusPipeline", "Qwen/Qwen-Image-Edit-2511",
             APACHE, 40, 1.0, References.LIST, max_references=3, needs_references=True,
-            negative=Negative.ALWAYS_CFG, true_cfg=4.0, packages=("torchvision",),
+            negative=Negative.ALWAYS_CFG, true_cfg=4.0, vl_processor=True,
         ),
     )
 }  # fmt: skip

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from easel.backends import _vl_processor
+
 if TYPE_CHECKING:
     from easel.backends.diffusers import Options
 
@@ -135,16 +137,20 @@ def load_pipeline(options: Options) -> Any:
 def read_pipeline(options: Options) -> Any:
     """The configured pipeline from its weights (with its LoRA fused in), in CPU memory
     (where ``from_pretrained`` puts it), without a progress bar: measured there before it
-    takes room on its device."""
+    takes room on its device. Where torchvision is missing, a Qwen2-VL processor is loaded
+    without its video half (:mod:`._vl_processor`); elsewhere every part is as published."""
     import diffusers
     import torch
 
     where, local = _weights(options.weights_source)
     token = os.environ.get("HF_TOKEN") or None
     pipeline_class = getattr(diffusers, options.family.pipeline_class)
-    pipe = pipeline_class.from_pretrained(
-        where, dtype=getattr(torch, options.dtype), local_files_only=local, token=token
-    )
+    hub = {"local_files_only": local, "token": token}
+    parts = {}
+    if options.family.vl_processor and _vl_processor.torchvision_missing():
+        parts["processor"] = _vl_processor.load(where, **hub)  # else it cannot be built
+    dtype = getattr(torch, options.dtype)
+    pipe = pipeline_class.from_pretrained(where, dtype=dtype, **hub, **parts)
     if options.lora:
         lora, lora_local = _lora(options.lora)
         pipe.load_lora_weights(

@@ -27,9 +27,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from easel.backends._demo_open_weights import unavailable
-from easel.backends._diffusers_families import FAMILIES
-
 _WIDTH = 32  # hidden size shared by T5 d_model, joint_attention_dim, CLIP and pooled dims
 _SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3: bos, pad, eos, unk
 _WORDS = [
@@ -197,23 +194,18 @@ def _builders() -> dict[str, Callable[[], Any]]:
 
 def write_demo_weights(directory: Path, families: Iterable[str] | None = None) -> dict[str, Path]:
     """Write tiny random pipelines to ``directory/<family>``: ``families`` (the ``pipeline``
-    names of the diffusers backend), by default every family :func:`skipped` does not name.
+    names of the diffusers backend), by default every family.
 
     Returns ``{family: path}``. Each folder reloads with ``from_pretrained(path,
-    local_files_only=True)``. The images they make are noise.
+    local_files_only=True)`` (Qwen-Image-Edit-Plus's, where torchvision is missing, given the
+    processor that :func:`._vl_processor.load` reads, as Easel's loader does). The images
+    they make are noise.
     """
     builders = _builders()
     names = list(builders) if families is None else list(families)
     written: dict[str, Path] = {}
     for name in names:
-        if families is None and unavailable(name):
-            continue
         target = directory / name
         builders[name]().save_pretrained(target)
         written[name] = target
     return written
-
-
-def skipped() -> dict[str, str]:
-    """The families whose tiny pipeline cannot be built here, with why."""
-    return {name: why for name in FAMILIES if (why := unavailable(name))}
