@@ -18,7 +18,9 @@ VAE decode to a PIL image, as the worker does) with ``torch.cuda.synchronize`` a
 * ``easel+fbc`` (opt-in, ``--first-block-cache``): plus first-block step caching, which
   changes the pixels, so it is never a default.
 
-Peak memory is ``torch.cuda.max_memory_allocated`` over the timed runs. Usage::
+Peak memory is ``torch.cuda.max_memory_allocated`` over the timed runs. The configs are in
+``published_configs.py``; the timing loop and the options are shared with ``gpu_families.py``,
+which times every family with whole pipelines (text encoders included). Usage::
 
     python bench/flux_gpu.py                        # 1024×1024, 28 steps, on CUDA
     python bench/flux_gpu.py --first-block-cache    # add the caching figure (threshold 0.12)
@@ -31,29 +33,24 @@ import argparse
 import gc
 import json
 import statistics
+import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-FLUX_DEV_TRANSFORMER: dict[str, Any] = {
-    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
-    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
-    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": (16, 56, 56),
-}  # fmt: skip
-FLUX_DEV_VAE: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 16,
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
-    "act_fn": "silu", "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
-    "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True,
-}  # fmt: skip
-FLUX_DEV_SCHEDULER: dict[str, Any] = {
-    "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096,
-    "max_shift": 1.15, "shift": 3.0, "use_dynamic_shifting": True,
-}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from published_configs import (  # the sibling module, found through the line above
+    FLUX_DEV_SCHEDULER,
+    FLUX_DEV_TRANSFORMER,
+    FLUX_DEV_VAE,
+)
+
 TINY_TRANSFORMER: dict[str, Any] = {
     "patch_size": 1, "in_channels": 4, "num_layers": 1, "num_single_layers": 1,
     "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 32,
@@ -68,6 +65,16 @@ TEXT_TOKENS = 512
 
 
 @dataclass
+class Timing:
+    """Pipeline calls timed after their warm-ups; peak memory over the timed calls."""
+
+    seconds_mean: float
+    seconds_min: float
+    warm_up_s: float
+    peak_gib: float
+
+
+@dataclass
 class Result:
     label: str
     seconds_mean: float
@@ -75,6 +82,19 @@ class Result:
     warm_up_s: float
     peak_gib: float
     applied: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def on(device: str, dtype: torch.dtype) -> Iterator[None]:
+    """Modules made inside are made on ``device`` in ``dtype``: random init straight in bf16
+    on the GPU, with no fp32 copy of billions of parameters."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(default)
 
 
 def build(tiny: bool, device: str, dtype: torch.dtype) -> Any:
@@ -87,15 +107,10 @@ def build(tiny: bool, device: str, dtype: torch.dtype) -> Any:
     )
 
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # random init straight in bf16, no fp32 copy of 12 B params
-    try:
-        with torch.device(device):
-            config = TINY_TRANSFORMER if tiny else FLUX_DEV_TRANSFORMER
-            transformer = FluxTransformer2DModel(**config)  # type: ignore[no-untyped-call]
-            vae = AutoencoderKL(**(TINY_VAE if tiny else FLUX_DEV_VAE))  # type: ignore[no-untyped-call]
-    finally:
-        torch.set_default_dtype(default)
+    with on(device, dtype):
+        config = TINY_TRANSFORMER if tiny else FLUX_DEV_TRANSFORMER
+        transformer = FluxTransformer2DModel(**config)  # type: ignore[no-untyped-call]
+        vae = AutoencoderKL(**(TINY_VAE if tiny else FLUX_DEV_VAE))  # type: ignore[no-untyped-call]
     scheduler = FlowMatchEulerDiscreteScheduler(**({} if tiny else FLUX_DEV_SCHEDULER))  # type: ignore[no-untyped-call]
     pipe: Any = FluxPipeline(  # type: ignore[no-untyped-call]
         scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
@@ -118,9 +133,44 @@ def embeddings(pipe: Any, device: str, dtype: torch.dtype) -> dict[str, torch.Te
     }  # fmt: skip
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def timed(call: Callable[[], object], device: str, warmups: int, runs: int) -> Timing:
+    """``warmups`` untimed calls (compile happens there), then ``runs`` timed ones, each
+    between two synchronizations."""
+    started = time.perf_counter()
+    for _ in range(warmups):
+        call()
+    sync(device)
+    warm_up_s = time.perf_counter() - started
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = []
+    for _ in range(runs):
+        sync(device)
+        started = time.perf_counter()
+        call()
+        sync(device)
+        seconds.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+    return Timing(statistics.mean(seconds), min(seconds), warm_up_s, peak)
+
+
+def free(device: str) -> None:
+    """Give back what a dropped pipeline held: compiled graphs and cached GPU memory."""
+    gc.collect()
+    torch._dynamo.reset()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def easel_settings(args: argparse.Namespace) -> tuple[str | None, bool | None]:
+    """The compile mode (None: no compile) and fp8 choice (None: auto) of the easel path."""
+    mode = None if args.compile_mode == "none" else args.compile_mode
+    return mode, {"auto": None, "on": True, "off": False}[args.fp8]
 
 
 def measure(pipe: Any, label: str, args: argparse.Namespace, applied: list[str]) -> Result:
@@ -134,24 +184,10 @@ def measure(pipe: Any, label: str, args: argparse.Namespace, applied: list[str])
             guidance_scale=3.5, generator=torch.Generator("cpu").manual_seed(0),
         )  # fmt: skip
 
-    started = time.perf_counter()
-    for _ in range(args.warmups):
-        paint()
-    _sync(args.device)
-    warm_up_s = time.perf_counter() - started
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    seconds = []
-    for _ in range(args.runs):
-        _sync(args.device)
-        started = time.perf_counter()
-        paint()
-        _sync(args.device)
-        seconds.append(time.perf_counter() - started)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
-    result = Result(label, statistics.mean(seconds), min(seconds), warm_up_s, peak, applied)
-    print(f"  {label}: {result.seconds_mean:.3f} s/image (min {result.seconds_min:.3f}), "
-          f"peak {peak:.2f} GiB, warm-up {warm_up_s:.1f} s", flush=True)  # fmt: skip
+    t = timed(paint, args.device, args.warmups, args.runs)
+    result = Result(label, **asdict(t), applied=applied)
+    print(f"  {label}: {t.seconds_mean:.3f} s/image (min {t.seconds_min:.3f}), "
+          f"peak {t.peak_gib:.2f} GiB, warm-up {t.warm_up_s:.1f} s", flush=True)  # fmt: skip
     return result
 
 
@@ -162,17 +198,13 @@ def run_one(label: str, args: argparse.Namespace, fbc: float | None = None) -> R
     pipe = build(args.tiny, args.device, dtype)
     applied: list[str] = []
     if label != "plain":
-        fp8 = {"auto": None, "on": True, "off": False}[args.fp8]
-        mode = None if args.compile_mode == "none" else args.compile_mode
+        mode, fp8 = easel_settings(args)
         applied = optimize_pipeline(pipe, compile_mode=mode, fp8=fp8, first_block_cache=fbc)
     try:
         return measure(pipe, label, args, applied)
     finally:
         del pipe
-        gc.collect()
-        torch._dynamo.reset()
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+        free(args.device)
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
@@ -187,33 +219,36 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
               f"{r.peak_gib:>10.2f}{r.warm_up_s:>11.1f}  {' '.join(r.applied)}")  # fmt: skip
     print(
         "json:",
-        json.dumps({"environment": environment(args), "results": [asdict(r) for r in results]}),
+        json.dumps({"environment": environment_of(args), "results": [asdict(r) for r in results]}),
     )
 
 
-def environment(args: argparse.Namespace) -> dict[str, Any]:
+def environment_of(args: argparse.Namespace) -> dict[str, Any]:
+    return environment(args.device) | {"steps": args.steps, "size": args.size,
+                                       "text_tokens": TEXT_TOKENS}  # fmt: skip
+
+
+def environment(device: str) -> dict[str, Any]:
+    """The versions and the GPU the figures come from."""
     import diffusers
 
     info: dict[str, Any] = {"torch": torch.__version__, "diffusers": diffusers.__version__}
-    info |= {"steps": args.steps, "size": args.size, "text_tokens": TEXT_TOKENS}
     try:
         import torchao  # type: ignore[import-not-found, unused-ignore]
 
         info["torchao"] = torchao.__version__
     except ImportError:
         info["torchao"] = None
-    if args.device == "cuda":
+    if device == "cuda":
         properties = torch.cuda.get_device_properties(0)
         info |= {"gpu": properties.name, "gpu_memory_gib": properties.total_memory / 2**30,
                  "capability": torch.cuda.get_device_capability(0)}  # fmt: skip
     return info
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--steps", type=int, default=28)
-    parser.add_argument("--size", type=int, default=1024, help="width and height (default 1024)")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per path")
+def add_path_arguments(parser: argparse.ArgumentParser, runs: int) -> None:
+    """The options both GPU benchmarks take: runs, warm-ups, the easel path, the device."""
+    parser.add_argument("--runs", type=int, default=runs, help="timed runs per path")
     parser.add_argument("--warmups", type=int, default=2, help="untimed runs first (compile)")
     parser.add_argument(
         "--fp8", choices=["auto", "on", "off"], default="auto",
@@ -223,12 +258,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile-mode", default="max-autotune-no-cudagraphs",
         help="torch.compile mode for the easel path, or 'none'",
     )  # fmt: skip
+    parser.add_argument("--skip-plain", action="store_true", help="do not time the plain path")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--steps", type=int, default=28)
+    parser.add_argument("--size", type=int, default=1024, help="width and height (default 1024)")
+    add_path_arguments(parser, runs=5)
     parser.add_argument(
         "--first-block-cache", type=float, nargs="?", const=0.12, default=None,
         metavar="THRESHOLD", help="also time easel+fbc (default threshold 0.12)",
     )  # fmt: skip
-    parser.add_argument("--skip-plain", action="store_true", help="do not time the plain path")
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
     return parser.parse_args(argv)
 
