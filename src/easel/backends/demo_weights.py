@@ -192,6 +192,11 @@ def _builders() -> dict[str, Callable[[], Any]]:
     }
 
 
+def tiny_pipeline(family: str) -> Any:
+    """A tiny random pipeline of ``family`` in memory (what :func:`write_demo_weights` saves)."""
+    return _builders()[family]()
+
+
 def write_demo_weights(directory: Path, families: Iterable[str] | None = None) -> dict[str, Path]:
     """Write tiny random pipelines to ``directory/<family>``: ``families`` (the ``pipeline``
     names of the diffusers backend), by default every family.
