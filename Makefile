@@ -40,7 +40,7 @@ $(BIN)/python -m pip install --quiet --upgrade -c constraints-sdk.txt --target $
 	$(BIN)/python -m pip install --quiet --upgrade -c constraints-sdk.txt --target $(VENV)/tripo3d-aiohttp 'tripo3d[async]==0.4.2'
 endef
 
-.PHONY: install install-test serve test check lint typecheck pytest browser bench load lock clean
+.PHONY: install install-test serve test check lint typecheck pytest browser bench bench-gpu load lock clean
 
 # One stamp per Python and set of extras: `make test` after `make serve` adds the dev extra.
 stamp = $(VENV)/.installed-py$(PYVER)-$(or $(subst $(comma),-,$(1)),base)
@@ -89,6 +89,14 @@ ON_POSTGRES = $(if $(POSTGRES_URL),--postgres $(POSTGRES_URL))
 
 bench: install
 	$(BIN)/python bench/throughput.py $(ON_POSTGRES)
+
+# Every diffusers family on this machine's GPU, plain diffusers beside Easel's path, full-size
+# models with random weights (nothing downloaded): GPU_BENCH_ARGS='--tiny' checks it on a CPU.
+GPU_BENCH_ARGS ?=
+
+bench-gpu:
+	@$(MAKE) --no-print-directory install EXTRAS=local
+	$(BIN)/python bench/gpu_families.py $(GPU_BENCH_ARGS)
 
 RATE ?= 500
 DURATION ?= 20
