@@ -186,14 +186,23 @@ async def test_qwen_runs_true_cfg_with_the_negative_prompt(weights: dict[str, Pa
     assert negative.data != plain.data
 
 
-async def test_qwen_needs_a_reference_and_says_so_before_loading(tmp_path: Path) -> None:
-    """A text-only task is passed on (retryable) without loading anything."""
-    options = Options(pipeline="qwen-image-edit-plus", weights=str(tmp_path), device="cpu")
-    backend = DiffusersBackend("qwen", options)
-    from easel.backends._diffusers_paint import reference_arguments
-
-    with pytest.raises(BackendUnavailable, match="needs at least one reference image"):
-        reference_arguments(None, options.family, job(), SIZE * SIZE)
+@pytest.mark.parametrize(
+    ("pipeline", "references", "refusal"),
+    [
+        ("qwen-image-edit-plus", 0, "needs at least one reference image"),
+        ("qwen-image-edit-plus", 4, "at most 3 reference images; this task has 4"),
+        ("flux2-klein", 5, "at most 4 reference images; this task has 5"),
+    ],
+)
+async def test_a_task_the_family_cannot_paint_is_passed_on_before_loading(
+    tmp_path: Path, pipeline: str, references: int, refusal: str
+) -> None:
+    """Retryable, and before the pipeline is loaded or swapped into GPU memory (its weights
+    here are an empty directory, which a load would fail on): a text task on an editing
+    model's first backend costs nothing."""
+    backend = DiffusersBackend("edit", Options(pipeline=pipeline, weights=str(tmp_path)))
+    with pytest.raises(BackendUnavailable, match=refusal):
+        await backend.generate(job(*[picture(64, 64)] * references), Control())
     assert backend.load_state is LoadState.NOT_LOADED
 
 

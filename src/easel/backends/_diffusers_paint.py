@@ -5,7 +5,8 @@ a text-to-image family ignores references; ``CANVAS`` (Kontext-dev, ONE conditio
 gets the references scaled to a common height and concatenated left to right in ``image[N]``
 order (:func:`reference_canvas`); ``LIST`` (FLUX.2 klein, Qwen-Image-Edit-Plus) gets them as a
 list, in order. A task with more references than its family takes, or none for a family that
-needs one, is passed on (:class:`BackendUnavailable`: the model's next backend may take it).
+needs one, is passed on (:class:`BackendUnavailable`: the model's next backend may take it),
+before the backend brings its pipeline into memory (:func:`references_refusal`).
 The job's options set the size (:func:`diffusers_size`, within the family's limits) and the
 steps (:func:`diffusers_steps`). The seed derives from the task id
 (:func:`easel.domain.tasks.task_seed`) unless the job carries one (a multiview task's views
@@ -142,20 +143,27 @@ def negative_arguments(family: Family, true_cfg: float, negative: str) -> dict[s
     return {"negative_prompt": negative}
 
 
-def reference_arguments(pipe: Any, family: Family, job: Job, area: int) -> dict[str, Any]:
-    """The task's references the way the family takes them (see the module's docstring)."""
-    count = len(job.images)
+def references_refusal(family: Family, count: int) -> str | None:
+    """Why the family cannot paint a task with ``count`` references (none for an editing
+    family, more than it takes); None if it can. Known before the pipeline is touched."""
     if family.needs_references and not count:
-        raise BackendUnavailable(
-            f"the {family.name} pipeline edits: it needs at least one reference image"
-        )
-    if family.references is References.NONE:
-        return {}
-    if count > family.max_references:
-        raise BackendUnavailable(
+        return f"the {family.name} pipeline edits: it needs at least one reference image"
+    if family.references is not References.NONE and count > family.max_references:
+        return (
             f"the {family.name} pipeline takes at most {family.max_references} reference "
             f"images; this task has {count}"
         )
+    return None
+
+
+def reference_arguments(pipe: Any, family: Family, job: Job, area: int) -> dict[str, Any]:
+    """The task's references the way the family takes them (see the module's docstring)."""
+    count = len(job.images)
+    refusal = references_refusal(family, count)
+    if refusal:
+        raise BackendUnavailable(refusal)
+    if family.references is References.NONE:
+        return {}
     if family.references is References.CANVAS:
         return _kontext_arguments(pipe, job, area)
     if not count:

@@ -60,7 +60,7 @@ from easel.backends._diffusers_memory import (
     SwapFailed,
     free_memory,
 )
-from easel.backends._diffusers_paint import paint, warm_up_job
+from easel.backends._diffusers_paint import paint, references_refusal, warm_up_job
 from easel.backends.base import (
     BackendFailed,
     BackendUnavailable,
@@ -330,6 +330,11 @@ class DiffusersBackend(ImageBackend):
         return pipe
 
     def _generate(self, job: Job, control: JobControl) -> GeneratedImage:
+        # A task this family cannot paint goes to the model's next backend at once, without
+        # swapping this pipeline into GPU memory first (a text task on an editing model).
+        refusal = references_refusal(self.options.family, len(job.images))
+        if refusal:
+            raise BackendUnavailable(refusal)
         loaded = self._ensure_loaded()
         try:
             # one run at a time per pipeline, whichever backend asks; resident first
