@@ -1,8 +1,11 @@
 """``GET /metrics``: Prometheus text from the database, the same on every replica, and the
-server's HTTP requests per route template."""
+server's HTTP requests per route template; a worker's own ``/metrics`` on its health port."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from apptools import ALL_MODELS, Api, running_api, settings_for
+from easel.backends import pipeline_metrics
+from easel.runtime import open_runtime
 from processes import create_key, easel_process, free_port, wait_healthy, write_config
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -144,3 +149,43 @@ def test_every_process_of_a_server_reports_the_whole_servers_requests(tmp_path: 
             sent += 1
         scrapes = [parse(httpx.get(f"{base}/metrics").text) for _ in range(6)]
     assert [requests(got, TASK_ROUTE, "GET", "4xx") for got in scrapes] == [sent] * 6
+
+
+async def test_a_worker_alone_serves_its_pipelines_figures_on_its_health_port() -> None:
+    """``easel worker --health-port``: ``/metrics`` has the load and swap times and the
+    resident bytes its diffusers pipelines recorded in its process."""
+    pipeline = f"z-image:weights-{uuid.uuid4().hex[:8]}"
+    pipeline_metrics.metrics().observe(pipeline, "swap_in", 2.0)
+    pipeline_metrics.metrics().set_resident(pipeline, 12345)
+    runtime = await open_runtime(settings_for("memory://"))
+    try:
+        transport = httpx.ASGITransport(runtime.new_worker().health.app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+            response = await client.get("/metrics")
+    finally:
+        await runtime.close()
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    got = parse(response.text)
+    swaps = ("easel_pipeline_load_seconds_count", (("kind", "swap_in"), ("pipeline", pipeline)))
+    assert got[swaps] == 1
+    assert got[("easel_pipeline_resident_bytes", (("pipeline", pipeline),))] == 12345
+
+
+def test_a_worker_with_a_multiprocess_directory_scrapes_it(tmp_path: Path) -> None:
+    """With ``$PROMETHEUS_MULTIPROC_DIR`` set, the worker writes its figures there, and its
+    ``/metrics`` reads them back from there."""
+    record = (
+        "import sys\n"
+        "from easel.backends.pipeline_metrics import metrics\n"
+        "from easel.worker.health import scrape\n"
+        "metrics().observe('qwen-image-edit-plus:Qwen-Image-Edit-2511', 'load', 30.0)\n"
+        "sys.stdout.buffer.write(scrape())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", record], env=env, check=True, capture_output=True, timeout=60
+    )
+    labels = (("kind", "load"), ("pipeline", "qwen-image-edit-plus:Qwen-Image-Edit-2511"))
+    assert parse(out.stdout.decode())[("easel_pipeline_load_seconds_count", labels)] == 1
+    assert list(tmp_path.glob("histogram_*.db"))  # written to the directory, read from it

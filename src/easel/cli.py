@@ -137,8 +137,8 @@ def worker(
         typer.Option(
             min=1,
             max=65535,
-            help="Serve /healthz and /readyz on this port (default: the worker_health_port "
-            "setting; none).",
+            help="Serve /healthz, /readyz and /metrics on this port (default: the "
+            "worker_health_port setting; none).",
         ),
     ] = None,
 ) -> None:

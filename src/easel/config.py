@@ -84,8 +84,8 @@ class Settings(BaseModel):
     # memory first) before older ones of its other models, until one of those has waited
     # swap_patience_s; then it claims in the plain order. 0: no preference.
     swap_patience_s: float = Field(default=30.0, ge=0)
-    # `easel worker` serves /healthz and /readyz on this port (127.0.0.1 unless
-    # worker_health_host says otherwise); None: no HTTP at all.
+    # `easel worker` serves /healthz, /readyz and /metrics (its pipelines' load and swap
+    # times) on this port (127.0.0.1 unless worker_health_host says otherwise); None: no HTTP.
     worker_health_port: int | None = Field(default=None, ge=1, le=65535)
     worker_health_host: str = "127.0.0.1"
     # A worker's diffusers pipelines may keep at most this many GB (10⁹ bytes) of weights

@@ -13,7 +13,8 @@ process. Under ``easel serve --processes N`` the worker process writes them to t
 multiprocess directory (``$PROMETHEUS_MULTIPROC_DIR``) that every API process's ``/metrics``
 reads, as it does the HTTP series. In a one-process ``easel serve`` the API's ``/metrics``
 adds :func:`collectors` (this process's). A worker started alone (``easel worker``) keeps
-them in its own process.
+them in its own process and serves them at ``/metrics`` on its health port
+(:mod:`easel.worker.health`).
 """
 
 from __future__ import annotations

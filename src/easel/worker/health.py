@@ -6,6 +6,10 @@
   every second) is recent, the object store takes writes and some model it takes has a ready
   backend; 503 otherwise, and while it drains after SIGTERM. The body names each check, as
   the API's ``/readyz`` does.
+* ``/metrics`` is the load and swap times and resident bytes of the worker's ``diffusers``
+  pipelines (``easel_pipeline_*``, :mod:`easel.backends.pipeline_metrics`) in Prometheus text
+  format: this process's, or, when ``$PROMETHEUS_MULTIPROC_DIR`` is set, every series that
+  directory holds (the worker writes its own there then).
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from easel.backends import pipeline_metrics
 from easel.storage.check import StorageCheck
 
 STALE_S = 10.0  # a registration older than this: the database is not answering
@@ -60,7 +67,22 @@ class WorkerHealth:
                 status_code=200 if ready else 503,
             )
 
-        return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+        async def metrics(_: Request) -> Response:
+            return Response(scrape(), media_type=CONTENT_TYPE_LATEST)
+
+        routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+        return Starlette(routes=routes)
+
+
+def scrape() -> bytes:
+    """The pipeline series in Prometheus text format: this process's, or the multiprocess
+    directory's when the series are written there."""
+    registry = CollectorRegistry(auto_describe=False)
+    if pipeline_metrics.metrics().shared:
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    for collector in pipeline_metrics.collectors():
+        registry.register(collector)
+    return generate_latest(registry)
 
 
 class _Server(uvicorn.Server):
