@@ -1,11 +1,13 @@
 """What the tests of the ``diffusers`` backend share: a JobControl double, reference pictures,
-PNG sizes, corrupted weights and a backend table for tiny CPU pipelines."""
+PNG sizes, corrupted weights, a tiny LoRA and a backend table for tiny CPU pipelines."""
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -45,6 +47,29 @@ def corrupt_copy(weights: Path, where: Path) -> Path:
     shutil.copytree(weights, where)
     (tensors,) = (where / "transformer").glob("*.safetensors")
     tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
+    return where
+
+
+def write_lora(pipeline_dir: Path, where: Path, name: str = "tiny-lora.safetensors") -> Path:
+    """A random rank-2 LoRA on every ``to_q`` projection of a tiny pipeline's transformer
+    (of the class its config names), in diffusers' key format
+    (``transformer.<module>.lora_A/B.weight``), saved as ``where / name``; returns ``where``."""
+    import diffusers
+    import torch
+    from safetensors.torch import save_file
+
+    folder = pipeline_dir / "transformer"
+    config = json.loads((folder / "config.json").read_text())
+    model: Any = getattr(diffusers, config["_class_name"]).from_pretrained(folder)
+    torch.manual_seed(1)
+    tensors = {}
+    for key, module in model.named_modules():
+        if key.endswith("to_q") and isinstance(module, torch.nn.Linear):
+            tensors[f"transformer.{key}.lora_A.weight"] = torch.randn(2, module.in_features)
+            tensors[f"transformer.{key}.lora_B.weight"] = torch.randn(module.out_features, 2)
+    assert tensors
+    where.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, where / name)
     return where
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from diffusers_tools import Control, corrupt_copy, picture, png_size
+from diffusers_tools import Control, corrupt_copy, picture, png_size, write_lora
 from easel.backends._diffusers_families import FAMILIES
 from easel.backends._diffusers_load import load_pipeline, optimize_pipeline, read_pipeline
 from easel.backends._diffusers_memory import PipelineLoader
@@ -273,26 +273,6 @@ def test_the_loader_shares_one_pipeline_between_its_users(weights: dict[str, Pat
     assert loader.release("key") is None  # still used
     assert loader.release("key") is built[0]  # the last user: the caller frees it
     assert loader.acquire("key", "z", "cpu", read, lambda p: p).pipe is built[1]  # read again
-
-
-def write_lora(pipeline_dir: Path, where: Path) -> Path:
-    """A random rank-2 LoRA on every ``to_q`` projection of the tiny Z-Image transformer,
-    in diffusers' key format (``transformer.<module>.lora_A/B.weight``)."""
-    import torch
-    from diffusers import ZImageTransformer2DModel
-    from safetensors.torch import save_file
-
-    model: Any = ZImageTransformer2DModel.from_pretrained(pipeline_dir / "transformer")  # type: ignore[no-untyped-call]
-    torch.manual_seed(1)
-    tensors = {}
-    for name, module in model.named_modules():
-        if name.endswith("to_q") and isinstance(module, torch.nn.Linear):
-            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(2, module.in_features)
-            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, 2)
-    assert tensors
-    where.mkdir()
-    save_file(tensors, where / "tiny-lora.safetensors")
-    return where
 
 
 async def test_a_configured_lora_is_fused_and_named(
