@@ -103,7 +103,7 @@ async def test_a_resident_model_goes_first_until_another_has_waited_its_patience
     """The swapped-out model's task is the oldest, yet the resident model's task is taken
     first; once that one has waited past the patience it goes before the next resident one."""
     started: list[str] = []
-    async with worker_with(store_url, 1.0, started) as (api, near, _, go):
+    async with worker_with(store_url, 3.0, started) as (api, near, _, go):
         near.gate.clear()
         far_id = await submit(api, SWAPPED_OUT)
         near_ids = [await submit(api, ON_GPU) for _ in range(2)]
@@ -114,7 +114,7 @@ async def test_a_resident_model_goes_first_until_another_has_waited_its_patience
 
         await until(first_started)
         assert (await api.task(far_id))["status"] == "queued"
-        await asyncio.sleep(1.1)  # far_id has now waited longer than the patience
+        await asyncio.sleep(3.1)  # far_id has now waited longer than the patience
         near.gate.set()
         for task_id in (far_id, *near_ids):
             assert (await api.wait(task_id))["status"] == "success"
