@@ -144,7 +144,7 @@ def random_model(like: Any, config: dict[str, Any] | None) -> Any:
 
 def weights_gib(pipe: Any) -> float:
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**30
+    return float(sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**30)
 
 
 def swap(pipe: Any, device: str) -> tuple[float, float]:

@@ -37,7 +37,7 @@ def processor_class() -> Any:
     the class name into the saved files, which then read as a standard processor's."""
     from transformers import Qwen2VLProcessor as Full
 
-    class Qwen2VLProcessor(Full):
+    class Qwen2VLProcessor(Full):  # type: ignore[misc, unused-ignore]  # Any without transformers
         def __init__(
             self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None
         ) -> None:
