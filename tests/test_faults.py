@@ -137,9 +137,9 @@ async def test_postgres_outage_answers_503_and_the_work_resumes_when_it_is_back(
 async def test_pooled_connections_cut_while_idle_are_replaced_before_use(
     postgres_behind_proxy: tuple[str, TcpProxy],
 ) -> None:
-    """A database restart between requests closes every pooled connection. The pool pings
-    only a connection that sat idle past ``PING_IDLE_S`` (a busy one skips that round trip),
-    finds it dead and opens another: every statement after the restart succeeds."""
+    """A database restart between requests closes every pooled connection. Whether the
+    driver saw each one close or the ping a connection idle past ``PING_IDLE_S`` gets finds
+    it dead, the pool opens another: every statement after the restart succeeds."""
     url, proxy = postgres_behind_proxy
     engine = create_engine(url)
     try:
@@ -156,6 +156,35 @@ async def test_pooled_connections_cut_while_idle_are_replaced_before_use(
         assert await asyncio.gather(*(one() for _ in range(4))) == [1] * 4
     finally:
         await engine.dispose()
+
+
+async def test_pooled_connections_the_server_ended_are_replaced_without_waiting_to_idle(
+    postgres_database: str,
+) -> None:
+    """Connections the server ended a moment after they went back to the pool (killed by
+    an administrator, or a killed ``LISTEN`` connection given back) are known closed to the
+    driver: they are replaced at checkout, idle or not, and no statement fails."""
+    engine, admin = create_engine(postgres_database), create_engine(postgres_database)
+    try:
+
+        async def pid() -> int:
+            async with connection(engine) as conn:
+                await asyncio.sleep(0.05)  # held a while, so the pool opens several
+                return int((await conn.execute(text("select pg_backend_pid()"))).scalar_one())
+
+        pids = set(await asyncio.gather(*(pid() for _ in range(4))))
+        assert len(pids) == 4
+        async with admin.connect() as conn:
+            killed = await conn.execute(
+                text("select pg_terminate_backend(pid) from unnest(cast(:pids as int[])) as pid"),
+                {"pids": list(pids)},
+            )
+            assert all(row[0] for row in killed)
+        await asyncio.sleep(0.2)  # the driver reads the end; well under PING_IDLE_S
+        assert not pids & set(await asyncio.gather(*(pid() for _ in range(4))))
+    finally:
+        await engine.dispose()
+        await admin.dispose()
 
 
 async def test_a_worker_started_during_an_outage_waits_for_the_database_and_then_works(

@@ -110,8 +110,10 @@ _PER_STATEMENT = "per-statement"
 
 def _ping_when_idle(engine: AsyncEngine, idle_s: float) -> None:
     """SQLAlchemy's pre-ping (``pool_pre_ping``), for the connections that sat in the pool
-    longer than ``idle_s``: a dead one is replaced before it is used (the pool retries the
-    checkout with a fresh connection)."""
+    longer than ``idle_s``; and, for every connection, the driver's own word that it is
+    closed (a connection the server ended, such as a killed ``LISTEN`` connection given back
+    to the pool, is known closed without a round trip). A dead one is replaced before it is
+    used: the pool retries the checkout with a fresh connection."""
     pool, dialect = engine.sync_engine.pool, engine.sync_engine.dialect
 
     @event.listens_for(pool, "checkin")
@@ -121,6 +123,9 @@ def _ping_when_idle(engine: AsyncEngine, idle_s: float) -> None:
     @event.listens_for(pool, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         since = record.info.pop(_CHECKED_IN, None)
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if driver is not None and driver.is_closed():  # the driver saw it close: no round trip
+            raise exc.DisconnectionError("a pooled connection was closed")
         if since is None or time.monotonic() - since < idle_s:
             return  # new, or back in the pool a moment ago
         try:
