@@ -187,6 +187,28 @@ async def test_pooled_connections_the_server_ended_are_replaced_without_waiting_
         await admin.dispose()
 
 
+async def test_bursts_reuse_the_pools_connections_and_never_open_more_than_its_size(
+    postgres_database: str,
+) -> None:
+    """Bursts wider than the pool wait for its connections instead of opening more: every
+    statement of three bursts of 24 runs on the same ``pool_size`` server processes (each
+    new one is a process start on the server and every statement prepared again; with an
+    overflow that closes what it opened, every burst opened and closed ten)."""
+    engine = create_engine(postgres_database, pool_size=4)
+    try:
+
+        async def pid() -> int:
+            async with connection(engine) as conn:
+                await asyncio.sleep(0.02)  # held a while, so the burst overlaps
+                return int((await conn.execute(text("select pg_backend_pid()"))).scalar_one())
+
+        bursts = [set(await asyncio.gather(*(pid() for _ in range(24)))) for _ in range(3)]
+        assert len(bursts[0]) == 4
+        assert bursts[0] == bursts[1] == bursts[2]
+    finally:
+        await engine.dispose()
+
+
 async def test_a_worker_started_during_an_outage_waits_for_the_database_and_then_works(
     postgres_behind_proxy: tuple[str, TcpProxy], caplog: pytest.LogCaptureFixture
 ) -> None:

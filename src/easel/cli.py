@@ -182,7 +182,7 @@ def _on_store(settings: Settings, call: Callable[[Store], Awaitable[T]]) -> T:
     """Open the store (migrating it), run ``call``, close it."""
 
     async def run() -> T:
-        store = await open_store(settings.database_url)
+        store = await open_store(settings.database_url, settings.database_pool_size)
         try:
             return await call(store)
         finally:

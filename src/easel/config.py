@@ -64,6 +64,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     database_url: str = "sqlite+aiosqlite:///easel-data/easel.db"
+    # PostgreSQL connections one process (an API process, a worker) keeps open at most; a
+    # statement beyond them waits for a free one (easel.store.db.create_engine).
+    database_pool_size: int = Field(default=20, ge=2, le=1000)
     storage_url: str = "file://easel-data/objects"
     # Create the storage_url's S3 bucket when it does not exist (at startup, or when a later
     # check finds it missing); otherwise the server starts, /readyz says what is wrong and

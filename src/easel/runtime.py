@@ -131,7 +131,7 @@ async def open_runtime(settings: Settings) -> Runtime:
     # the process's diffusers pipelines (none in an API process, which never loads)
     LOADER.configure(settings.gpu_memory_budget_gb, settings.gpu_offload)
     router = Router.from_settings(settings)
-    store = await connect(settings.database_url)
+    store = await connect(settings.database_url, settings.database_pool_size)
     objects = open_object_store(settings.storage_url)
     signer = UrlSigner(await store.secrets.get_or_create("output_urls"), settings.output_url_ttl_s)
     service = TaskService(store, objects, router, settings, signer)

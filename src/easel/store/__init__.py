@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from easel.store.accounts import AccountStore
-from easel.store.db import connection, create_engine, migrate, read_only
+from easel.store.db import POSTGRES_POOL_SIZE, connection, create_engine, migrate, read_only
 from easel.store.estimates import Estimates
 from easel.store.events import EventStore
 from easel.store.files import FileStore, SecretStore
@@ -70,9 +70,10 @@ class SqlStore:
         await self.engine.dispose()
 
 
-async def open_store(database_url: str) -> SqlStore:
-    """Connect, migrate to the newest schema and return the stores."""
-    engine = create_engine(database_url)
+async def open_store(database_url: str, pool_size: int = POSTGRES_POOL_SIZE) -> SqlStore:
+    """Connect, migrate to the newest schema and return the stores (``pool_size``: the
+    PostgreSQL connections kept, see ``create_engine``)."""
+    engine = create_engine(database_url, pool_size)
     await migrate(engine)
     estimates = Estimates(ESTIMATES_TTL_S)
     return SqlStore(
@@ -88,11 +89,11 @@ async def open_store(database_url: str) -> SqlStore:
     )
 
 
-async def connect(database_url: str) -> Store:
+async def connect(database_url: str, pool_size: int = POSTGRES_POOL_SIZE) -> Store:
     """The store ``database_url`` names: ``memory://`` is the in-memory one (one process,
     nothing kept; see :mod:`easel.store.memory`), anything else a SQL database."""
     from easel.store.memory import MEMORY_URL, MemoryStore
 
     if database_url == MEMORY_URL:
         return MemoryStore()
-    return await open_store(database_url)
+    return await open_store(database_url, pool_size)
