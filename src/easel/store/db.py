@@ -190,6 +190,13 @@ def read_only(engine: AsyncEngine, *, snapshot: bool = True) -> AsyncEngine:
         return engine.execution_options(**{_READ_ONLY: True})
     if is_sqlite(engine):
         return engine.execution_options(**{_READ_ONLY: _PER_STATEMENT})
+    return autocommit(engine)
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The same PostgreSQL engine with each statement its own transaction: no ``BEGIN`` or
+    ``COMMIT`` round trips, and the row locks a writing statement takes are held only until
+    the statement itself commits (see :mod:`easel.store.changes`)."""
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 

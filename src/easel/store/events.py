@@ -2,7 +2,9 @@
 
 :func:`append` runs inside the transaction that changes the task. It bumps the account's
 ``event_seq``, which locks the account row until commit, so an account's events commit in
-number order: a reader that has seen event N and asks for ``seq > N`` misses nothing.
+number order: a reader that has seen event N and asks for ``seq > N`` misses nothing. On
+PostgreSQL each change of a task numbers its event the same way inside its one statement
+(:mod:`easel.store.changes`).
 """
 
 from __future__ import annotations

@@ -141,6 +141,9 @@ def watch_local_events(engine: AsyncEngine, on_event: Callable[[str], None]) -> 
 # PostgreSQL: what the statement that numbers an event returns beside the number, which sends
 # the notification with no round trip of its own (``easel.store.events``).
 NOTIFY_EVENT = func.pg_notify(EVENTS_CHANNEL, accounts.c.id)
+# PostgreSQL: :func:`notify` as an expression, for a statement that queues a task (the
+# workers' wake-up rides on it: ``easel.store.changes``).
+NOTIFY_QUEUED = func.pg_notify(CHANNEL, "")
 
 
 def event_appended(conn: AsyncConnection, account_id: str) -> None:

@@ -9,19 +9,25 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Update, and_, bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import ColumnElement, Row, and_, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from easel.domain.errors import FatalServerError
 from easel.domain.eta import advertised
 from easel.domain.tasks import AttemptOutcome, Status, Task
-from easel.store import lifecycle
-from easel.store.db import connection, read_only, transaction
+from easel.store import changes, lifecycle
+from easel.store.db import autocommit, connection, is_sqlite, read_only, transaction
 from easel.store.estimates import Estimates
 from easel.store.lifecycle import (
     FENCE,
+    LAPSED,
+    QUEUED,
+    attempt_ended,
+    claiming,
+    completed,
     end_attempt,
     end_with_refund,
+    ended,
     event,
     fence,
     may_move,
@@ -29,32 +35,13 @@ from easel.store.lifecycle import (
     queued,
     succeed,
 )
-from easel.store.queue_order import OLDEST, pick
+from easel.store.queue_order import OLDEST
 from easel.store.records import Heartbeat
 from easel.store.refusals import waited_too_long, worker_gone
 from easel.store.tables import attempts, tasks, workers
 from easel.store.task_rows import task_from_row
 
-
-def _claim(lateral: bool) -> Update:
-    """Claim the task ``pick`` chooses (see :mod:`easel.store.queue_order`)."""
-    return (
-        update(tasks)
-        .where(tasks.c.id == pick(lateral).scalar_subquery(), may_move(Status.RUNNING))
-        .values(
-            status=Status.RUNNING.value,
-            attempts=tasks.c.attempts + 1,
-            worker_id=bindparam("claimed_by"),
-            lease_until=bindparam("claimed_until"),
-            started_at=bindparam("claimed_at"),
-            progress=0,
-        )
-        .returning(*tasks.c)
-    )
-
-
-_CLAIM_SQLITE = _claim(lateral=False)
-_CLAIM_POSTGRES = _claim(lateral=True)
+_CLAIM_SQLITE = claiming(lateral=False).returning(*tasks.c)
 # PostgreSQL: how many (model, key) pairs, those whose oldest task comes first, and how many
 # of each pair's oldest tasks a claim looks at; when other claimers were taking every one of
 # them, it looks again at more (None: all).
@@ -76,6 +63,8 @@ class QueueStore:
         self._engine = engine
         self._reads = read_only(engine, snapshot=False)
         self._estimates = estimates  # a finished run is counted at once by this process
+        # PostgreSQL: each change of a task is one statement of its own (easel.store.changes).
+        self._changes = None if is_sqlite(engine) else autocommit(engine)
 
     async def live_models(self, within_s: float = 30.0) -> set[str]:
         """The models that workers with a recent heartbeat take."""
@@ -141,29 +130,38 @@ class QueueStore:
             "claimed_until": now + lease_s,
             "claimed_at": now,
         }
-        async with transaction(self._engine) as conn:
-            row = await self._claim(conn, claim)
+        if self._changes is not None:
+            row = await self._claim_chained(self._changes, claim)
+            return None if row is None else task_from_row(row)
+        async with transaction(self._engine) as conn:  # claims are serialised: none skipped
+            row = (await conn.execute(_CLAIM_SQLITE, claim)).first()
             if row is None:
                 return None
             task = task_from_row(row)
             await moved(conn, task, Status.RUNNING, 0)
         return task
 
-    async def _claim(self, conn: AsyncConnection, claim: dict[str, Any]) -> Row[Any] | None:
-        if self._engine.dialect.name != "postgresql":  # claims are serialised: none skipped
-            return (await conn.execute(_CLAIM_SQLITE, claim)).first()
+    async def _claim_chained(self, engine: AsyncEngine, claim: dict[str, Any]) -> Row[Any] | None:
         for look, (pairs_considered, per_pair) in enumerate(LOOKS):
             looks = {**claim, "pairs_considered": pairs_considered, "per_pair": per_pair}
-            row = (await conn.execute(_CLAIM_POSTGRES, looks)).first()
+            row = await changes.run(engine, changes.CLAIM, looks, 0)
             if row is not None:
                 return row
-            if look == 0 and await conn.scalar(_ANY_QUEUED, claim) is None:
-                return None  # nothing queued: no need to look further
+            if look == 0:
+                async with connection(self._reads) as conn:
+                    if await conn.scalar(_ANY_QUEUED, claim) is None:
+                        return None  # nothing queued: no need to look further
         return None
 
     async def heartbeat(self, task: Task, lease_s: float, progress: int) -> Heartbeat:
         """Renew the lease and store progress; say whether the claim is still ours and
         whether a cancel was requested."""
+        if self._changes is not None:
+            beat = {**fence(task), "beat_until": time.time() + lease_s, "beat_progress": progress}
+            row = await changes.run(self._changes, changes.HEARTBEAT_CHAINED, beat, progress)
+            if row is None:
+                return Heartbeat(ours=False, cancel=False)
+            return Heartbeat(ours=True, cancel=row.cancel_requested_at is not None)
         async with transaction(self._engine) as conn:
             before = await conn.scalar(select(tasks.c.progress).where(FENCE), fence(task))
             row = (
@@ -212,28 +210,47 @@ class QueueStore:
     ) -> bool:
         """Success: settle the held credits (and end ``attempt_id`` as a success). False
         when the claim was lost meanwhile. ``views``: a multiview task's {view: key}."""
-        async with transaction(self._engine) as conn:
-            if attempt_id is not None:
-                await end_attempt(conn, attempt_id, AttemptOutcome.SUCCESS)
-            if not await succeed(conn, task, output_key, backend, views):
+        if self._changes is not None:
+            done = completed(task, output_key, backend, views)
+            if attempt_id is None:
+                statement = changes.COMPLETE_CHAINED
+            else:
+                statement = changes.COMPLETE_ENDING_ATTEMPT
+                done |= attempt_ended(attempt_id, AttemptOutcome.SUCCESS)
+            if await changes.run(self._changes, statement, done, 100) is None:
                 return False
+        else:
+            async with transaction(self._engine) as conn:
+                if attempt_id is not None:
+                    await end_attempt(conn, attempt_id, AttemptOutcome.SUCCESS)
+                if not await succeed(conn, task, output_key, backend, views):
+                    return False
         self._estimates.forget(task.model_version)
         return True
 
     async def fail(self, task: Task, status: Status, code: int | None, message: str | None) -> bool:
         """End a running task in ``status`` (failed, banned, cancelled) with a refund. False
         when the claim was lost."""
+        if self._changes is not None:
+            ending = changes.ending_chained(FENCE, status)
+            bound = {**fence(task), **ended(code, message)}
+            return await changes.run(self._changes, ending, bound, task.progress) is not None
         async with transaction(self._engine) as conn:
             return await end_with_refund(conn, FENCE, task, status, code, message, fence(task))
 
     async def release(self, task: Task) -> bool:
         """Put a running task back in the queue (graceful shutdown); it keeps its attempts."""
+        if self._changes is not None:
+            released = await changes.run(self._changes, changes.RELEASE_CHAINED, fence(task), 0)
+            return released is not None
         async with transaction(self._engine) as conn:
             return await lifecycle.release(conn, task)
 
     async def reclaim_lapsed(self, max_attempts: int) -> int:
         """Re-queue running tasks whose lease lapsed; fail (and refund) those out of attempts."""
         now = time.time()
+        if self._changes is not None:
+            return await self._reclaim_one_by_one(self._changes, max_attempts, now)
         lapsed = and_(tasks.c.status == Status.RUNNING.value, tasks.c.lease_until < now)
         async with transaction(self._engine) as conn:
             cancelled = (
@@ -285,7 +302,42 @@ class QueueStore:
         of_model = tasks.c.model_version == model_version
         return await self._end_queued(of_model, Status.FAILED, message)
 
+    async def _reclaim_one_by_one(self, engine: AsyncEngine, max_attempts: int, now: float) -> int:
+        """PostgreSQL's :meth:`reclaim_lapsed`: each lapsed task's change a statement of its
+        own (cancelled when its owner asked, queued again, or failed out of attempts), each
+        still fenced and lapsed when it runs."""
+        lapsed = and_(tasks.c.status == Status.RUNNING.value, tasks.c.lease_until < now)
+        async with connection(self._reads) as conn:
+            rows = (await conn.execute(select(tasks).where(lapsed))).all()
+        done = 0
+        for row in rows:
+            task = task_from_row(row)
+            bound = {**fence(task), "lapsed_before": now}
+            if row.cancel_requested_at is not None:
+                statement = changes.ending_chained(LAPSED, Status.CANCELLED)
+                bound |= ended(None, None)
+            elif task.attempts < max_attempts:
+                statement = changes.REQUEUE_CHAINED
+            else:
+                statement = changes.ending_chained(LAPSED, Status.FAILED)
+                bound |= ended(FatalServerError.code, worker_gone(task.attempts))
+            progress = 0 if statement is changes.REQUEUE_CHAINED else task.progress
+            done += await changes.run(engine, statement, bound, progress) is not None
+        return done
+
     async def _end_queued(self, where: ColumnElement[bool], status: Status, message: str) -> int:
+        if self._changes is not None:  # PostgreSQL: each task's end a statement of its own
+            waiting = select(tasks.c.id, tasks.c.progress).where(
+                tasks.c.status == Status.QUEUED.value, where
+            )
+            async with connection(self._reads) as conn:
+                queued_ids = (await conn.execute(waiting)).all()
+            ending = changes.ending_chained(QUEUED, status)
+            done = 0
+            for task_id, progress in queued_ids:
+                bound = {"queued_id": task_id, **ended(FatalServerError.code, message)}
+                done += await changes.run(self._changes, ending, bound, progress) is not None
+            return done
         async with transaction(self._engine) as conn:
             rows = (
                 await conn.execute(
@@ -294,10 +346,10 @@ class QueueStore:
                     .with_for_update(skip_locked=True)
                 )
             ).all()
-            ended = 0
+            count = 0
             for row in rows:
                 task = task_from_row(row)
-                ended += await end_with_refund(
+                count += await end_with_refund(
                     conn, queued(task), task, status, FatalServerError.code, message
                 )
-        return ended
+        return count

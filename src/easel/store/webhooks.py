@@ -3,7 +3,9 @@
 :func:`enqueue` runs in the transaction that appends a task event: one ``pending`` delivery
 per webhook of the key whose filter names the event's type, so the commitment to deliver
 commits or rolls back with the task change itself (never lost, never doubled). An event that
-only moves progress (the task's previous event had the same status) enqueues nothing.
+only moves progress (the task's previous event had the same status) enqueues nothing. On
+PostgreSQL the same rows are written by the change's own statement
+(:func:`easel.store.changes.event_rows`).
 
 A dispatcher's :meth:`WebhookStore.claim` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) pushes
 ``next_attempt_at`` out by a lease and sets a fresh ``claim_token``; :meth:`~WebhookStore.finish`
