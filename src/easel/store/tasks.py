@@ -13,14 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from easel.domain.accounts import Caller, LedgerKind
 from easel.domain.eta import Measured
 from easel.domain.tasks import UNFINISHED, Status, Task
-from easel.store import events
+from easel.store import changes, events
 from easel.store.accounts import write_ledger_row
-from easel.store.db import connection, read_only, transaction
+from easel.store.db import autocommit, connection, is_sqlite, read_only, transaction
 from easel.store.estimates import Estimates, outlook, position_of
-from easel.store.lifecycle import end_with_refund, queued
+from easel.store.lifecycle import QUEUED_OF_KEY, end_with_refund, ended, queued
 from easel.store.notify import notify
 from easel.store.records import IDEMPOTENCY_WINDOW_S, Idempotency, NewTask, Outlook
 from easel.store.refusals import idempotency_conflict, not_enough_credit, too_many_unfinished
+from easel.store.submit import submit_at_once, task_row
 from easel.store.tables import accounts, idempotency_keys, tasks
 from easel.store.task_rows import (
     TASK_AND_ATTEMPTS,
@@ -70,6 +71,18 @@ _HOLD = (
     )
 )
 _INSERT_TASK = insert(tasks)
+# A running task of the key, asked to stop at its next checkpoint (once).
+_ASK_TO_STOP = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("task_id"),
+        tasks.c.api_key_id == bindparam("key_id"),
+        tasks.c.status == Status.RUNNING.value,
+        tasks.c.lease_until.is_not(None),
+        tasks.c.cancel_requested_at.is_(None),
+    )
+    .values(cancel_requested_at=bindparam("at"))
+)
 
 
 class TaskStore:
@@ -79,6 +92,8 @@ class TaskStore:
         # task and its estimates): no transaction around them.
         self._reads = read_only(engine, snapshot=False)
         self._estimates = estimates
+        # PostgreSQL: each change of a task is one statement of its own (easel.store.changes).
+        self._changes = None if is_sqlite(engine) else autocommit(engine)
 
     async def submit(
         self,
@@ -96,6 +111,18 @@ class TaskStore:
         Returns the task id.
         """
         now = time.time()
+        if self._changes is not None:  # PostgreSQL: one statement, if it can decide
+            decided = await submit_at_once(
+                self._changes,
+                caller,
+                new,
+                now,
+                max_unfinished=max_unfinished,
+                retry_after_s=retry_after_s,
+                idempotency=idempotency,
+            )
+            if decided is not None:
+                return decided
         async with transaction(self._engine) as conn:
             # Lock the account row: one submit per account at a time, on every replica, so
             # the unfinished-task count below cannot be raced (SQLite: BEGIN IMMEDIATE).
@@ -116,23 +143,7 @@ class TaskStore:
             await write_ledger_row(
                 conn, caller.account_id, new.id, LedgerKind.HOLD, -new.price, new.price
             )
-            row = {
-                "id": new.id,
-                "account_id": caller.account_id,
-                "api_key_id": caller.key_id,
-                "type": new.type,
-                "status": Status.QUEUED.value,
-                "model_version": new.model_version,
-                "input": new.input,
-                "prompt": new.prompt,
-                "refs": [r.to_json() for r in new.refs],
-                "price": new.price,
-                "consumed_credit": 0,
-                "progress": 0,
-                "attempts": 0,
-                "created_at": now,
-            }
-            await conn.execute(_INSERT_TASK, row)
+            await conn.execute(_INSERT_TASK, task_row(caller, new, now))
             await events.append(
                 conn,
                 account_id=caller.account_id,
@@ -217,6 +228,8 @@ class TaskStore:
         """Cancel a task of ``key_id``: a queued one ends ``cancelled`` at once with a refund;
         a running one is asked to stop at its next checkpoint; a final one is left as it is.
         Idempotent. None when the key has no such task."""
+        if self._changes is not None:
+            return await self._cancel_chained(self._changes, task_id, key_id)
         async with transaction(self._engine) as conn:
             row = (
                 await conn.execute(
@@ -230,13 +243,21 @@ class TaskStore:
             task = task_from_row(row)
             if task.status is Status.QUEUED:
                 await end_with_refund(conn, queued(task), task, Status.CANCELLED, None, None)
-            elif task.status is Status.RUNNING and task.lease_until is not None:
-                await conn.execute(
-                    update(tasks)
-                    .where(tasks.c.id == task.id, tasks.c.cancel_requested_at.is_(None))
-                    .values(cancel_requested_at=time.time())
-                )
+            else:
+                asked = {"task_id": task_id, "key_id": key_id, "at": time.time()}
+                await conn.execute(_ASK_TO_STOP, asked)
         return await self.get(task_id)
+
+    async def _cancel_chained(self, engine: AsyncEngine, task_id: str, key_id: str) -> Task | None:
+        """PostgreSQL's :meth:`cancel`: a queued task ends in one statement; one that is not
+        (any more: a claim may take it meanwhile) is asked to stop if it is running."""
+        ending = changes.ending_chained(QUEUED_OF_KEY, Status.CANCELLED)
+        bound = {"queued_id": task_id, "owner_key": key_id, **ended(None, None)}
+        if await changes.run(engine, ending, bound, 0) is None:
+            async with connection(engine) as conn:
+                asked = {"task_id": task_id, "key_id": key_id, "at": time.time()}
+                await conn.execute(_ASK_TO_STOP, asked)
+        return await self.get(task_id, key_id)
 
     async def outputs_past(
         self, retention_s: float, limit: int = 500
