@@ -56,6 +56,14 @@ _ANY_QUEUED = (
 )
 _SET_BACKEND = update(tasks).where(FENCE).values(backend=bindparam("set_backend"))
 _INSERT_ATTEMPT = insert(attempts)
+_ATTEMPT_COLUMNS = ("task_id", "claim", "backend", "started_at", "served_by")
+# PostgreSQL: both in one statement (a round trip; no transaction's BEGIN and COMMIT).
+_START_ATTEMPT = (
+    insert(attempts)
+    .values({name: bindparam(f"new_{name}") for name in _ATTEMPT_COLUMNS})
+    .returning(attempts.c.id)
+    .add_cte(_SET_BACKEND.cte("backend_set"))
+)
 
 
 class QueueStore:
@@ -189,14 +197,23 @@ class QueueStore:
             "started_at": time.time(),
             "served_by": served_by[:300] if served_by else None,
         }
+        backend_set = {**fence(task), "set_backend": backend}
+        if self._changes is not None:
+            async with connection(self._changes) as conn:
+                started = {f"new_{name}": value for name, value in attempt.items()}
+                return int(await conn.scalar(_START_ATTEMPT, {**started, **backend_set}))
         async with transaction(self._engine) as conn:
-            await conn.execute(_SET_BACKEND, {**fence(task), "set_backend": backend})
+            await conn.execute(_SET_BACKEND, backend_set)
             result = await conn.execute(_INSERT_ATTEMPT, attempt)
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     async def end_attempt(
         self, attempt_id: int, outcome: AttemptOutcome, error: str | None = None
     ) -> None:
+        if self._changes is not None:  # one statement: no transaction around it
+            async with connection(self._changes) as conn:
+                await end_attempt(conn, attempt_id, outcome, error)
+            return
         async with transaction(self._engine) as conn:
             await end_attempt(conn, attempt_id, outcome, error)
 
