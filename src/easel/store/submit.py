@@ -116,6 +116,8 @@ def _bound(name: str) -> Any:
 
 
 def _statement(idempotent: bool) -> Select[Any]:
+    """The submit's statement (see the module's docstring); ``idempotent``: the one with an
+    Idempotency-Key."""
     unfinished = (
         select(func.count())
         .where(tasks.c.api_key_id == _KEY_ID, tasks.c.status.in_(_UNFINISHED))
@@ -149,8 +151,7 @@ def _statement(idempotent: bool) -> Select[Any]:
         checks.append(seen.c.replay_task_id.is_(None))
     else:
         seen = select(*seen_columns).where(account).cte("seen")
-    price = _PRICE
-    since = accounts.c.event_seq - seen.c.event_seq
+    price, since = _PRICE, accounts.c.event_seq - seen.c.event_seq
     held = numbered(
         accounts.c.id == seen.c.id,
         accounts.c.balance >= price,
