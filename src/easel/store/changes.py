@@ -150,13 +150,11 @@ def event_rows(
         .with_for_update(read=True, key_share=True, of=webhooks)
     )
     if not first:
+        # Found by the task's own few events (its account's are the same account's):
+        # matched on the account too, the planner may walk the account's every event.
         previous = (
             select(events.c.status)
-            .where(
-                events.c.account_id == held.c.id,
-                events.c.task_id == task_id,
-                events.c.seq < held.c.event_seq,
-            )
+            .where(events.c.task_id == task_id, events.c.seq < held.c.event_seq)
             .order_by(events.c.seq.desc())
             .limit(1)
             .scalar_subquery()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     CTE,
     BigInteger,
     ColumnElement,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     Select,
     String,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -133,8 +135,9 @@ def pick(lateral: bool) -> Select[Any]:
             .limit(1)
             .scalar_subquery()
         )
-        candidates = select(oldest.label("id")).where(pairs.c.k.is_not(None)).subquery()
-        joined = candidates.join(chosen, chosen.c.id == candidates.c.id)
+        heads = select(oldest.label("id")).where(pairs.c.k.is_not(None)).subquery()
+        joined: FromClause = heads.join(chosen, chosen.c.id == heads.c.id)
+        picked = chosen.c.status == _QUEUED
     else:
         first = _PAIR.alias("first")
         head = (
@@ -163,11 +166,21 @@ def pick(lateral: bool) -> Select[Any]:
             .limit(bindparam("per_pair"))
             .lateral("candidates")
         )
-        joined = ranked.join(oldest_few, true()).join(chosen, chosen.c.id == oldest_few.c.id)
+        # The candidates' ids gathered first (an array: evaluated once), then their rows read
+        # by primary key: however the planner misjudges the queue (statistics from before a
+        # surge say few tasks are queued), never a walk of the queue for each queued task.
+        candidates = select(oldest_few.c.id).select_from(ranked.join(oldest_few, true()))
+        ids = func.array(candidates.scalar_subquery(), type_=ARRAY(String))
+        joined = chosen
+        # The status is checked again under the row lock (a candidate another claimer took
+        # meanwhile), as an expression that no index serves: with ``status = 'queued'`` the
+        # planner would read every queued task through ix_tasks_queued whenever statistics
+        # from before a surge say that few are queued.
+        picked = and_(chosen.c.id == any_(ids), chosen.c.status.concat("") == _QUEUED)
     return (
         select(chosen.c.id)
         .select_from(joined)
-        .where(chosen.c.status == _QUEUED)
+        .where(picked)
         .order_by(running_of(chosen.c.api_key_id), chosen.c.created_at, chosen.c.id)
         .limit(1)
         .with_for_update(of=chosen, skip_locked=True)
