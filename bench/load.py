@@ -585,6 +585,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="easel serve --processes: API processes (more than one: the worker runs apart)",
     )
+    parser.add_argument(
+        "--skip-sqlite",
+        action="store_true",
+        help="load only the bare endpoint and PostgreSQL (with --postgres)",
+    )
     parser.add_argument("--serve-baseline-port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_baseline_port is not None:
@@ -594,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             "--rate and --duration must be positive, --clients and --polls-per-submit at least 1"
         )
+    if args.skip_sqlite and not args.postgres:
+        parser.error("--skip-sqlite needs --postgres")
     if args.keys < args.clients:
         parser.error("--keys must be at least --clients (each client needs a key)")
 
@@ -610,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = bench_baseline(args, workdir)
         _report(baseline, None)
         failed = False
-        runs = [("Easel, SQLite", None)]
+        runs: list[tuple[str, str | None]] = [] if args.skip_sqlite else [("Easel, SQLite", None)]
         if args.postgres:
             runs.append(("Easel, PostgreSQL", args.postgres))
         for label, admin_url in runs:
