@@ -81,7 +81,7 @@ _MAX_LINKS = 16  # a chain longer than this is not followed further
 def is_outage(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) says the database, the object store or the
     network or disk under them is unavailable for now, so the same work will succeed later."""
-    for link in _chain(exc):
+    for link in causes(exc):
         verdict = _verdict(link)
         if verdict is not None:
             return verdict
@@ -113,7 +113,8 @@ def translated() -> Iterator[None]:
         raise
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it, link by link (at most ``_MAX_LINKS``, each once)."""
     seen: set[int] = set()
     link: BaseException | None = exc
     while link is not None and id(link) not in seen and len(seen) < _MAX_LINKS:

@@ -60,6 +60,7 @@ from easel.domain.accounts import Caller, LedgerKind
 from easel.domain.tasks import UNFINISHED, Status
 from easel.store.changes import event_rows, ledger_row, numbered
 from easel.store.db import connection
+from easel.store.outage import causes
 from easel.store.records import IDEMPOTENCY_WINDOW_S, Idempotency, NewTask
 from easel.store.refusals import idempotency_conflict, not_enough_credit, too_many_unfinished
 from easel.store.tables import accounts, idempotency_keys, tasks
@@ -251,10 +252,8 @@ def _verdict(
 
 def _constraint_of(error: BaseException) -> str | None:
     """The constraint an integrity error names (asyncpg's, down the exception's chain)."""
-    link: BaseException | None = error
-    while link is not None:
+    for link in causes(error):
         name = getattr(link, "constraint_name", None)
         if isinstance(name, str):
             return name
-        link = link.__cause__ or link.__context__
     return None

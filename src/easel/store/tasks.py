@@ -243,7 +243,7 @@ class TaskStore:
             task = task_from_row(row)
             if task.status is Status.QUEUED:
                 await end_with_refund(conn, queued(task), task, Status.CANCELLED, None, None)
-            else:
+            elif task.status is Status.RUNNING:
                 asked = {"task_id": task_id, "key_id": key_id, "at": time.time()}
                 await conn.execute(_ASK_TO_STOP, asked)
         return await self.get(task_id)
