@@ -42,6 +42,7 @@ import concurrent.futures
 import contextlib
 import json
 import multiprocessing
+import os
 import platform
 import random
 import sys
@@ -53,6 +54,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h11
 import httpx
@@ -410,6 +412,8 @@ class Run:
     offered_rate: float
     audit: Audit | None = None
     cpu_s: float = 0.0  # CPU the server's processes spent while the load ran
+    busy: float = 0.0  # the share of the machine's cores busy while the load ran
+    database_cpu_s: float | None = None  # PostgreSQL's server processes' CPU meanwhile
 
     @property
     def answered(self) -> int:
@@ -454,6 +458,31 @@ def _cpu_s(server: psutil.Process) -> float:
     return total
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What the machine and PostgreSQL's processes had used at one moment (psutil)."""
+
+    machine: Any  # psutil's system-wide CPU times
+    database_s: float
+
+    @classmethod
+    def now(cls) -> Usage:
+        database_s = 0.0
+        for process in psutil.process_iter(["name"]):
+            if process.info["name"] == "postgres":  # a backend that exits meanwhile is missed
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    database_s += times.user + times.system
+        return cls(psutil.cpu_times(), database_s)
+
+    def busy_since(self, before: Usage) -> float:
+        """The share of all cores that was busy between ``before`` and this moment."""
+        total = sum(self.machine) - sum(before.machine)
+        idle = self.machine.idle + self.machine.iowait - before.machine.idle
+        idle -= before.machine.iowait
+        return 1 - idle / total if total > 0 else 0.0
+
+
 def bench_easel(
     args: argparse.Namespace, workdir: Path, database_url: str | None, label: str
 ) -> Run:
@@ -483,15 +512,17 @@ def bench_easel(
             )
             for client_keys in mine
         ]
-        cpu_before = _cpu_s(server)
+        cpu_before, usage_before = _cpu_s(server), Usage.now()
         outcomes = run_clients(plans)
-        cpu_s = _cpu_s(server) - cpu_before
+        cpu_s, usage = _cpu_s(server) - cpu_before, Usage.now()
         ids = {key: list(seeds[key]) for key in keys}
         for client_keys, out in zip(mine, outcomes, strict=True):
             for which, task_id in [*out.submitted, *_settle_unsure(base, client_keys, out)]:
                 ids[client_keys[which]].append(task_id)
         audit = asyncio.run(_audit(base, url, dict.fromkeys(keys, grant), ids))
-    return Run(label, outcomes, args.rate, audit, cpu_s)
+    database_s = usage.database_s - usage_before.database_s if database_url else None
+    busy = usage.busy_since(usage_before)
+    return Run(label, outcomes, args.rate, audit, cpu_s, busy, database_s)
 
 
 def bench_baseline(args: argparse.Namespace, workdir: Path) -> Run:
@@ -505,9 +536,10 @@ def bench_baseline(args: argparse.Namespace, workdir: Path) -> Run:
             Plan(base, (), per_client, args.duration, start_at, args.polls_per_submit)
             for _ in range(args.clients)
         ]
-        cpu_before = _cpu_s(server)
+        cpu_before, usage_before = _cpu_s(server), Usage.now()
         outcomes = run_clients(plans)
-        return Run("baseline GET /ping", outcomes, args.rate, cpu_s=_cpu_s(server) - cpu_before)
+        cpu_s, busy = _cpu_s(server) - cpu_before, Usage.now().busy_since(usage_before)
+        return Run("baseline GET /ping", outcomes, args.rate, cpu_s=cpu_s, busy=busy)
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -539,6 +571,11 @@ def _report(run: Run, baseline: Run | None) -> None:
     if baseline is not None and baseline.cpu_s > 0:
         cpu += f" (x{run.cpu_ms_per_request / baseline.cpu_ms_per_request:.1f} the baseline's)"
     print(cpu)
+    machine = f"    machine {run.busy:.0%} busy ({os.cpu_count()} cores, load generator included)"
+    if run.database_cpu_s is not None:
+        per_request = run.database_cpu_s * 1000 / max(run.answered, 1)
+        machine += f"; PostgreSQL {run.database_cpu_s:.1f} s, {per_request:.2f} ms per request"
+    print(machine)
     lags = [x for out in run.outcomes for x in out.lags]
     late = max(out.late_start_s for out in run.outcomes)
     unsent = sum(out.unsent for out in run.outcomes)
