@@ -16,6 +16,10 @@ not given fewer requests, so queueing shows in the latencies), then stopping by 
     are not refused. ``--processes N`` runs ``easel serve --processes N`` (N API processes
     and the worker apart).
 
+After the open loop, each server is also driven closed-loop for ``--saturate`` seconds: 16
+connections each send the next ``GET`` (Easel: ``GET /task`` of one finished task) as soon as
+the last answer came, which prints the saturated rate and its ratio to the bare endpoint's.
+
 It prints the sustained requests/s, p50/p99 of each request kind, errors by status and the
 ratios to the baseline at the same rate, then waits for every submitted task and checks that
 nothing was lost: every task exists and ended ``success``, nothing is left held, and each
@@ -78,6 +82,7 @@ API = "/v2/openapi"
 REQUEST_TIMEOUT_S = 10.0
 GRACE_S = 15.0  # after the schedule ends, how long answers still in flight are awaited
 LANES = 48  # connections per client process
+SATURATING = 16  # connections of the closed-loop phase (as wrk -c 16)
 SEED_TASKS = 5  # per client, submitted before the clock starts, so polls have targets
 DRAIN_TIMEOUT_S = 600.0
 START_MARGIN_S = 3.0  # time for the client processes to start before the first request
@@ -414,6 +419,7 @@ class Run:
     cpu_s: float = 0.0  # CPU the server's processes spent while the load ran
     busy: float = 0.0  # the share of the machine's cores busy while the load ran
     database_cpu_s: float | None = None  # PostgreSQL's server processes' CPU meanwhile
+    saturated: float = 0.0  # closed loop after the load: answers a second (see _saturate)
 
     @property
     def answered(self) -> int:
@@ -456,6 +462,29 @@ def _cpu_s(server: psutil.Process) -> float:
             times = process.cpu_times()
             total += times.user + times.system
     return total
+
+
+def _saturate(base_url: str, target: str, headers: dict[str, str], seconds: float) -> float:
+    """Closed loop: ``SATURATING`` connections each send ``GET target`` again as soon as the
+    last answer came, for ``seconds``; the 200 answers a second. The client (this process)
+    shares the cores with the server, as in the open-loop phase."""
+
+    async def connection(deadline: float) -> int:
+        http, answered = _Connection(base_url), 0
+        try:
+            while time.monotonic() < deadline:
+                status, _ = await http.request("GET", target, headers)
+                answered += status == 200
+        finally:
+            http.close()
+        return answered
+
+    async def all_of_them() -> float:
+        started = time.monotonic()
+        counts = await asyncio.gather(*(connection(started + seconds) for _ in range(SATURATING)))
+        return sum(counts) / (time.monotonic() - started)
+
+    return asyncio.run(all_of_them()) if seconds > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,9 +549,11 @@ def bench_easel(
             for which, task_id in [*out.submitted, *_settle_unsure(base, client_keys, out)]:
                 ids[client_keys[which]].append(task_id)
         audit = asyncio.run(_audit(base, url, dict.fromkeys(keys, grant), ids))
+        auth = {"Authorization": f"Bearer {keys[0]}"}
+        saturated = _saturate(base, f"{API}/task/{seeds[keys[0]][0]}", auth, args.saturate)
     database_s = usage.database_s - usage_before.database_s if database_url else None
     busy = usage.busy_since(usage_before)
-    return Run(label, outcomes, args.rate, audit, cpu_s, busy, database_s)
+    return Run(label, outcomes, args.rate, audit, cpu_s, busy, database_s, saturated)
 
 
 def bench_baseline(args: argparse.Namespace, workdir: Path) -> Run:
@@ -539,7 +570,10 @@ def bench_baseline(args: argparse.Namespace, workdir: Path) -> Run:
         cpu_before, usage_before = _cpu_s(server), Usage.now()
         outcomes = run_clients(plans)
         cpu_s, busy = _cpu_s(server) - cpu_before, Usage.now().busy_since(usage_before)
-        return Run("baseline GET /ping", outcomes, args.rate, cpu_s=cpu_s, busy=busy)
+        saturated = _saturate(base, "/ping", {}, args.saturate)
+        return Run(
+            "baseline GET /ping", outcomes, args.rate, cpu_s=cpu_s, busy=busy, saturated=saturated
+        )
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -576,6 +610,11 @@ def _report(run: Run, baseline: Run | None) -> None:
         per_request = run.database_cpu_s * 1000 / max(run.answered, 1)
         machine += f"; PostgreSQL {run.database_cpu_s:.1f} s, {per_request:.2f} ms per request"
     print(machine)
+    if run.saturated:
+        saturated = f"    saturated ({SATURATING} connections, closed loop): {run.saturated:.0f}/s"
+        if baseline is not None and baseline.saturated:
+            saturated += f", {run.saturated / baseline.saturated:.2f} of the baseline's"
+        print(saturated)
     lags = [x for out in run.outcomes for x in out.lags]
     late = max(out.late_start_s for out in run.outcomes)
     unsent = sum(out.unsent for out in run.outcomes)
@@ -621,6 +660,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="easel serve --processes: API processes (more than one: the worker runs apart)",
+    )
+    parser.add_argument(
+        "--saturate",
+        type=float,
+        default=5.0,
+        help="seconds of closed-loop GETs after the load (0: none): the saturated rate",
     )
     parser.add_argument(
         "--skip-sqlite",

@@ -17,6 +17,7 @@ from easel.store import changes, events
 from easel.store.accounts import write_ledger_row
 from easel.store.db import autocommit, connection, is_sqlite, read_only, transaction
 from easel.store.estimates import Estimates, outlook, position_of
+from easel.store.finished import FinishedViews
 from easel.store.lifecycle import QUEUED_OF_KEY, end_with_refund, ended, queued
 from easel.store.notify import notify
 from easel.store.records import IDEMPOTENCY_WINDOW_S, Idempotency, NewTask, Outlook
@@ -92,6 +93,7 @@ class TaskStore:
         # task and its estimates): no transaction around them.
         self._reads = read_only(engine, snapshot=False)
         self._estimates = estimates
+        self._finished = FinishedViews()
         # PostgreSQL: each change of a task is one statement of its own (easel.store.changes).
         self._changes = None if is_sqlite(engine) else autocommit(engine)
 
@@ -211,7 +213,11 @@ class TaskStore:
 
     async def view(self, task_id: str, key_id: str | None = None) -> tuple[Task, Outlook] | None:
         """The task (of ``key_id``, if given) and its outlook, read on one connection (the hot
-        path of polling and of live updates)."""
+        path of polling and of live updates). A finished task's is remembered for a few
+        seconds (:mod:`easel.store.finished`)."""
+        remembered = self._finished.recall(task_id, key_id)
+        if remembered is not None:
+            return remembered
         query, params = (
             (TASK_AND_ATTEMPTS, {"task_id": task_id})
             if key_id is None
@@ -222,7 +228,9 @@ class TaskStore:
             if not rows:
                 return None
             task = task_from_row(rows[0])
-            return task, await outlook(conn, task, self._estimates, joined_attempts(rows))
+            seen = await outlook(conn, task, self._estimates, joined_attempts(rows))
+        self._finished.remember(task, seen)
+        return task, seen
 
     async def cancel(self, task_id: str, key_id: str) -> Task | None:
         """Cancel a task of ``key_id``: a queued one ends ``cancelled`` at once with a refund;
@@ -288,3 +296,4 @@ class TaskStore:
                 .where(tasks.c.id == task_id)
                 .values(output_key=None, output_views=None, output_deleted_at=time.time())
             )
+        self._finished.forget(task_id)
