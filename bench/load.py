@@ -54,7 +54,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,16 +452,22 @@ def _server(command: list[str], log: Path, ready_url: str) -> Iterator[psutil.Pr
         yield psutil.Process(process.pid)
 
 
-def _cpu_s(server: psutil.Process) -> float:
-    """CPU seconds (user and system) the server and its child processes have used so far.
-    Unlike latency, this barely moves when other work shares the machine: the figure to
-    compare two versions by on a busy machine."""
+def _cpu_seconds(processes: Iterable[psutil.Process]) -> float:
+    """CPU seconds (user and system) ``processes`` have used so far (one that has exited
+    meanwhile counts nothing)."""
     total = 0.0
-    for process in [server, *server.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
             times = process.cpu_times()
             total += times.user + times.system
     return total
+
+
+def _cpu_s(server: psutil.Process) -> float:
+    """CPU seconds the server and its child processes have used so far. Unlike latency,
+    this barely moves when other work shares the machine: the figure to compare two
+    versions by on a busy machine."""
+    return _cpu_seconds([server, *server.children(recursive=True)])
 
 
 def _saturate(base_url: str, target: str, headers: dict[str, str], seconds: float) -> float:
@@ -496,20 +502,19 @@ class Usage:
 
     @classmethod
     def now(cls) -> Usage:
-        database_s = 0.0
-        for process in psutil.process_iter(["name"]):
-            if process.info["name"] == "postgres":  # a backend that exits meanwhile is missed
-                with contextlib.suppress(psutil.Error):
-                    times = process.cpu_times()
-                    database_s += times.user + times.system
-        return cls(psutil.cpu_times(), database_s)
+        # A backend that exits between two moments is missed (the pool keeps its own).
+        database = (p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres")
+        return cls(psutil.cpu_times(), _cpu_seconds(database))
 
     def busy_since(self, before: Usage) -> float:
         """The share of all cores that was busy between ``before`` and this moment."""
         total = sum(self.machine) - sum(before.machine)
-        idle = self.machine.idle + self.machine.iowait - before.machine.idle
-        idle -= before.machine.iowait
+        idle = _idle(self.machine) - _idle(before.machine)
         return 1 - idle / total if total > 0 else 0.0
+
+
+def _idle(machine: Any) -> float:
+    return float(machine.idle + machine.iowait)
 
 
 def bench_easel(
